@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI turns each into one `error:` line and exit code 2."""
+
+
+class PclsimError(Exception):
+    """Bad input from the user (a file, a key, a value). The message names what is at fault."""
+
+
+class ScenarioError(PclsimError):
+    """The scenario YAML is malformed or asks for something that does not exist."""
+
+
+class DataError(PclsimError):
+    """A data set folder or image is missing, empty, corrupt or inconsistent."""
+
+
+class ModelError(PclsimError):
+    """A backbone, weights file or feature layer cannot be used."""
