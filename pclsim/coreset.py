@@ -1,0 +1,108 @@
+"""Greedy k-center coreset selection (method.md section 2).
+
+The selection runs on a sparse random projection of the patches; the bank keeps the original
+vectors. With a fixed projection and start, re-running the selection on a selected prefix
+returns that prefix again (the prefix property), which is what lets a sweep compute each
+task's selection order once and truncate it for every smaller budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["greedy_coreset", "jl_dim", "sparse_projection", "project"]
+
+
+def jl_dim(n: int, eps: float = 0.9) -> int:
+    """Johnson-Lindenstrauss minimum dimension for n points at distortion eps."""
+    denom = eps**2 / 2 - eps**3 / 3
+    return int(math.ceil(4 * math.log(max(n, 2)) / denom))
+
+
+def sparse_projection(in_dim: int, out_dim: int, seed: int = 0) -> torch.Tensor:
+    """A (in_dim, out_dim) sparse random projection matrix (Li et al. 2006), density 1/sqrt(in_dim).
+
+    Entries are 0 or +-sqrt(1/density)/sqrt(out_dim); drawn from `seed` only, so every caller with
+    the same (in_dim, out_dim, seed) gets the same matrix.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    density = 1.0 / math.sqrt(in_dim)
+    keep = torch.rand(in_dim, out_dim, generator=gen) < density
+    sign = torch.randint(0, 2, (in_dim, out_dim), generator=gen, dtype=torch.int8) * 2 - 1
+    scale = math.sqrt(1.0 / density) / math.sqrt(out_dim)
+    return keep.to(torch.float32) * sign.to(torch.float32) * scale
+
+
+def _as_tensor(x) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, torch.Tensor):
+        return x
+    raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: int = 65536,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Project rows of x (N, D) to (N, projection_dim) on `device`, chunk by chunk.
+
+    projection_dim None or >= D keeps the original vectors (no projection).
+    """
+    x = _as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D (N, D) array, got shape {tuple(x.shape)}")
+    device = torch.device(device) if device is not None else x.device
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    n, d = x.shape
+    if projection_dim is None or projection_dim <= 0 or projection_dim >= d:
+        return x.to(device=device, dtype=dtype)
+    mat = sparse_projection(d, projection_dim, seed).to(device)
+    out = torch.empty((n, projection_dim), dtype=dtype, device=device)
+    for s in range(0, n, chunk):
+        block = x[s : s + chunk].to(device=device, dtype=torch.float32)
+        out[s : s + chunk] = (block @ mat).to(dtype)
+    return out
+
+
+def greedy_coreset(x, k: int, *, projection_dim: int | None = 128, seed: int = 0, device=None,
+                   start: int = 0) -> np.ndarray:
+    """Greedy k-center selection; returns int64 indices into x in selection order.
+
+    x: (N, D) numpy array or torch tensor. The first index is `start`; each next one is the point
+    farthest (Euclidean) from all points selected so far, measured in the projected space.
+    Memory is O(N): one projected copy and one running distance vector.
+    """
+    x = _as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"greedy_coreset expects (N, D) features, got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("greedy_coreset got no points")
+    k = int(k)
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    if not 0 <= start < n:
+        raise ValueError(f"start index {start} out of range for {n} points")
+    k = min(k, n)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    with torch.inference_mode():
+        z = project(x, projection_dim, seed=seed, device=device)
+        # Squared norms in float32; distances via |z|^2 + |c|^2 - 2 z.c (one GEMV per step).
+        sq = z.float().pow(2).sum(1)
+        selected = torch.empty(k, dtype=torch.int64, device=device)
+        selected[0] = start
+        idx = torch.tensor(start, device=device)
+        mind = torch.full((n,), float("inf"), dtype=torch.float32, device=device)
+        for i in range(1, k):
+            c = z[idx]
+            d2 = sq - 2.0 * (z @ c).float() + sq[idx]
+            torch.minimum(mind, d2, out=mind)
+            mind[idx] = -1.0  # never select the same point twice (rounding can leave ~0, not exactly 0)
+            idx = torch.argmax(mind)
+            selected[i] = idx
+        return selected.cpu().numpy().astype(np.int64)

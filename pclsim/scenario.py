@@ -1,0 +1,280 @@
+"""Scenario files: loading, validation (unknown keys are errors), defaults, expansion into runs."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .errors import ScenarioError
+from .strategies import STRATEGIES
+
+__all__ = ["DEFAULTS", "load_scenario", "resolve", "Run", "expand_runs", "group_runs", "scenario_hash"]
+
+BMAD_ORDER = ["Brain_AD", "Liver_AD", "Retina_RESC_AD", "Chest_AD", "Histopathology_AD", "Retina_OCT2017_AD"]
+
+DEFAULTS = {
+    "name": None,
+    "dataset": {
+        "kind": "synthetic",
+        "root": None,
+        "tasks": list(BMAD_ORDER),
+        "image_size": 224,
+        "protocol": "clean",
+        "max_train": 2000,
+        "max_test": 2000,
+        "seed": 0,
+        "synthetic": {"train": 100, "test": 40, "seed": 0},
+    },
+    "model": {
+        "backbone": "efficientnet_lite0",
+        "weights": "bundled",
+        "layers": None,
+        "reweighting": "paper",
+        "batch_size": 32,
+    },
+    "orders": "all",
+    "strategies": ["patchcore_cl", "multi_model", "joint", "finetune"],
+    "memory_sizes": [1000, 3000],
+    "coreset": {"projection": "jl", "projection_dim": 128, "rebalance": "truncate", "joint": "composable"},
+    "evaluation": {"pixel_metrics": True, "paper_forgetting": False, "gallery": 0},
+    "seeds": [0],
+}
+
+_CHOICES = {
+    "dataset.kind": ("synthetic", "bmad", "mvtec", "folder"),
+    "dataset.protocol": ("clean", "paper"),
+    "model.reweighting": ("paper", "anomalib", "none"),
+    "coreset.projection": ("jl", "none"),
+    "coreset.rebalance": ("truncate", "recompute"),
+    "coreset.joint": ("composable", "exact"),
+}
+
+
+def _fail(src: str, key: str, msg: str):
+    raise ScenarioError(f"{src}: key '{key}': {msg}")
+
+
+def _merge(defaults: dict, given: dict, src: str, prefix: str = "") -> dict:
+    out = copy.deepcopy(defaults)
+    for k, v in given.items():
+        path = f"{prefix}{k}"
+        if k not in defaults:
+            valid = ", ".join(sorted(defaults))
+            _fail(src, path, f"unknown key (valid here: {valid})")
+        if isinstance(defaults[k], dict):
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                _fail(src, path, f"expected a mapping, got {type(v).__name__}")
+            out[k] = _merge(defaults[k], v, src, path + ".")
+        else:
+            out[k] = v
+    return out
+
+
+def _int(src, key, v, lo=None):
+    if isinstance(v, bool) or not isinstance(v, int):
+        _fail(src, key, f"expected an integer, got {v!r}")
+    if lo is not None and v < lo:
+        _fail(src, key, f"must be >= {lo}, got {v}")
+    return v
+
+
+def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, base_dir: str | None = None) -> dict:
+    """Validate a scenario mapping and fill in every default. Paths become absolute."""
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{src}: expected a mapping at the top level, got {type(raw).__name__}")
+    sc = _merge(DEFAULTS, raw, src)
+    for key, choices in _CHOICES.items():
+        sect, k = key.split(".")
+        if sc[sect][k] not in choices:
+            _fail(src, key, f"{sc[sect][k]!r} is not one of {', '.join(choices)}")
+    if sc["name"] is None:
+        sc["name"] = Path(src).stem if src != "<scenario>" else "scenario"
+    if not isinstance(sc["name"], str) or not sc["name"] or "/" in sc["name"]:
+        _fail(src, "name", f"expected a plain name, got {sc['name']!r}")
+    ds = sc["dataset"]
+    if data_root is not None:
+        ds["root"] = data_root
+    if ds["kind"] != "synthetic":
+        if not ds["root"]:
+            _fail(src, "dataset.root", f"a {ds['kind']} data set needs a root folder (or --data-root)")
+        root = Path(os.path.expanduser(str(ds["root"])))
+        if not root.is_absolute():
+            root = Path(base_dir or ".") / root
+        ds["root"] = str(root.resolve())
+    tasks = ds["tasks"]
+    if tasks is not None:
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+            _fail(src, "dataset.tasks", "expected a non-empty list of task names")
+        if len(set(tasks)) != len(tasks):
+            _fail(src, "dataset.tasks", "duplicate task names")
+    for k in ("image_size", "max_train", "max_test", "seed"):
+        _int(src, f"dataset.{k}", ds[k], lo=1 if k != "seed" else 0)
+    if ds["image_size"] < 32:
+        _fail(src, "dataset.image_size", f"must be at least 32, got {ds['image_size']}")
+    for k in ("train", "test", "seed"):
+        _int(src, f"dataset.synthetic.{k}", ds["synthetic"][k], lo=0 if k == "seed" else 2)
+    if unknown := set(ds["synthetic"]) - {"train", "test", "seed"}:
+        _fail(src, f"dataset.synthetic.{sorted(unknown)[0]}", "unknown key")
+    m = sc["model"]
+    if not isinstance(m["backbone"], str):
+        _fail(src, "model.backbone", "expected a timm model name")
+    w = m["weights"]
+    if w not in ("bundled", "none"):
+        wp = Path(os.path.expanduser(str(w)))
+        if not wp.is_absolute():
+            wp = Path(base_dir or ".") / wp
+        m["weights"] = str(wp.resolve())
+    if m["layers"] is not None and (not isinstance(m["layers"], list) or len(m["layers"]) != 2):
+        _fail(src, "model.layers", "expected null or a list of two layer names")
+    _int(src, "model.batch_size", m["batch_size"], lo=1)
+    strategies = sc["strategies"]
+    if isinstance(strategies, str):
+        strategies = sc["strategies"] = [strategies]
+    if not isinstance(strategies, list) or not strategies:
+        _fail(src, "strategies", "expected a non-empty list")
+    for s in strategies:
+        if s not in STRATEGIES:
+            _fail(src, "strategies", f"unknown strategy {s!r} (valid: {', '.join(sorted(STRATEGIES))})")
+    if len(set(strategies)) != len(strategies):
+        _fail(src, "strategies", "duplicate strategy")
+    ms = sc["memory_sizes"]
+    if isinstance(ms, int):
+        ms = sc["memory_sizes"] = [ms]
+    if not isinstance(ms, list) or not ms:
+        _fail(src, "memory_sizes", "expected a non-empty list of integers")
+    for v in ms:
+        _int(src, "memory_sizes", v, lo=1)
+    seeds = sc["seeds"]
+    if isinstance(seeds, int):
+        seeds = sc["seeds"] = [seeds]
+    if not isinstance(seeds, list) or not seeds:
+        _fail(src, "seeds", "expected a non-empty list of integers")
+    for v in seeds:
+        _int(src, "seeds", v, lo=0)
+    _int(src, "coreset.projection_dim", sc["coreset"]["projection_dim"], lo=1)
+    _int(src, "evaluation.gallery", sc["evaluation"]["gallery"], lo=0)
+    if tasks is not None:
+        _check_orders(sc, src)
+        n_max = max(len(o) for o in _orders(sc))
+        if min(ms) < n_max:
+            _fail(src, "memory_sizes", f"memory size {min(ms)} is smaller than the number of tasks ({n_max})")
+    return sc
+
+
+def _check_orders(sc: dict, src: str) -> None:
+    o = sc["orders"]
+    tasks = sc["dataset"]["tasks"]
+    if o == "all":
+        if len(tasks) > 8:
+            _fail(src, "orders", f"'all' over {len(tasks)} tasks is {math.factorial(len(tasks))} orders; use sample")
+        return
+    if isinstance(o, dict):
+        if set(o) - {"sample", "seed"} or "sample" not in o:
+            _fail(src, "orders", "expected {sample: N, seed: S}")
+        _int(src, "orders.sample", o["sample"], lo=1)
+        _int(src, "orders.seed", o.get("seed", 0), lo=0)
+        if o["sample"] > math.factorial(len(tasks)):
+            _fail(src, "orders.sample", f"{o['sample']} exceeds the {math.factorial(len(tasks))} possible orders")
+        return
+    if not isinstance(o, list) or not o:
+        _fail(src, "orders", "expected 'all', {sample: N, seed: S} or a list of orders")
+    for n, order in enumerate(o):
+        if not isinstance(order, list) or not order:
+            _fail(src, f"orders[{n}]", "expected a list of task names")
+        for t in order:
+            if t not in tasks:
+                _fail(src, f"orders[{n}]", f"unknown task {t!r} (tasks: {', '.join(tasks)})")
+        if len(set(order)) != len(order):
+            dup = next(t for t in order if order.count(t) > 1)
+            _fail(src, f"orders[{n}]", f"duplicate task {dup!r}")
+
+
+def _orders(sc: dict) -> list[tuple[str, ...]]:
+    o = sc["orders"]
+    tasks = tuple(sc["dataset"]["tasks"])
+    if o == "all":
+        return list(itertools.permutations(tasks))
+    if isinstance(o, dict):
+        rng = np.random.default_rng(o.get("seed", 0))
+        seen, out = set(), []
+        while len(out) < o["sample"]:
+            p = tuple(tasks[i] for i in rng.permutation(len(tasks)))
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+        return out
+    return [tuple(x) for x in o]
+
+
+def load_scenario(path: str | os.PathLike, data_root: str | None = None) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError(f"{path}: scenario file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ScenarioError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"{path}: cannot read: {e}") from None
+    if raw is None:
+        raise ScenarioError(f"{path}: the scenario file is empty")
+    return resolve(raw, str(path), data_root=data_root, base_dir=str(p.parent.resolve()))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One simulated run: (strategy, memory size, seed, order)."""
+
+    strategy: str
+    memory_size: int
+    seed: int
+    order: tuple[str, ...]
+
+    @property
+    def order_str(self) -> str:
+        return " > ".join(self.order)
+
+    @property
+    def trial_id(self) -> str:
+        h = hashlib.sha1(self.order_str.encode()).hexdigest()[:10]
+        return f"{self.strategy}-M{self.memory_size}-s{self.seed}-{h}"
+
+
+def expand_runs(sc: dict) -> list[Run]:
+    return [Run(s, m, seed, o) for seed in sc["seeds"] for s in sc["strategies"]
+            for m in sc["memory_sizes"] for o in _orders(sc)]
+
+
+def group_runs(runs: list[Run], max_orders: int = 720) -> dict[str, list[Run]]:
+    """Coarse Tune trials: one per (strategy, memory size, seed), split into chunks of orders.
+
+    All orders of one strategy share the evaluation memo inside a trial, so fewer, larger
+    trials are both cheaper for Tune and faster for the memo.
+    """
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.strategy, r.memory_size, r.seed), []).append(r)
+    out = {}
+    for (s, m, seed), rs in groups.items():
+        for c in range(0, len(rs), max_orders):
+            out[f"{s}-M{m}-s{seed}-g{c // max_orders}"] = rs[c : c + max_orders]
+    return out
+
+
+def scenario_hash(sc: dict) -> str:
+    """Content hash of everything that changes results (not the name or output folder)."""
+    body = {k: v for k, v in sc.items() if k not in ("name", "pclsim_version")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]

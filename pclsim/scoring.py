@@ -1,0 +1,81 @@
+"""PatchCore scoring: task identification, image scores with reweighting, anomaly maps (method.md 3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["REWEIGHTINGS", "identify_task", "image_score", "anomaly_maps", "gaussian_kernel1d"]
+
+REWEIGHTINGS = ("paper", "anomalib", "none")
+
+
+def identify_task(mean_dists: np.ndarray) -> np.ndarray:
+    """Index of the bank with the lowest mean patch distance, per image. mean_dists: (n_images, n_banks)."""
+    return np.argmin(np.asarray(mean_dists), axis=1)
+
+
+def _bank_neighbours(bank: np.ndarray, m_star: int, k: int) -> np.ndarray:
+    """Indices of the k nearest bank vectors of bank[m_star], m_star itself first."""
+    v = bank[m_star].astype(np.float64)
+    d = np.sqrt(np.maximum(((bank.astype(np.float64) - v) ** 2).sum(1), 0.0))
+    d[m_star] = -1.0  # itself first even when duplicates exist
+    k = min(k, bank.shape[0])
+    part = np.argpartition(d, k - 1)[:k] if k < bank.shape[0] else np.arange(bank.shape[0])
+    return part[np.lexsort((part, d[part]))]
+
+
+def image_score(patch_dists: np.ndarray, patch_nn: np.ndarray, query_patches: np.ndarray,
+                bank: np.ndarray, reweighting: str = "paper") -> float:
+    """Image anomaly score from one image's patch NN distances to its chosen bank.
+
+    patch_dists (P,), patch_nn (P,) indices into `bank` (n, D), query_patches (P, D).
+    paper: the authors' PatchCore eq. 7 variant with 3 neighbours and T = sqrt(D);
+    anomalib: 1 - softmax over the distances to the 9 neighbours of m*; none: s* unchanged.
+    """
+    p = int(np.argmax(patch_dists))
+    s_star = float(patch_dists[p])
+    if reweighting == "none" or bank.shape[0] < 2:
+        return s_star
+    m_star = int(patch_nn[p])
+    m_test = query_patches[p].astype(np.float64)
+    if reweighting == "paper":
+        nb = _bank_neighbours(bank, m_star, 3)
+        others = nb[1:]
+        t = math.sqrt(bank.shape[1])
+        dn = np.sqrt(((bank[others].astype(np.float64) - m_test) ** 2).sum(1))
+        # exp(s*/T) / sum exp(d_n/T), written stably
+        w = 1.0 - 1.0 / np.exp((dn - s_star) / t).sum()
+        return float(w * s_star)
+    if reweighting == "anomalib":
+        nb = _bank_neighbours(bank, m_star, 9)
+        dn = np.sqrt(((bank[nb].astype(np.float64) - m_test) ** 2).sum(1))
+        e = np.exp(dn - dn.max())
+        w = 1.0 - e[0] / e.sum()
+        return float(w * s_star)
+    raise ValueError(f"unknown reweighting {reweighting!r}; valid: {', '.join(REWEIGHTINGS)}")
+
+
+def gaussian_kernel1d(sigma: float = 4.0) -> torch.Tensor:
+    radius = int(4 * sigma + 0.5)  # 16 for sigma 4
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).float()
+
+
+def anomaly_maps(patch_dists: np.ndarray, grid: tuple[int, int], out_size: int, sigma: float = 4.0) -> np.ndarray:
+    """(N, P) patch distances -> (N, out_size, out_size) maps: bilinear upsample, Gaussian blur (reflect)."""
+    n = patch_dists.shape[0]
+    with torch.inference_mode():
+        m = torch.from_numpy(np.ascontiguousarray(patch_dists, dtype=np.float32)).reshape(n, 1, *grid)
+        m = F.interpolate(m, size=(out_size, out_size), mode="bilinear", align_corners=False)
+        if sigma > 0:
+            k = gaussian_kernel1d(sigma)
+            r = k.numel() // 2
+            m = F.pad(m, (r, r, r, r), mode="reflect")
+            m = F.conv2d(m, k.view(1, 1, 1, -1))
+            m = F.conv2d(m, k.view(1, 1, -1, 1))
+        return m[:, 0].numpy()

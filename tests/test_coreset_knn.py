@@ -1,0 +1,118 @@
+"""greedy_coreset, knn and prefix_nn against naive references written here."""
+
+import numpy as np
+import pytest
+import torch
+
+from pclsim.coreset import greedy_coreset, jl_dim, project, sparse_projection
+from pclsim.knn import faiss_available, knn, nn_distances, prefix_nn
+
+
+def naive_greedy(z: np.ndarray, k: int, start: int = 0) -> list[int]:
+    """Textbook greedy k-center: python loop, float64, explicit Euclidean distances."""
+    z = z.astype(np.float64)
+    sel = [start]
+    mind = np.linalg.norm(z - z[start], axis=1)
+    for _ in range(k - 1):
+        mind[sel] = -1
+        nxt = int(np.argmax(mind))
+        sel.append(nxt)
+        mind = np.minimum(mind, np.linalg.norm(z - z[nxt], axis=1))
+    return sel
+
+
+@pytest.fixture
+def blobs():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(12, 40)) * 5
+    x = centers[rng.integers(0, 12, 600)] + rng.normal(size=(600, 40))
+    return x.astype(np.float32)
+
+
+def test_greedy_matches_naive_loop_in_projected_space(blobs):
+    k = 60
+    got = greedy_coreset(blobs, k, projection_dim=16, seed=3, device="cpu")
+    z = project(blobs, 16, seed=3, device="cpu").numpy()
+    assert got.dtype == np.int64 and got.tolist() == naive_greedy(z, k)
+
+
+def test_greedy_without_projection_matches_naive(blobs):
+    got = greedy_coreset(blobs, 50, projection_dim=None, device="cpu")
+    assert got.tolist() == naive_greedy(blobs, 50)
+    assert len(set(got.tolist())) == 50 and got[0] == 0
+
+
+def test_prefix_property(blobs):
+    order = greedy_coreset(blobs, 100, projection_dim=16, seed=0, device="cpu")
+    sub = blobs[order]
+    for k in (10, 37, 100):
+        again = greedy_coreset(sub, k, projection_dim=16, seed=0, device="cpu")
+        assert again.tolist() == list(range(k))  # re-reducing the coreset = truncating it
+
+
+def test_greedy_accepts_tensor_and_validates(blobs):
+    t = torch.from_numpy(blobs)
+    assert greedy_coreset(t, 5, device="cpu").tolist() == greedy_coreset(blobs, 5, device="cpu").tolist()
+    with pytest.raises(ValueError):
+        greedy_coreset(blobs[0], 3)
+    with pytest.raises(ValueError):
+        greedy_coreset(blobs, 0)
+    assert len(greedy_coreset(blobs[:4], 10, device="cpu")) == 4
+
+
+def test_projection_is_seeded_sparse_and_norm_preserving():
+    a, b = sparse_projection(152, 128, 0), sparse_projection(152, 128, 0)
+    assert torch.equal(a, b) and not torch.equal(a, sparse_projection(152, 128, 1))
+    assert (a == 0).float().mean() > 0.8  # density 1/sqrt(152) ~ 0.08
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 152)).astype(np.float32)
+    z = project(x, 128, seed=0, device="cpu").numpy()
+    ratio = np.linalg.norm(z, axis=1) / np.linalg.norm(x, axis=1)
+    assert 0.8 < ratio.mean() < 1.2
+    assert 150 < jl_dim(1000) < 400
+
+
+def brute(q, b, k):
+    d = np.sqrt(((q[:, None, :].astype(np.float64) - b[None].astype(np.float64)) ** 2).sum(-1))
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, idx, 1), idx
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_knn_agrees_with_brute_force(backend):
+    if backend == "faiss" and not faiss_available():
+        pytest.skip("faiss not installed")
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(300, 24)).astype(np.float32)
+    b = rng.normal(size=(500, 24)).astype(np.float32)
+    d, i = knn(q, b, 3, backend=backend, device="cpu")
+    rd, ri = brute(q, b, 3)
+    np.testing.assert_allclose(d, rd, rtol=1e-4, atol=1e-4)
+    assert (i == ri).mean() > 0.99  # ties in float32 may swap
+    d1, i1 = nn_distances(q, b, backend=backend, device="cpu")
+    np.testing.assert_allclose(d1, rd[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_knn_input_checks():
+    with pytest.raises(ValueError):
+        knn(np.zeros((3, 4), np.float32), np.zeros((5, 3), np.float32))
+    with pytest.raises(ValueError):
+        knn(np.zeros((3, 4), np.float32), np.zeros((2, 4), np.float32), k=3)
+    with pytest.raises(ValueError):
+        knn(np.zeros((3, 4), np.float32), np.zeros((5, 4), np.float32), backend="nope")
+
+
+def test_prefix_nn_equals_knn_on_each_prefix():
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(400, 16)).astype(np.float32)
+    b = rng.normal(size=(300, 16)).astype(np.float32)
+    lengths = [300, 7, 150, 1]
+    d, i = prefix_nn(q, b, lengths, device="cpu")
+    assert d.shape == (400, 4)
+    for c, n in enumerate(lengths):
+        rd, ri = brute(q, b[:n], 1)
+        np.testing.assert_allclose(d[:, c], rd[:, 0], rtol=1e-4, atol=1e-4)
+        assert (i[:, c] == ri[:, 0]).mean() > 0.99
+        assert (i[:, c] < n).all()
+    with pytest.raises(ValueError):
+        prefix_nn(q, b, [301])
