@@ -1,0 +1,161 @@
+"""The `pclsim` command line (interface.md). Bad input: one `error:` line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .errors import PclsimError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Simulate continual visual anomaly detection (PatchCore / PatchCoreCL) over task streams.")
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Data sets: the built-in synthetic stream.")
+app.add_typer(data_app, name="data")
+
+_DEBUG = {"on": False}
+
+
+def _fail(e: BaseException, code: int = 2):
+    if _DEBUG["on"]:
+        traceback.print_exception(e)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"error: {msg}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _guard(fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except PclsimError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        print("error: interrupted; finished trials are kept and a rerun resumes", file=sys.stderr)
+        raise typer.Exit(130)
+
+
+def _version(value: bool):
+    if value:
+        print(f"pclsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="Print the version and exit.")):
+    pass
+
+
+@app.command()
+def sweep(scenario: str = typer.Argument(..., help="Scenario YAML file."),
+          out: Optional[str] = typer.Option(None, "--out", help="Results folder (default results/<name>/)."),
+          data_root: Optional[str] = typer.Option(None, "--data-root", help="Data set folder (overrides dataset.root)."),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address to join (or RAY_ADDRESS)."),
+          fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming."),
+          max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1,
+                                                       help="Most Tune trials at once (default: the CPUs)."),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary table."),
+          debug: bool = typer.Option(False, "--debug", help="Full tracebacks and Ray worker logs.")):
+    """Run every (order x strategy x memory size x seed) of a scenario; write Parquet results."""
+    _DEBUG["on"] = debug
+    from .sweep import run_sweep
+
+    _guard(run_sweep, scenario, out=out, data_root=data_root, address=address, fresh=fresh,
+           max_concurrent=max_concurrent, quiet=quiet, debug=debug)
+
+
+@app.command()
+def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
+             data_root: Optional[str] = typer.Option(None, "--data-root", help="Data set folder."),
+             debug: bool = typer.Option(False, "--debug")):
+    """Check a scenario and its data without heavy computation; print what it would run."""
+    _DEBUG["on"] = debug
+
+    def _run():
+        from .data import load_stream
+        from .scenario import expand_runs, group_runs, load_scenario, resolve
+
+        sc = load_scenario(scenario, data_root=data_root)
+        tasks = load_stream(sc["dataset"], sc["dataset"]["root"])
+        if sc["dataset"]["tasks"] is None:
+            sc["dataset"]["tasks"] = [t.name for t in tasks]
+            sc = resolve(sc, scenario)
+        runs = expand_runs(sc)
+        orders = {r.order for r in runs}
+        print(f"scenario {sc['name']}: ok")
+        for t in tasks:
+            n_anom = sum(s.label for s in t.test)
+            print(f"  task {t.name}: {len(t.train)} train, {len(t.test)} test ({n_anom} anomalous), "
+                  f"masks: {'yes' if t.has_masks else 'no'}")
+        print(f"tasks: {len(tasks)}  orders: {len(orders)}  strategies: {len(sc['strategies'])}  "
+              f"memory sizes: {len(sc['memory_sizes'])}  seeds: {len(sc['seeds'])}  "
+              f"trials: {len(runs)} (in {len(group_runs(runs))} Tune trials)")
+
+    _guard(_run)
+
+
+@data_app.command("synth")
+def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD-layout stream into."),
+               tasks: Optional[str] = typer.Option(None, "--tasks", help="Number of tasks or comma-separated names."),
+               train: int = typer.Option(100, "--train", min=1, help="Normal training images per task."),
+               test: int = typer.Option(40, "--test", min=2, help="Test images per task."),
+               size: int = typer.Option(224, "--size", min=32, help="Image side in pixels."),
+               seed: int = typer.Option(0, "--seed", min=0)):
+    """Write the built-in synthetic medical stream in the BMAD on-disk layout."""
+
+    def _run():
+        from .data import BMAD_TASKS, synthetic_stream, write_bmad_layout
+        from .errors import DataError
+
+        names = list(BMAD_TASKS)
+        if tasks:
+            if tasks.isdigit():
+                n = int(tasks)
+                if not 1 <= n <= len(BMAD_TASKS):
+                    raise DataError(f"--tasks: expected 1..{len(BMAD_TASKS)}, got {n}")
+                names = names[:n]
+            else:
+                names = [t.strip() for t in tasks.split(",") if t.strip()]
+                bad = [t for t in names if t not in BMAD_TASKS]
+                if bad:
+                    raise DataError(f"--tasks: unknown task {bad[0]!r} (valid: {', '.join(BMAD_TASKS)})")
+        stream = synthetic_stream(tuple(names), train=train, test=test, size=size, seed=seed)
+        write_bmad_layout(stream, out_dir, size)
+        print(f"wrote {len(stream)} tasks to {out_dir}")
+
+    _guard(_run)
+
+
+@app.command()
+def report(results_dir: str = typer.Argument(..., help="A sweep's results folder."),
+           metric: str = typer.Option("image_f1", "--metric", help="Metric of the heatmaps and curves."),
+           debug: bool = typer.Option(False, "--debug")):
+    """Write RESULTS_DIR/report/index.html with PNG figures and Table 1."""
+    _DEBUG["on"] = debug
+
+    def _run():
+        from .report import build_report
+
+        print(build_report(results_dir, metric=metric))
+
+    _guard(_run)
+
+
+def main():
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as e:  # an unexpected failure: still one line unless --debug
+        if _DEBUG["on"] or "--debug" in sys.argv:
+            raise
+        print(f"error: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

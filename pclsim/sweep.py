@@ -1,0 +1,259 @@
+"""`pclsim sweep`: a scenario's runs as Ray Tune trials, results as Parquet, resumable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from . import __version__
+from .errors import PclsimError
+from .scenario import expand_runs, group_runs, load_scenario, scenario_hash
+
+__all__ = ["run_sweep", "prepare_output"]
+
+
+def prepare_output(sc: dict, out: Path, fresh: bool) -> None:
+    """Check the folder is writable and holds this scenario (or nothing); write scenario.yaml."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pclsim-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PclsimError(f"{out}: output folder is not writable ({e.strerror or e})") from None
+    meta = out / "scenario.yaml"
+    if meta.exists() and not fresh:
+        try:
+            old = yaml.safe_load(meta.read_text()) or {}
+        except yaml.YAMLError:
+            old = {}
+        if old.get("scenario_hash") != scenario_hash(sc):
+            raise PclsimError(f"{meta}: this folder holds results of a different scenario; "
+                              "use --fresh to start over or --out for another folder")
+    if fresh:
+        for name in ("matrices.parquet", "steps.parquet", "summary.parquet", "report", "gallery"):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    body = dict(sc, pclsim_version=__version__, scenario_hash=scenario_hash(sc))
+    tmp = out / ".scenario.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(body, sort_keys=False))
+    os.replace(tmp, meta)
+
+
+def _say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None = None, address: str | None = None,
+              fresh: bool = False, max_concurrent: int | None = None, quiet: bool = False, debug: bool = False,
+              cache_dir: str | None = None) -> Path:
+    from .data import load_stream
+
+    t_start = time.perf_counter()
+    sc = load_scenario(scenario_path, data_root=data_root)
+    out_dir = Path(out or Path("results") / sc["name"]).expanduser().resolve()
+    streams = load_stream(sc["dataset"], sc["dataset"]["root"])
+    if sc["dataset"]["tasks"] is None:  # folder-like data sets: every category found
+        from .scenario import resolve
+
+        sc["dataset"]["tasks"] = [t.name for t in streams]
+        sc = resolve(sc, scenario_path)
+    runs = expand_runs(sc)
+    groups = group_runs(runs)
+    prepare_output(sc, out_dir, fresh)
+    from .results import done_groups
+
+    done = done_groups(out_dir)
+    todo = {g: rs for g, rs in groups.items() if g not in done}
+    _say(quiet, f"pclsim {__version__}: {sc['name']}: {len(runs)} runs in {len(groups)} trials "
+                f"({len(groups) - len(todo)} already done) -> {out_dir}")
+    cache_root = Path(cache_dir).resolve() if cache_dir else None
+    if todo:
+        _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root)
+    _finish(sc, out_dir, streams, quiet, cache_root)
+    _say(quiet, f"done in {time.perf_counter() - t_start:.1f} s: {out_dir}")
+    return out_dir
+
+
+def _ray_init(address, debug):
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kw = dict(include_dashboard=False, log_to_driver=debug, logging_level="INFO" if debug else "ERROR",
+              configure_logging=True)
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(**kw)
+    return ray
+
+
+def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root):
+    from tqdm import tqdm
+
+    from .cache import default_cache_dir
+    from .engine import plan
+
+    ray = _ray_init(address, debug)
+    from ray import tune
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .actors import BankManagerActor, FeatureExtractorActor, ResultsWriter, task_stats
+
+    try:
+        res = ray.cluster_resources()
+        cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
+        cache = str(cache_root or default_cache_dir())
+        # 1. features: one extractor per GPU, else CPU workers spread over the nodes
+        n_act = min(len(streams), gpus if gpus else max(1, cpus))
+        opts = dict(num_gpus=1, num_cpus=1) if gpus else dict(num_cpus=1)
+        actors = [FeatureExtractorActor.options(scheduling_strategy="SPREAD", max_restarts=2, max_task_retries=2,
+                                                **opts).remote(sc["model"], sc["dataset"]["image_size"], cache,
+                                                               threads=1 if not gpus else 4)
+                  for _ in range(n_act)]
+        infos = ray.get([a.info.remote() for a in actors])
+        pending = {actors[i % n_act].extract.remote(t): t.name for i, t in enumerate(streams)}
+        task_refs = {t.name: None for t in streams}
+        with tqdm(total=len(streams), desc="features", unit="task", disable=quiet, file=sys.stderr) as bar:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for r in ready:
+                    ray.get(r)  # raise a data error now
+                    task_refs[pending.pop(r)] = r
+                    bar.update(1)
+        for a in actors:
+            ray.kill(a)
+        dim, arch_mb = infos[0]["dim"], infos[0]["arch_mb"]
+        stats = pd.DataFrame(ray.get([task_stats.remote(task_refs[n]) for n in task_refs]))
+        stats["arch_mb"] = arch_mb
+        stats["backbone_device"] = infos[0]["device"]
+        from .results import atomic_write_table
+        import pyarrow as pa
+
+        atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
+        # 2. bank sources: every selection order and NN table the runs need, computed once
+        all_runs = [r for rs in todo.values() for r in rs]
+        p = plan(all_runs)
+        manager = BankManagerActor.remote(task_refs, sc["coreset"])
+        prepared = {seed: ray.get(manager.prepare.remote(seed, p.sizes[seed], p.sources[seed])) for seed in p.sizes}
+        flat = [ref for d in prepared.values() for pair in d.values() for ref in pair]
+        with tqdm(total=len(flat) // 2, desc="banks", unit="source", disable=quiet, file=sys.stderr) as bar:
+            left = list(flat)
+            while left:
+                ready, left = ray.wait(left, num_returns=1)
+                bar.update(0.5)
+        # 3. Tune trials: one per group of orders; results go to a writer on this node
+        writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
+        trainable = tune.with_parameters(
+            _trial, groups=todo, task_refs=task_refs, prepared=prepared, sizes=p.sizes, scenario=sc,
+            writer=writer, dim=dim)
+        n_runs = sum(len(v) for v in todo.values())
+        bar = tqdm(total=n_runs, desc="runs", unit="run", disable=quiet, file=sys.stderr)
+
+        class _Progress(tune.Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                bar.update(len(todo[trial.config["group"]]))
+
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={"group": tune.grid_search(sorted(todo))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus)),
+            run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0,
+                                      callbacks=[_Progress()], failure_config=tune.FailureConfig(max_failures=3)),
+        )
+        grid = tuner.fit()
+        bar.close()
+        errors = [r.error for r in grid if r.error is not None]
+        if errors:
+            raise _unwrap(errors[0])
+    except Exception as e:
+        raise _unwrap(e) from None
+    finally:
+        ray.shutdown()
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """A PclsimError raised inside a Ray worker, as the user's error; anything else unchanged."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, PclsimError):
+            return e
+        e = getattr(e, "cause", None) or e.__cause__
+        seen += 1
+    return e if e is not None else RuntimeError("sweep failed")
+
+
+def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim):
+    import ray
+    from ray import tune
+
+    from .engine import make_sources, plan, run_group
+    from .results import rows_table, steps_table
+
+    group = config["group"]
+    runs = groups[group]
+    names = list(task_refs)
+    tasks = dict(zip(names, ray.get([task_refs[n] for n in names])))
+    pairs = []
+    for seed, _ in plan(runs).sizes.items():
+        need = plan([r for r in runs if r.seed == seed]).sources[seed]
+        refs = prepared[seed]
+        keys = list(refs)
+        orders = ray.get([refs[k][0] for k in keys])
+        sources = make_sources(tasks, sizes[seed], scenario["coreset"], seed)
+        for k, o in zip(keys, orders):
+            sources.set_order(k[0], k[1], o)
+        tables = dict(zip(need, ray.get([refs[k][1] for k in need])))
+        got, _ = run_group([r for r in runs if r.seed == seed], sources, tables,
+                           reweighting=scenario["model"]["reweighting"],
+                           pixel=scenario["evaluation"]["pixel_metrics"])
+        pairs.extend(got)
+    ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim)))
+    tune.report({"runs": len(runs)})
+
+
+def _finish(sc, out_dir: Path, streams, quiet, cache_root):
+    """Summary of everything in the folder (rebuilt on every run, so a resume completes it)."""
+    import pyarrow as pa
+
+    from .results import atomic_write_table, build_summary, chance_level
+
+    mat = pd.read_parquet(out_dir / "matrices.parquet")
+    steps = pd.read_parquet(out_dir / "steps.parquet")
+    tasks = pd.read_parquet(out_dir / "tasks.parquet").set_index("task")
+    baselines = {}
+    for t, row in tasks.iterrows():
+        for metric in mat["metric"].unique():
+            pix = None if np.isnan(row.pixel_prevalence) else np.array([row.pixel_prevalence])
+            if metric.startswith("pixel") and pix is None:
+                continue
+            baselines[(t, metric)] = chance_level(metric, np.array([row.image_prevalence]), pix, n_tasks=len(tasks))
+    summary = build_summary(mat, steps, baselines, float(tasks["arch_mb"].iloc[0]))
+    atomic_write_table(pa.Table.from_pandas(summary, preserve_index=False), out_dir / "summary.parquet")
+    if not quiet:
+        _print_table(summary, sc)
+
+
+def _print_table(summary: pd.DataFrame, sc) -> None:
+    key = "image_f1" if "image_f1" in set(summary.metric) else summary.metric.iloc[0]
+    s = summary[summary.metric == key]
+    t = s.groupby(["strategy", "memory_size"]).agg(final_mean=("final_mean", "mean"),
+                                                    forgetting_pct=("avg_forgetting_pct", "mean"),
+                                                    bank_mb=("bank_mb", "mean"), runs=("trial_id", "count"))
+    print(f"\n{key}: mean over orders and seeds", file=sys.stderr)
+    print(t.round(3).to_string(), file=sys.stderr)

@@ -1,0 +1,51 @@
+"""Scoring against independent references: scipy blur, hand-written reweighting."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from pclsim.scoring import anomaly_maps, identify_task, image_score
+
+
+def test_anomaly_map_is_bilinear_upsample_then_scipy_gaussian():
+    rng = np.random.default_rng(0)
+    d = rng.random((2, 28 * 28)).astype(np.float32)
+    got = anomaly_maps(d, (28, 28), 224, sigma=4)
+    up = F.interpolate(torch.from_numpy(d).reshape(2, 1, 28, 28), size=(224, 224), mode="bilinear",
+                       align_corners=False)[:, 0].numpy()
+    for i in range(2):
+        ref = ndimage.gaussian_filter(up[i].astype(np.float64), sigma=4, mode="mirror", truncate=4.0)
+        np.testing.assert_allclose(got[i], ref, atol=1e-5)
+    flat = anomaly_maps(np.full((1, 16), 3.0, np.float32), (4, 4), 32)
+    np.testing.assert_allclose(flat, 3.0, atol=1e-5)
+
+
+def test_identify_task_picks_lowest_mean():
+    assert identify_task(np.array([[3.0, 1.0, 2.0], [0.5, 0.7, 0.1]])).tolist() == [1, 2]
+
+
+def test_paper_reweighting_by_hand():
+    # bank of 4 points on a line in 4-D, query patches: patch 1 is the farthest
+    bank = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [3, 0, 0, 0], [10, 0, 0, 0]], dtype=np.float32)
+    q = np.array([[0.1, 0, 0, 0], [0, 2, 0, 0]], dtype=np.float32)
+    d = np.linalg.norm(q[:, None] - bank[None], axis=-1)
+    nn = d.argmin(1)
+    pd_ = d.min(1)
+    s_star = pd_[1]  # = 2, nearest bank vector m* = bank[0]
+    # 3 nearest of m* = bank[0] within the bank: itself, bank[1], bank[2]
+    d1 = np.linalg.norm(q[1] - bank[1])
+    d2 = np.linalg.norm(q[1] - bank[2])
+    t = math.sqrt(4)
+    w = 1 - math.exp(s_star / t) / (math.exp(d1 / t) + math.exp(d2 / t))
+    assert image_score(pd_, nn, q, bank, "paper") == pytest.approx(w * s_star, rel=1e-6)
+    assert image_score(pd_, nn, q, bank, "none") == pytest.approx(s_star)
+    # anomalib-style: softmax over distances to the (up to) 9 neighbours of m*, weight 1 - p[0]
+    dn = np.linalg.norm(q[1] - bank[[0, 1, 2, 3]], axis=1)
+    p = np.exp(dn) / np.exp(dn).sum()
+    assert image_score(pd_, nn, q, bank, "anomalib") == pytest.approx((1 - p[0]) * s_star, rel=1e-6)
+    with pytest.raises(ValueError):
+        image_score(pd_, nn, q, bank, "other")
