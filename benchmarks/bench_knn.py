@@ -1,0 +1,58 @@
+"""k-NN queries/s: pclsim's faiss and torch paths vs anomalib's PatchcoreModel.nearest_neighbors.
+
+Default: 40 test images of 784 patches (31,360 queries) x a bank of 3,000 x 152 (lite0), k = 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from _common import anomalib_or_none, emit, sync, timed
+from pclsim.knn import faiss_available, knn
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--queries", type=int, default=31_360)
+    ap.add_argument("--bank", type=int, default=3_000)
+    ap.add_argument("--dim", type=int, default=152)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(a.queries, a.dim)).astype(np.float32)
+    b = rng.normal(size=(a.bank, a.dim)).astype(np.float32)
+    out = {"queries": a.queries, "bank": a.bank, "dim": a.dim, "device": a.device}
+    knn(q[:100], b, backend="torch", device=a.device)
+    t_torch, (d_t, _) = timed(lambda: knn(q, b, 1, backend="torch", device=a.device), repeat=3)
+    out["torch_qps"] = a.queries / t_torch
+    if faiss_available():
+        t_faiss, (d_f, _) = timed(lambda: knn(q, b, 1, backend="faiss"), repeat=3)
+        out["faiss_qps"] = a.queries / t_faiss
+        out["faiss_vs_torch_max_abs_diff"] = float(np.abs(d_f - d_t).max())
+    model_cls = anomalib_or_none("patchcore")
+    if model_cls is not None:
+        tq, tb = torch.from_numpy(q).to(a.device), torch.from_numpy(b).to(a.device)
+        # only nearest_neighbors is used: a bare module holding the bank, no backbone built
+        model = model_cls.__new__(model_cls)
+        torch.nn.Module.__init__(model)
+        model.register_buffer("memory_bank", tb)
+
+        def run():
+            r = model.nearest_neighbors(tq, n_neighbors=1)
+            sync(a.device)
+            return r
+
+        run()
+        t_ano, _ = timed(run, repeat=3)
+        out["anomalib_qps"] = a.queries / t_ano
+        out["torch_ratio_vs_anomalib"] = out["torch_qps"] / out["anomalib_qps"]
+        if "faiss_qps" in out:
+            out["faiss_ratio_vs_anomalib"] = out["faiss_qps"] / out["anomalib_qps"]
+    emit("knn", out)
+
+
+if __name__ == "__main__":
+    main()
