@@ -21,7 +21,7 @@ import numpy as np
 from . import metrics as M
 from .coreset import greedy_coreset
 from .knn import nn_distances, prefix_nn
-from .scoring import anomaly_maps, identify_task, image_score
+from .scoring import _bank_neighbours, anomaly_maps, identify_task, image_score
 from .strategies import BankRef, Strategy, per_task_size
 
 __all__ = ["TaskFeatures", "BankManager", "BankSources", "Evaluator", "run_order", "OrderResult",
@@ -194,6 +194,7 @@ class Evaluator:
         self._state_memo: dict = {}
         self._metric_memo: dict = {}
         self._bank_memo: dict = {}
+        self._neighbours: dict = {}
         self.stats = {"evaluations": 0, "state_hits": 0, "metric_computations": 0}
 
     # -- nearest-neighbour tables -------------------------------------------------------------
@@ -256,14 +257,30 @@ class Evaluator:
         if key not in self._metric_memo:
             self.stats["metric_computations"] += 1
             self._metric_memo[key] = score_task(self.tasks[eval_task], chosen, dists, self._bank,
-                                                self.reweighting, self.sigma, self.pixel)
+                                                self.reweighting, self.sigma, self.pixel, self._neighbours)
         return self._metric_memo[key]
 
 
 def score_task(task: TaskFeatures, chosen, dists, bank_of, reweighting: str, sigma: float,
-               pixel: bool = True) -> dict[str, float]:
-    """Metrics of one task's test set, given per image its chosen bank and its patch NN (dist, idx)."""
-    scores = np.array([image_score(d, i, task.test[n], bank_of(chosen[n]), reweighting)
+               pixel: bool = True, neighbour_cache: dict | None = None) -> dict[str, float]:
+    """Metrics of one task's test set, given per image its chosen bank and its patch NN (dist, idx).
+
+    chosen[n] is a hashable bank key; bank_of(key) gives its vectors. neighbour_cache keeps the
+    bank neighbours of m* per (bank, m*, k) across calls: the same m* recurs across states.
+    """
+    cache = neighbour_cache if neighbour_cache is not None else {}
+
+    def finder(key):
+        bank = bank_of(key)
+
+        def find(m, k):
+            nk = (key, m, k)
+            if nk not in cache:
+                cache[nk] = _bank_neighbours(bank, m, k)
+            return cache[nk]
+        return find
+
+    scores = np.array([image_score(d, i, task.test[n], bank_of(chosen[n]), reweighting, finder(chosen[n]))
                        for n, (d, i) in enumerate(dists)])
     out = M.image_metrics(task.labels, scores)
     if pixel and task.masks is not None:
@@ -288,9 +305,9 @@ def evaluate_direct(task: TaskFeatures, banks: list[np.ndarray], identify: bool,
         chosen = identify_task(np.stack([d.mean(1) for d, _ in per_bank], axis=1))
     else:
         chosen = np.zeros(n_img, dtype=np.int64)
-    return score_task(task, [banks[c] for c in chosen],
+    return score_task(task, [int(c) for c in chosen],
                       [(per_bank[c][0][n], per_bank[c][1][n]) for n, c in enumerate(chosen)],
-                      lambda b: b, reweighting, sigma)
+                      lambda c: banks[c], reweighting, sigma)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,13 +29,15 @@ def _bank_neighbours(bank: np.ndarray, m_star: int, k: int) -> np.ndarray:
 
 
 def image_score(patch_dists: np.ndarray, patch_nn: np.ndarray, query_patches: np.ndarray,
-                bank: np.ndarray, reweighting: str = "paper") -> float:
+                bank: np.ndarray, reweighting: str = "paper", neighbours=None) -> float:
     """Image anomaly score from one image's patch NN distances to its chosen bank.
 
     patch_dists (P,), patch_nn (P,) indices into `bank` (n, D), query_patches (P, D).
     paper: the authors' PatchCore eq. 7 variant with 3 neighbours and T = sqrt(D);
     anomalib: 1 - softmax over the distances to the 9 neighbours of m*; none: s* unchanged.
+    neighbours: optional cache, a callable (m_star, k) -> the k nearest bank indices of m*.
     """
+    find = neighbours or (lambda m, k: _bank_neighbours(bank, m, k))
     p = int(np.argmax(patch_dists))
     s_star = float(patch_dists[p])
     if reweighting == "none" or bank.shape[0] < 2:
@@ -43,7 +45,7 @@ def image_score(patch_dists: np.ndarray, patch_nn: np.ndarray, query_patches: np
     m_star = int(patch_nn[p])
     m_test = query_patches[p].astype(np.float64)
     if reweighting == "paper":
-        nb = _bank_neighbours(bank, m_star, 3)
+        nb = find(m_star, 3)
         others = nb[1:]
         t = math.sqrt(bank.shape[1])
         dn = np.sqrt(((bank[others].astype(np.float64) - m_test) ** 2).sum(1))
@@ -51,7 +53,7 @@ def image_score(patch_dists: np.ndarray, patch_nn: np.ndarray, query_patches: np
         w = 1.0 - 1.0 / np.exp((dn - s_star) / t).sum()
         return float(w * s_star)
     if reweighting == "anomalib":
-        nb = _bank_neighbours(bank, m_star, 9)
+        nb = find(m_star, 9)
         dn = np.sqrt(((bank[nb].astype(np.float64) - m_test) ** 2).sum(1))
         e = np.exp(dn - dn.max())
         w = 1.0 - e[0] / e.sum()
