@@ -1,0 +1,75 @@
+"""Parquet tables and the summary, checked against the matrices they come from."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from helpers_features import make_tasks
+from pclsim import metrics as M
+from pclsim.engine import simulate
+from pclsim.results import MATRIX_SCHEMA, SUMMARY_COLUMNS, atomic_write_table, build_summary, rows_table, steps_table
+from pclsim.scenario import Run
+
+SC = {"coreset": {"projection": "jl", "projection_dim": 4, "joint": "composable"},
+      "model": {"reweighting": "paper"}, "evaluation": {"pixel_metrics": True}}
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    tasks = make_tasks(3, seed=5)
+    orders = list(itertools.permutations(tasks))[:3]
+    runs = [Run(s, 45, 0, o) for s in ("patchcore_cl", "joint", "finetune") for o in orders]
+    return simulate(runs, tasks, SC, device="cpu")
+
+
+def test_matrix_rows_hold_every_cell(pairs, tmp_path):
+    t = rows_table(pairs)
+    assert t.schema == MATRIX_SCHEMA
+    atomic_write_table(t, tmp_path / "matrices.parquet" / "part-a.parquet")
+    df = pd.read_parquet(tmp_path / "matrices.parquet")
+    assert not list(tmp_path.joinpath("matrices.parquet").glob(".tmp-*"))
+    one = df[(df.trial_id == pairs[0][0].trial_id) & (df.metric == "image_auroc")]
+    assert len(one) == 9  # 3 steps x 3 evaluated tasks, seen or not
+    pix = df[(df.trial_id == pairs[0][0].trial_id) & (df.metric == "pixel_auroc")]
+    assert set(pix.eval_task) == {"T0"}  # only the task with masks
+    run, res = pairs[0]
+    mat = res.matrices["image_auroc"]
+    for row in one.itertuples():
+        assert row.value == mat[row.step, run.order.index(row.eval_task)]
+        assert row.train_task == run.order[row.step] and row.order == " > ".join(run.order)
+
+
+def test_summary_equals_metrics_of_each_matrix(pairs):
+    df = rows_table(pairs).to_pandas()
+    steps = steps_table(pairs, dim=8).to_pandas()
+    base = {(t, m): 0.5 for t in ("T0", "T1", "T2") for m in df.metric.unique()}
+    s = build_summary(df, steps, base, arch_mb=12.5)
+    assert list(s.columns) == SUMMARY_COLUMNS
+    by = {(r.trial_id, r.metric): r for r in s.itertuples()}
+    finals = {}
+    for run, res in pairs:
+        a = res.matrices["image_f1"]
+        r = by[(run.trial_id, "image_f1")]
+        assert r.final_mean == pytest.approx(M.final_mean(a))
+        assert r.avg_forgetting_pct == pytest.approx(M.average_forgetting(a))
+        assert r.avg_forgetting_paper_pct == pytest.approx(M.average_forgetting(a, paper_compatible=True))
+        assert r.bwt == pytest.approx(M.bwt(a))
+        assert r.fwt == pytest.approx(M.fwt(a, np.full(3, 0.5)))
+        assert r.bank_mb == pytest.approx(M.memory_mb(res.bank_vectors[-1], 8))
+        finals[(run.strategy, run.order)] = M.final_mean(a)
+    for run, res in pairs:
+        gap = by[(run.trial_id, "image_f1")].relative_gap
+        if run.strategy == "joint":
+            assert np.isnan(gap)
+        else:
+            assert gap == pytest.approx(finals[("joint", run.order)] - finals[(run.strategy, run.order)])
+
+
+def test_steps_table_bank_sizes(pairs):
+    st = steps_table(pairs, dim=8).to_pandas()
+    cl = st[st.trial_id == next(r.trial_id for r, _ in pairs if r.strategy == "patchcore_cl")]
+    assert cl.bank_vectors.tolist() == [45, 44, 45]  # floor(45/1), 2*floor(45/2), 3*floor(45/3)
+    assert cl.bank_mb.tolist() == pytest.approx([n * 8 * 4 / 1e6 for n in (45, 44, 45)])
