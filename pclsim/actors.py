@@ -52,6 +52,19 @@ def prepare_source(kind, src, sizes, coreset, seed, names, dep_keys, *args):
     return order, tables
 
 
+@ray.remote(num_cpus=1)
+def write_gallery(out_dir, run, streams, task_refs, prepared, sizes, scenario):
+    from .gallery import gallery_files
+
+    names = list(task_refs)
+    tasks = dict(zip(names, ray.get([task_refs[n] for n in names])))
+    keys = list(prepared)
+    orders = ray.get([prepared[k][0] for k in keys])
+    tables = ray.get([prepared[k][1] for k in keys])
+    return gallery_files(Path(out_dir) / "gallery", run, streams, tasks, dict(zip(keys, orders)),
+                         dict(zip(keys, tables)), sizes, scenario)
+
+
 @ray.remote(num_cpus=0)
 def task_stats(tf) -> dict:
     """Sizes and label prevalences of one task (chance-level baselines, the report's task table)."""

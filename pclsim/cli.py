@@ -58,13 +58,15 @@ def sweep(scenario: str = typer.Argument(..., help="Scenario YAML file."),
           max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1,
                                                        help="Most Tune trials at once (default: the CPUs)."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary table."),
+          gallery: Optional[int] = typer.Option(None, "--gallery", min=0,
+                                                help="Store N anomaly maps per task for the report."),
           debug: bool = typer.Option(False, "--debug", help="Full tracebacks and Ray worker logs.")):
     """Run every (order x strategy x memory size x seed) of a scenario; write Parquet results."""
     _DEBUG["on"] = debug
     from .sweep import run_sweep
 
     _guard(run_sweep, scenario, out=out, data_root=data_root, address=address, fresh=fresh,
-           max_concurrent=max_concurrent, quiet=quiet, debug=debug)
+           max_concurrent=max_concurrent, quiet=quiet, debug=debug, gallery=gallery)
 
 
 @app.command()

@@ -239,18 +239,31 @@ class Evaluator:
         if hit is not None:
             self.stats["state_hits"] += 1
             return hit
-        per_bank = [self._bank_dists(b, eval_task) for b in banks]
-        if identify and len(banks) > 1:
-            means = np.stack([d.mean(1) for d, _ in per_bank], axis=1)
-            chosen = identify_task(means)
-        else:
-            chosen = np.zeros(self.tasks[eval_task].test.shape[0], dtype=np.int64)
+        per_bank, chosen = self._choose(eval_task, banks, identify)
         out = dict(self._metrics_for(eval_task, tuple(banks[c] for c in chosen),
                                      [(per_bank[c][0][i], per_bank[c][1][i]) for i, c in enumerate(chosen)]))
         if identify:
             out["task_id_acc"] = float(np.mean([banks[c].tasks == (eval_task,) for c in chosen]))
         self._state_memo[key] = out
         return out
+
+    def _choose(self, eval_task: str, banks, identify: bool):
+        per_bank = [self._bank_dists(b, eval_task) for b in banks]
+        if identify and len(banks) > 1:
+            chosen = identify_task(np.stack([d.mean(1) for d, _ in per_bank], axis=1))
+        else:
+            chosen = np.zeros(self.tasks[eval_task].test.shape[0], dtype=np.int64)
+        return per_bank, chosen
+
+    def maps(self, eval_task: str, banks: tuple[BankRef, ...], identify: bool, images) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores and anomaly maps (len(images), S, S) of some test images (the report's gallery)."""
+        per_bank, chosen = self._choose(eval_task, banks, identify)
+        task = self.tasks[eval_task]
+        d = np.stack([per_bank[chosen[i]][0][i] for i in images])
+        nn = [per_bank[chosen[i]][1][i] for i in images]
+        scores = np.array([image_score(d[k], nn[k], task.test[i], self._bank(banks[chosen[i]]), self.reweighting)
+                           for k, i in enumerate(images)])
+        return scores, anomaly_maps(d, task.grid, task.image_size, self.sigma)
 
     def _metrics_for(self, eval_task: str, chosen: tuple[BankRef, ...], dists) -> dict[str, float]:
         key = (eval_task, chosen)

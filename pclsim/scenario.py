@@ -45,7 +45,7 @@ DEFAULTS = {
     "strategies": ["patchcore_cl", "multi_model", "joint", "finetune"],
     "memory_sizes": [1000, 3000],
     "coreset": {"projection": "jl", "projection_dim": 128, "rebalance": "truncate", "joint": "composable"},
-    "evaluation": {"pixel_metrics": True, "paper_forgetting": False, "gallery": 0},
+    "evaluation": {"pixel_metrics": True, "gallery": 0},  # gallery: anomaly maps stored per task for the report
     "seeds": [0],
 }
 
@@ -276,5 +276,6 @@ def group_runs(runs: list[Run], max_orders: int = 720) -> dict[str, list[Run]]:
 
 def scenario_hash(sc: dict) -> str:
     """Content hash of everything that changes results (not the name or output folder)."""
-    body = {k: v for k, v in sc.items() if k not in ("name", "pclsim_version")}
+    body = {k: v for k, v in sc.items() if k not in ("name", "pclsim_version", "scenario_hash")}
+    body["evaluation"] = {k: v for k, v in body.get("evaluation", {}).items() if k != "gallery"}  # output only
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]

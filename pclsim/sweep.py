@@ -57,11 +57,13 @@ def _say(quiet: bool, msg: str) -> None:
 
 def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None = None, address: str | None = None,
               fresh: bool = False, max_concurrent: int | None = None, quiet: bool = False, debug: bool = False,
-              cache_dir: str | None = None) -> Path:
+              cache_dir: str | None = None, gallery: int | None = None) -> Path:
     from .data import load_stream
 
-    t_start = time.perf_counter()
+    t_start = _T0[0] = time.perf_counter()
     sc = load_scenario(scenario_path, data_root=data_root)
+    if gallery is not None:
+        sc["evaluation"]["gallery"] = int(gallery)
     out_dir = Path(out or Path("results") / sc["name"]).expanduser().resolve()
     streams = load_stream(sc["dataset"], sc["dataset"]["root"])
     if sc["dataset"]["tasks"] is None:  # folder-like data sets: every category found
@@ -79,11 +81,20 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
     _say(quiet, f"pclsim {__version__}: {sc['name']}: {len(runs)} runs in {len(groups)} trials "
                 f"({len(groups) - len(todo)} already done) -> {out_dir}")
     cache_root = Path(cache_dir).resolve() if cache_dir else None
-    if todo:
-        _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root)
+    want_gallery = sc["evaluation"]["gallery"] > 0 and not (out_dir / "gallery").is_dir()
+    if todo or want_gallery:
+        _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery)
     _finish(sc, out_dir, streams, quiet, cache_root)
     _say(quiet, f"done in {time.perf_counter() - t_start:.1f} s: {out_dir}")
     return out_dir
+
+
+_T0 = [time.perf_counter()]
+
+
+def _stage(debug: bool, what: str) -> None:
+    if debug:
+        print(f"[{time.perf_counter() - _T0[0]:7.1f} s] {what}", file=sys.stderr, flush=True)
 
 
 def _ray_init(address, debug):
@@ -102,17 +113,18 @@ def _ray_init(address, debug):
     return ray
 
 
-def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root):
+def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False):
     from tqdm import tqdm
 
     from .cache import default_cache_dir
     from .engine import plan
 
     ray = _ray_init(address, debug)
+    _stage(debug, "ray started")
     from ray import tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from .actors import BankManagerActor, FeatureExtractorActor, ResultsWriter, task_stats
+    from .actors import BankManagerActor, FeatureExtractorActor, ResultsWriter, task_stats, write_gallery
 
     try:
         res = ray.cluster_resources()
@@ -126,6 +138,7 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
                                                                threads=1 if not gpus else 4)
                   for _ in range(n_act)]
         infos = ray.get([a.info.remote() for a in actors])
+        _stage(debug, "extractors ready")
         pending = {actors[i % n_act].extract.remote(t): t.name for i, t in enumerate(streams)}
         task_refs = {t.name: None for t in streams}
         with tqdm(total=len(streams), desc="features", unit="task", disable=quiet, file=sys.stderr) as bar:
@@ -138,6 +151,7 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
         for a in actors:
             ray.kill(a)
         dim, arch_mb = infos[0]["dim"], infos[0]["arch_mb"]
+        _stage(debug, "features done")
         stats = pd.DataFrame(ray.get([task_stats.remote(task_refs[n]) for n in task_refs]))
         stats["arch_mb"] = arch_mb
         stats["backbone_device"] = infos[0]["device"]
@@ -147,7 +161,8 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
         atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
         # 2. bank sources: every selection order and NN table the runs need, computed once
         all_runs = [r for rs in todo.values() for r in rs]
-        p = plan(all_runs)
+        gallery_run = _gallery_run(sc) if want_gallery else None
+        p = plan(all_runs + ([gallery_run] if gallery_run else []))
         manager = BankManagerActor.remote(task_refs, sc["coreset"])
         prepared = {seed: ray.get(manager.prepare.remote(seed, p.sizes[seed], p.sources[seed])) for seed in p.sizes}
         flat = [ref for d in prepared.values() for pair in d.values() for ref in pair]
@@ -157,12 +172,17 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
                 ready, left = ray.wait(left, num_returns=1)
                 bar.update(0.5)
         # 3. Tune trials: one per group of orders; results go to a writer on this node
+        _stage(debug, "banks done")
         writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
             ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
         trainable = tune.with_parameters(
             _trial, groups=todo, task_refs=task_refs, prepared=prepared, sizes=p.sizes, scenario=sc,
             writer=writer, dim=dim)
         n_runs = sum(len(v) for v in todo.values())
+        if not todo:
+            write_gallery_now = ray.get(write_gallery.remote(str(out_dir), gallery_run, streams, task_refs,
+                                                             prepared[gallery_run.seed], p.sizes[gallery_run.seed], sc))
+            return write_gallery_now
         bar = tqdm(total=n_runs, desc="runs", unit="run", disable=quiet, file=sys.stderr)
 
         class _Progress(tune.Callback):
@@ -172,19 +192,34 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": 1}),
             param_space={"group": tune.grid_search(sorted(todo))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus)),
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus), reuse_actors=True),
             run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0,
                                       callbacks=[_Progress()], failure_config=tune.FailureConfig(max_failures=3)),
         )
         grid = tuner.fit()
         bar.close()
+        _stage(debug, "trials done")
         errors = [r.error for r in grid if r.error is not None]
         if errors:
             raise _unwrap(errors[0])
+        if gallery_run is not None:
+            ray.get(write_gallery.remote(str(out_dir), gallery_run, streams, task_refs, prepared[gallery_run.seed],
+                                         p.sizes[gallery_run.seed], sc))
     except Exception as e:
         raise _unwrap(e) from None
     finally:
         ray.shutdown()
+
+
+def _gallery_run(sc):
+    """The state the gallery shows: PatchCoreCL (else the first strategy) at the largest memory size,
+    after every task of the first order."""
+    from .scenario import expand_runs
+
+    runs = expand_runs(sc)
+    strat = "patchcore_cl" if "patchcore_cl" in sc["strategies"] else sc["strategies"][0]
+    m = max(sc["memory_sizes"])
+    return next(r for r in runs if r.strategy == strat and r.memory_size == m)
 
 
 def _unwrap(e: BaseException) -> BaseException:
@@ -205,6 +240,7 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim):
     from .engine import make_sources, plan, run_group
     from .results import rows_table, steps_table
 
+    t0 = time.perf_counter()
     group = config["group"]
     runs = groups[group]
     names = list(task_refs)
@@ -223,7 +259,10 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim):
                            reweighting=scenario["model"]["reweighting"],
                            pixel=scenario["evaluation"]["pixel_metrics"])
         pairs.extend(got)
+    t1 = time.perf_counter()
     ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim)))
+    print(f"trial {group}: {len(runs)} runs, compute {t1 - t0:.1f} s, write {time.perf_counter() - t1:.1f} s",
+          file=sys.stderr, flush=True)
     tune.report({"runs": len(runs)})
 
 

@@ -1,0 +1,58 @@
+"""A few anomaly maps per task, stored for the report (image, mask, map, score)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .engine import make_sources
+from .protocol import Evaluator
+from .strategies import get_strategy
+
+_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def _pick(labels: np.ndarray, n: int) -> list[int]:
+    """Anomalous images first (most of the gallery), then normal ones, in data order."""
+    anom = [int(i) for i in np.flatnonzero(labels == 1)]
+    norm = [int(i) for i in np.flatnonzero(labels == 0)]
+    k = min(len(anom), max(1, (2 * n + 2) // 3))
+    return anom[:k] + norm[: n - k]
+
+
+def gallery_files(out: Path, run, streams, tasks, orders, tables, sizes, scenario) -> int:
+    """Write gallery/<task>_<i>.npz for `run`'s final state; returns the number of files."""
+    from .data import preprocess
+
+    sources = make_sources(tasks, sizes, scenario["coreset"], run.seed)
+    for (kind, src), o in orders.items():
+        sources.set_order(kind, src, o)
+    ev = Evaluator(sources, reweighting=scenario["model"]["reweighting"])
+    for (kind, src), tb in tables.items():
+        ev.put_tables(kind, src, tb)
+    strat = get_strategy(run.strategy, run.memory_size)
+    banks = strat.banks(tuple(run.order))
+    n = scenario["evaluation"]["gallery"]
+    tmp = out.with_name(".gallery.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    count = 0
+    by_name = {t.name: t for t in streams}
+    for name in run.order:
+        tf = tasks[name]
+        idx = _pick(tf.labels, n)
+        sb, ident = strat.scoring(banks, name)
+        scores, maps = ev.maps(name, sb, ident or strat.identifies_task, idx)
+        for k, i in enumerate(idx):
+            img, mask = by_name[name].test[i].load()
+            x, m = preprocess(img, mask, tf.image_size)
+            rgb = np.clip((x.transpose(1, 2, 0) * _STD + _MEAN) * 255, 0, 255).astype(np.uint8)
+            np.savez_compressed(tmp / f"{name}_{k}.npz", image=rgb,
+                                mask=m if m is not None else np.zeros(rgb.shape[:2], bool),
+                                amap=maps[k].astype(np.float32), task=name, score=float(scores[k]),
+                                label=int(tf.labels[i]), strategy=run.strategy, memory_size=run.memory_size)
+            count += 1
+    os.replace(tmp, out)
+    return count
