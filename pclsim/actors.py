@@ -34,7 +34,7 @@ class FeatureExtractorActor:
 
         return {"node": ray.get_runtime_context().get_node_id(), "dim": self.extractor.dim,
                 "arch_mb": architecture_mb(self.extractor.model), "device": str(self.extractor.device),
-                "pid": os.getpid()}
+                "pid": os.getpid(), "cache_key": self.extractor.cache_key()}
 
     def extract(self, task):
         return load_or_extract(task, self.extractor, cache_root=self.cache_root, workers=max(2, self.threads))

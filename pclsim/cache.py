@@ -24,9 +24,18 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "pclsim"
 
 
+def _synthetic_source_hash() -> str:
+    """Generated images change when the generator's code does: its source is part of their identity."""
+    from .data import synthetic
+
+    return hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()
+
+
 def task_key(extractor_key: str, task) -> str:
     h = hashlib.sha256(extractor_key.encode())
     h.update(task.name.encode())
+    if any(s.path is None for s in task.train[:1] + task.test[:1]):
+        h.update(_synthetic_source_hash().encode())
     for split, samples in (("train", task.train), ("test", task.test)):
         h.update(split.encode())
         for s in samples:

@@ -82,12 +82,15 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
 
         sc = load_scenario(scenario, data_root=data_root)
         tasks = load_stream(sc["dataset"], sc["dataset"]["root"])
+        from .data.preflight import preflight
+
+        n_files = preflight(tasks)
         if sc["dataset"]["tasks"] is None:
             sc["dataset"]["tasks"] = [t.name for t in tasks]
             sc = resolve(sc, scenario)
         runs = expand_runs(sc)
         orders = {r.order for r in runs}
-        print(f"scenario {sc['name']}: ok")
+        print(f"scenario {sc['name']}: ok ({n_files} image and mask files checked)")
         for t in tasks:
             n_anom = sum(s.label for s in t.test)
             print(f"  task {t.name}: {len(t.train)} train, {len(t.test)} test ({n_anom} anomalous), "

@@ -38,6 +38,8 @@ def sparse_projection(in_dim: int, out_dim: int, seed: int = 0) -> torch.Tensor:
 
 def _as_tensor(x) -> torch.Tensor:
     if isinstance(x, np.ndarray):
+        if not x.flags.writeable:  # e.g. zero-copy from Ray's object store; torch wants writable memory
+            x = np.array(x)
         return torch.from_numpy(np.ascontiguousarray(x))
     if isinstance(x, torch.Tensor):
         return x

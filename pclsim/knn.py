@@ -23,6 +23,8 @@ def faiss_available() -> bool:
 
 
 def _t(x, device=None) -> torch.Tensor:
+    if isinstance(x, np.ndarray) and not x.flags.writeable:  # zero-copy from Ray's object store
+        x = np.array(x)
     t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
     return t.to(device=device, dtype=torch.float32) if device is not None else t.float()
 

@@ -175,7 +175,7 @@ class _Data:
         self.first_order = self._first_order(orders)
         # tasks in the scenario's order where known: colours and table rows follow it
         sc_tasks = (self.scenario.get("dataset") or {}).get("tasks") or []
-        seen = set(tasks_cat)
+        seen = {t for o in orders for t in o.split(_SEP)}  # pixel metrics skip unmasked tasks: use the orders
         self.tasks = [t for t in sc_tasks if t in seen] + [t for t in self.first_order if t not in sc_tasks]
         self.tasks += sorted(seen - set(self.tasks))
         self.task_color = {t: _PALETTE[i % len(_PALETTE)] for i, t in enumerate(self.tasks)}
@@ -284,8 +284,7 @@ def _heat(ax, a: np.ndarray, rows: list[str], cols: list[str], vmin: float, vmax
           xlabel: str = "evaluated task"):
     import matplotlib
 
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
     im = ax.imshow(np.ma.masked_invalid(a), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     T = a.shape[0]
     fs = 9 if max(a.shape) <= 6 else 7 if max(a.shape) <= 10 else 5
@@ -620,11 +619,11 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;m
 color:#222;line-height:1.45;padding:0 1em}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
-th,td{border:1px solid #bbb;padding:.3em .6em;text-align:right}th{background:#eef2f7}
+th,td{border:1px solid #bbb;padding:.3em .6em;text-align:right;white-space:nowrap}th{background:#eef2f7}
 td:first-child,th:first-child{text-align:left}
 figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}
 figcaption{font-size:.9em;color:#444;margin-top:.3em}.meta td{text-align:left}.note{font-size:.9em;color:#333}
-code{background:#f3f3f3;padding:0 .2em}
+code{background:#f3f3f3;padding:0 .2em}.wide{overflow-x:auto}.meta td{white-space:normal}
 """
 
 
@@ -638,7 +637,8 @@ def _html_table(frame: pd.DataFrame, cell) -> str:
     for r in frame.index:
         body.append("<tr><th>" + _e(cell(r, None)) + "</th>"
                     + "".join(f"<td>{_e(cell(r, c))}</td>" for c in frame.columns) + "</tr>")
-    return "<table>\n<thead>" + head + "</thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody></table>"
+    return ('<div class="wide"><table>\n<thead>' + head + "</thead>\n<tbody>\n" + "\n".join(body)
+            + "\n</tbody></table></div>")
 
 
 def _page(d: _Data, mean, std, per_task, figs, gallery_note: str) -> str:

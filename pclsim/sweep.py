@@ -59,6 +59,7 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
               fresh: bool = False, max_concurrent: int | None = None, quiet: bool = False, debug: bool = False,
               cache_dir: str | None = None, gallery: int | None = None) -> Path:
     from .data import load_stream
+    from .data.preflight import preflight
 
     t_start = _T0[0] = time.perf_counter()
     sc = load_scenario(scenario_path, data_root=data_root)
@@ -66,6 +67,7 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
         sc["evaluation"]["gallery"] = int(gallery)
     out_dir = Path(out or Path("results") / sc["name"]).expanduser().resolve()
     streams = load_stream(sc["dataset"], sc["dataset"]["root"])
+    preflight(streams)
     if sc["dataset"]["tasks"] is None:  # folder-like data sets: every category found
         from .scenario import resolve
 
@@ -151,6 +153,15 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
         for a in actors:
             ray.kill(a)
         dim, arch_mb = infos[0]["dim"], infos[0]["arch_mb"]
+        from .cache import task_key
+
+        _write_json(out_dir / "run_info.json", {
+            "ray_nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cluster_resources": res,
+            "extractors": [{k: v for k, v in i.items() if k != "cache_key"} for i in infos],
+            "extractor_nodes": sorted({i["node"] for i in infos})})
+
+        feature_keys = {t.name: (cache, task_key(infos[0]["cache_key"], t), t.name, sc["dataset"]["image_size"])
+                        for t in streams}
         _stage(debug, "features done")
         stats = pd.DataFrame(ray.get([task_stats.remote(task_refs[n]) for n in task_refs]))
         stats["arch_mb"] = arch_mb
@@ -177,7 +188,7 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
             ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
         trainable = tune.with_parameters(
             _trial, groups=todo, task_refs=task_refs, prepared=prepared, sizes=p.sizes, scenario=sc,
-            writer=writer, dim=dim)
+            writer=writer, dim=dim, feature_keys=feature_keys)
         n_runs = sum(len(v) for v in todo.values())
         if not todo:
             write_gallery_now = ray.get(write_gallery.remote(str(out_dir), gallery_run, streams, task_refs,
@@ -233,7 +244,7 @@ def _unwrap(e: BaseException) -> BaseException:
     return e if e is not None else RuntimeError("sweep failed")
 
 
-def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim):
+def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, feature_keys):
     import ray
     from ray import tune
 
@@ -244,17 +255,22 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim):
     group = config["group"]
     runs = groups[group]
     names = list(task_refs)
-    tasks = dict(zip(names, ray.get([task_refs[n] for n in names])))
+    tasks = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
+                                            lambda: [_from_cache(*feature_keys[n]) for n in names])))
     pairs = []
     for seed, _ in plan(runs).sizes.items():
         need = plan([r for r in runs if r.seed == seed]).sources[seed]
         refs = prepared[seed]
         keys = list(refs)
-        orders = ray.get([refs[k][0] for k in keys])
         sources = make_sources(tasks, sizes[seed], scenario["coreset"], seed)
-        for k, o in zip(keys, orders):
-            sources.set_order(k[0], k[1], o)
-        tables = dict(zip(need, ray.get([refs[k][1] for k in need])))
+        # shared orders and tables; where a node that held them is gone, this trial recomputes its own
+        orders = _get_or_recover(ray, [refs[k][0] for k in keys], lambda: None)
+        tables = {}
+        if orders is not None:
+            for k, o in zip(keys, orders):
+                sources.set_order(k[0], k[1], o)
+            got = _get_or_recover(ray, [refs[k][1] for k in need], lambda: None)
+            tables = dict(zip(need, got)) if got is not None else {}
         got, _ = run_group([r for r in runs if r.seed == seed], sources, tables,
                            reweighting=scenario["model"]["reweighting"],
                            pixel=scenario["evaluation"]["pixel_metrics"])
@@ -264,6 +280,33 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim):
     print(f"trial {group}: {len(runs)} runs, compute {t1 - t0:.1f} s, write {time.perf_counter() - t1:.1f} s",
           file=sys.stderr, flush=True)
     tune.report({"runs": len(runs)})
+
+
+def _write_json(path: Path, obj) -> None:
+    import json
+
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _get_or_recover(ray, refs, recover):
+    """ray.get, or `recover()` when the objects died with their node (features come back from the
+    shared cache, orders and tables are recomputed): a retried trial then still completes."""
+    try:
+        return ray.get(refs, timeout=600)
+    except (ray.exceptions.ObjectLostError, ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError,
+            ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
+        return recover()
+
+
+def _from_cache(root, key, name, image_size):
+    from .cache import load_cached
+
+    tf = load_cached(Path(root), key, name, image_size)
+    if tf is None:
+        raise RuntimeError(f"features of task {name} were lost with their node and are not in the cache {root}")
+    return tf
 
 
 def _finish(sc, out_dir: Path, streams, quiet, cache_root):

@@ -1,0 +1,130 @@
+"""The sweep through Ray, end to end: tables, resume after SIGKILL, determinism, a two-node cluster.
+
+These start real Ray clusters, so they are the slowest tests of the suite (about a minute each).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "scenarios" / "smoke.yaml"
+
+
+def sweep_cmd(out, *extra):
+    return [sys.executable, "-m", "pclsim.cli", "sweep", str(SMOKE), "--out", str(out), "--quiet", *extra]
+
+
+def env(cache):
+    return dict(os.environ, PCLSIM_CACHE_DIR=str(cache), RAY_ADDRESS="")
+
+
+def run(cmd, e, timeout=600):
+    r = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def table(out: Path, name: str) -> pd.DataFrame:
+    df = pd.read_parquet(out / name)
+    keys = [c for c in ("trial_id", "step", "eval_task", "metric") if c in df.columns]
+    return df.sort_values(keys).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted sweep of the smoke scenario."""
+    d = tmp_path_factory.mktemp("ref")
+    run(sweep_cmd(d / "out", "--fresh", "--gallery", "2"), env(d / "cache"))
+    return d / "out", d / "cache"
+
+
+def test_tables_hold_full_matrices(reference):
+    out, _ = reference
+    sc = yaml.safe_load((out / "scenario.yaml").read_text())
+    assert sc["pclsim_version"] and sc["scenario_hash"] and sc["model"]["reweighting"] == "paper"
+    m = table(out, "matrices.parquet")
+    assert list(pd.read_parquet(out / "matrices.parquet").columns) == [
+        "trial_id", "strategy", "memory_size", "seed", "order", "step", "train_task", "eval_task", "metric", "value"]
+    assert m.trial_id.nunique() == 6 * 4 * 2  # 3! orders x 4 strategies x 2 memory sizes
+    img = m[m.metric == "image_auroc"]
+    assert (img.groupby("trial_id").size() == 9).all()  # full 3 x 3 after every step
+    pix = m[m.metric == "pixel_auroc"]
+    assert set(pix.eval_task) == {"Brain_AD", "Liver_AD"}  # masks only for those
+    assert set(m[m.metric == "task_id_acc"].strategy) == {"patchcore_cl"}
+    assert m.value.between(0, 1).all()
+    s = pd.read_parquet(out / "summary.parquet")
+    assert len(s) == m.groupby(["trial_id", "metric"]).ngroups
+    cl = s[(s.strategy == "patchcore_cl") & (s.metric == "image_f1")]
+    assert cl.relative_gap.notna().all()
+    assert (s[s.strategy == "joint"].relative_gap.isna()).all()
+    # bank memory: vectors x D x 4 bytes, D = 152 for the bundled backbone
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert np.allclose(steps.bank_mb, steps.bank_vectors * 152 * 4 / 1e6)
+    assert len(list((out / "gallery").glob("*.npz"))) == 3 * 2
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(reference, tmp_path):
+    ref_out, cache = reference
+    out = tmp_path / "out"
+    p = subprocess.Popen(sweep_cmd(out, "--fresh", "--max-concurrent", "1"), env=env(cache), cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    parts = out / "matrices.parquet"
+    deadline = time.time() + 400
+    while time.time() < deadline and not (parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 2):
+        assert p.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    done = len(list(parts.glob("part-*.parquet")))
+    assert 2 <= done < 8, done
+    assert not (out / "summary.parquet").exists()
+    resume = [c for c in sweep_cmd(out) if c != "--quiet"]  # the banner says how many trials it skipped
+    r = run(resume, env(cache))
+    assert f"({done} already done)" in r.stderr or f"({done + 1} already done)" in r.stderr
+    for name in ("matrices.parquet", "summary.parquet"):
+        a, b = table(ref_out, name), table(out, name)
+        assert not b.duplicated(subset=[c for c in ("trial_id", "step", "eval_task", "metric") if c in b]).any()
+        pd.testing.assert_frame_equal(a, b)  # identical values: determinism across runs, no duplicates
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_cluster_spreads_extractors(reference, tmp_path):
+    if shutil.which("ray") is None:
+        pytest.skip("ray CLI not on PATH")
+    ref_out, _ = reference
+    port = _free_port()
+    e = dict(os.environ, RAY_ADDRESS="")
+    temp = "/tmp/ray"
+    try:
+        subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, env=e,
+                       capture_output=True, timeout=120)
+        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, env=e,
+                       capture_output=True, timeout=120)
+        out = tmp_path / "out"
+        # a fresh cache: the two nodes extract the features themselves
+        run(sweep_cmd(out, "--fresh", "--address", f"127.0.0.1:{port}"), env(tmp_path / "cache"))
+        info = json.loads((out / "run_info.json").read_text())
+        assert info["ray_nodes"] == 2
+        assert len(info["extractor_nodes"]) == 2  # one extractor actor on each node
+        pd.testing.assert_frame_equal(table(ref_out, "summary.parquet"), table(out, "summary.parquet"))
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=e, capture_output=True, timeout=120)
