@@ -71,10 +71,11 @@ def load_or_extract(task, extractor, *, cache_root: Path | None = None, workers:
     if hit is not None:
         return hit
     bs = extractor.batch_size
-    tr, _, _ = extractor.extract(iter_batches(task.train, extractor.image_size, bs, workers))
+    tr, _, _ = extractor.extract(iter_batches(task.train, extractor.image_size, bs, workers), total=len(task.train))
     if progress:
         progress()
-    te, masks, labels = extractor.extract(iter_batches(task.test, extractor.image_size, bs, workers))
+    te, masks, labels = extractor.extract(iter_batches(task.test, extractor.image_size, bs, workers),
+                                         total=len(task.test))
     feats = TaskFeatures(task.name, np.ascontiguousarray(tr.reshape(-1, tr.shape[-1]), dtype=np.float32),
                          np.ascontiguousarray(te, dtype=np.float32), np.asarray(labels, dtype=np.int64),
                          np.asarray(masks, dtype=bool) if task.has_masks else None, tuple(extractor.grid),

@@ -169,6 +169,12 @@ class _Data:
         self.combos = self._combos()
         self.strategies = list(dict.fromkeys(s for s, _ in self.combos))
         self.memory_sizes = sorted({m for _, m in self.combos})
+        # figures show the (strategy, memory size) pairs that have the chosen metric (task_id_acc: CL only)
+        have = set(map(tuple, mat[["strategy", "memory_size"]].drop_duplicates().itertuples(index=False)))
+        have = {(str(s), int(m)) for s, m in have}
+        self.fig_combos = [c for c in self.combos if c in have]
+        self.fig_strategies = list(dict.fromkeys(s for s, _ in self.fig_combos))
+        self.fig_memory_sizes = sorted({m for _, m in self.fig_combos})
         self.n_orders = int(self.summary["order"].nunique())
         self.n_trials = int(self.summary["trial_id"].nunique())
         self.n_seeds = int(self.summary["seed"].nunique())
@@ -332,8 +338,8 @@ def _fig_heatmaps(d: _Data, out: Path) -> list[tuple[str, str]]:
 
     row_labels = [f"{i + 1}: {_short(t)}" for i, t in enumerate(d.first_order)]
     col_labels = [_short(t) for t in d.first_order]
-    for m in d.memory_sizes:
-        strats = [s for s, mm in d.combos if mm == m]
+    for m in d.fig_memory_sizes:
+        strats = [s for s, mm in d.fig_combos if mm == m]
         ncol = 2 if many else 1
         cell = 0.62 * T + 2.3
         fig = _figure(cell * ncol + 1.0, (0.5 * T + 1.9) * len(strats) + 0.4)
@@ -363,10 +369,10 @@ def _fig_heatmaps(d: _Data, out: Path) -> list[tuple[str, str]]:
 
 
 def _grid_axes(d: _Data, fig):
-    axes = fig.subplots(len(d.memory_sizes), len(d.strategies), squeeze=False, sharey=True)
-    have = set(d.combos)
-    for i, m in enumerate(d.memory_sizes):
-        for j, s in enumerate(d.strategies):
+    axes = fig.subplots(len(d.fig_memory_sizes), len(d.fig_strategies), squeeze=False, sharey=True)
+    have = set(d.fig_combos)
+    for i, m in enumerate(d.fig_memory_sizes):
+        for j, s in enumerate(d.fig_strategies):
             if (s, m) not in have:
                 axes[i, j].set_axis_off()
     return axes
@@ -377,11 +383,11 @@ def _fig_curves(d: _Data, out: Path) -> tuple[str, str]:
     T = len(d.first_order)
     sub = d.mat[d.mat["order"] == first]
     g = sub.groupby(["strategy", "memory_size", "eval_task", "step"], observed=True)["value"].mean()
-    fig = _figure(3.3 * len(d.strategies) + 0.6, 2.9 * len(d.memory_sizes) + 1.1)
+    fig = _figure(3.3 * len(d.fig_strategies) + 0.6, 2.9 * len(d.fig_memory_sizes) + 1.1)
     axes = _grid_axes(d, fig)
     steps = np.arange(T)
-    for i, m in enumerate(d.memory_sizes):
-        for j, s in enumerate(d.strategies):
+    for i, m in enumerate(d.fig_memory_sizes):
+        for j, s in enumerate(d.fig_strategies):
             ax = axes[i, j]
             if not ax.axison:
                 continue
@@ -396,13 +402,15 @@ def _fig_curves(d: _Data, out: Path) -> tuple[str, str]:
             ax.set_title(column_label(s, m), fontsize=10)
             ax.set_xticks(steps, [f"{k + 1}" for k in steps], fontsize=8)
             ax.grid(alpha=0.3)
-            if i == len(d.memory_sizes) - 1:
+            if i == len(d.fig_memory_sizes) - 1:
                 ax.set_xlabel("after training step", fontsize=9)
             if j == 0:
                 ax.set_ylabel(d.metric, fontsize=9)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=d.task_color[t], marker=d.task_marker[t], label=f"{k + 1}: {t}")
+    plotted = set(sub["eval_task"].astype(str).unique())
+    handles = [Line2D([], [], color=d.task_color[t], marker=d.task_marker[t],
+                      label=f"{k + 1}: {t}" + ("" if t in plotted else " (no values)"))
                for k, t in enumerate(d.first_order)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8,
                title="task (number = step it is trained)", title_fontsize=8)
@@ -415,16 +423,16 @@ def _fig_curves(d: _Data, out: Path) -> tuple[str, str]:
 
 def _fig_robustness(d: _Data, out: Path) -> tuple[str, str]:
     s = d.summ_m
-    labels = [column_label(st, m) for st, m in d.combos]
+    labels = [column_label(st, m) for st, m in d.fig_combos]
     groups = {k: v for k, v in s.groupby(["strategy", "memory_size"], observed=True)}
     fig = _figure(max(7.0, 0.9 * len(labels) * 2 + 2), 4.6)
     axes = fig.subplots(1, 2, squeeze=False)[0]
-    strat_color = {st: _PALETTE[i % len(_PALETTE)] for i, st in enumerate(d.strategies)}
+    strat_color = {st: _PALETTE[i % len(_PALETTE)] for i, st in enumerate(d.fig_strategies)}
     rng = np.random.default_rng(0)
     for ax, col, title in ((axes[0], "final_mean", f"final mean {d.metric}"),
                            (axes[1], "avg_forgetting_pct", f"average forgetting % ({d.metric})")):
         data, colors = [], []
-        for st, m in d.combos:
+        for st, m in d.fig_combos:
             v = groups[(st, m)][col].to_numpy(float) if (st, m) in groups else np.array([])
             data.append(v[np.isfinite(v)])
             colors.append(strat_color[st])
@@ -456,11 +464,11 @@ def _fig_position(d: _Data, out: Path) -> tuple[str, str]:
     fin = d.mat[d.mat["is_final"]]
     g = fin.groupby(["strategy", "memory_size", "eval_task", "pos"], observed=True)["value"].mean()
     T = max(len(d.first_order), int(fin["pos"].max()) + 1)
-    fig = _figure(3.3 * len(d.strategies) + 0.6, 2.9 * len(d.memory_sizes) + 1.1)
+    fig = _figure(3.3 * len(d.fig_strategies) + 0.6, 2.9 * len(d.fig_memory_sizes) + 1.1)
     axes = _grid_axes(d, fig)
     x = np.arange(T)
-    for i, m in enumerate(d.memory_sizes):
-        for j, s in enumerate(d.strategies):
+    for i, m in enumerate(d.fig_memory_sizes):
+        for j, s in enumerate(d.fig_strategies):
             ax = axes[i, j]
             if not ax.axison:
                 continue
@@ -473,7 +481,7 @@ def _fig_position(d: _Data, out: Path) -> tuple[str, str]:
             ax.set_title(column_label(s, m), fontsize=10)
             ax.set_xticks(x, [str(k + 1) for k in x], fontsize=8)
             ax.grid(alpha=0.3)
-            if i == len(d.memory_sizes) - 1:
+            if i == len(d.fig_memory_sizes) - 1:
                 ax.set_xlabel("task's position in the order", fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"final {d.metric}", fontsize=9)
@@ -499,8 +507,8 @@ def _fig_memory(d: _Data, out: Path) -> tuple[str, str] | None:
 
     fig = _figure(7.5, 5.0)
     ax = fig.subplots()
-    strat_color = {st: _PALETTE[i % len(_PALETTE)] for i, st in enumerate(d.strategies)}
-    strat_marker = {st: _MARKERS[i % len(_MARKERS)] for i, st in enumerate(d.strategies)}
+    strat_color = {st: _PALETTE[i % len(_PALETTE)] for i, st in enumerate(d.fig_strategies)}
+    strat_marker = {st: _MARKERS[i % len(_MARKERS)] for i, st in enumerate(d.fig_strategies)}
     seen = set()
     for (st, m), r in agg.iterrows():  # one point per (strategy, memory size): a handful
         st = str(st)

@@ -221,11 +221,14 @@ def test_single_order_folder_parquet_explicit_first_order(tmp_path, capsys):
 def test_other_metric_and_out_dir(study, tmp_path):
     root, _, _ = study
     before = {p.name: p.stat().st_mtime_ns for p in (root / "report").iterdir()}
-    index = build_report(root, metric="image_auroc", out_dir=tmp_path / "elsewhere")
+    # a pixel metric: the unmasked task has no values, which every figure must survive
+    index = build_report(root, metric="pixel_aupro", out_dir=tmp_path / "elsewhere")
     assert {p.name: p.stat().st_mtime_ns for p in (root / "report").iterdir()} == before  # default folder untouched
     assert index == tmp_path / "elsewhere" / "index.html"
     text = index.read_text()
-    assert "relative gap (image_auroc)" in text
+    assert "relative gap (pixel_aupro)" in text
+    per_task = pd.read_csv(index.parent / "per_task_final.csv", index_col=0)
+    assert per_task.loc["Chest_AD"].isna().all() and per_task.loc["Brain_AD"].notna().all()
     assert (tmp_path / "elsewhere" / "gallery.png").is_file()
     assert (tmp_path / "elsewhere" / "heatmaps_M300.png").is_file()
 
@@ -279,6 +282,21 @@ def test_unwritable_output(copy_of):
     blocker.write_text("x")
     with pytest.raises(PclsimError, match="file"):
         build_report(copy_of, out_dir=blocker / "report")
+
+
+def test_cli_report_exit_codes(copy_of):
+    from typer.testing import CliRunner
+
+    from pclsim.cli import app
+
+    ok = CliRunner().invoke(app, ["report", str(copy_of)])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.strip().endswith(str(copy_of / "report" / "index.html"))
+    (copy_of / "summary.parquet").unlink()
+    bad = CliRunner().invoke(app, ["report", str(copy_of)])
+    assert bad.exit_code == 2
+    assert bad.output.startswith("error: ") and "summary.parquet" in bad.output
+    assert "Traceback" not in bad.output
 
 
 # ----------------------------------------------------------------------------- browser

@@ -110,8 +110,8 @@ def test_two_node_cluster_spreads_extractors(reference, tmp_path):
         pytest.skip("ray CLI not on PATH")
     ref_out, _ = reference
     port = _free_port()
-    e = dict(os.environ, RAY_ADDRESS="")
-    temp = "/tmp/ray"
+    # the test cluster lives on loopback: no token authentication between its two nodes and the driver
+    e = dict(os.environ, RAY_ADDRESS="", RAY_AUTH_MODE="disabled")
     try:
         subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
                         "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, env=e,
@@ -121,10 +121,34 @@ def test_two_node_cluster_spreads_extractors(reference, tmp_path):
                        capture_output=True, timeout=120)
         out = tmp_path / "out"
         # a fresh cache: the two nodes extract the features themselves
-        run(sweep_cmd(out, "--fresh", "--address", f"127.0.0.1:{port}"), env(tmp_path / "cache"))
+        run(sweep_cmd(out, "--fresh", "--address", f"127.0.0.1:{port}"),
+            dict(env(tmp_path / "cache"), RAY_AUTH_MODE="disabled"))
         info = json.loads((out / "run_info.json").read_text())
         assert info["ray_nodes"] == 2
         assert len(info["extractor_nodes"]) == 2  # one extractor actor on each node
         pd.testing.assert_frame_equal(table(ref_out, "summary.parquet"), table(out, "summary.parquet"))
     finally:
         subprocess.run(["ray", "stop", "--force"], env=e, capture_output=True, timeout=120)
+
+
+def test_report_of_a_real_sweep(reference, tmp_path):
+    from PIL import Image
+
+    from pclsim.report import build_report
+
+    out, _ = reference
+    index = build_report(out, out_dir=tmp_path / "report")
+    html = index.read_text()
+    pngs = sorted((tmp_path / "report").glob("*.png"))
+    assert len(pngs) >= 6 and (tmp_path / "report" / "gallery.png").exists()
+    for p in pngs:
+        assert p.name in html
+        with Image.open(p) as im:
+            im.load()
+            assert min(im.size) >= 200
+    t1 = pd.read_csv(tmp_path / "report" / "table1.csv", index_col=0)
+    s = pd.read_parquet(out / "summary.parquet")
+    want = s[(s.strategy == "patchcore_cl") & (s.memory_size == 90) & (s.metric == "image_auroc")].final_mean.mean()
+    col = next(c for c in t1.columns if "CL" in c and "90" in c)
+    row = next(r for r in t1.index if "image_auroc" in r.lower() or "image auroc" in r.lower())
+    assert t1.loc[row, col] == pytest.approx(want, abs=1e-6)

@@ -37,7 +37,7 @@ DIFFICULTY = {
     "Liver_AD": {"size": (0.04, 0.18), "contrast": (0.08, 0.35)},
     "Retina_RESC_AD": {"size": (0.05, 0.22), "contrast": (0.40, 0.95)},
     "Chest_AD": {"size": (0.05, 0.25), "contrast": (0.08, 0.30)},
-    "Histopathology_AD": {"size": (0.10, 0.35), "contrast": (0.30, 1.00)},
+    "Histopathology_AD": {"size": (0.14, 0.35), "contrast": (0.50, 1.00)},
     "Retina_OCT2017_AD": {"size": (0.05, 0.18), "contrast": (0.40, 1.00)},
 }
 NOISE_SCALE = 1.0  # multiplies every domain's sensor noise
@@ -452,12 +452,16 @@ def _histo(rng, ra, S, anomalous, k):
         drop = ra.random(ny.size) < region[iy, ix] * min(1.0, 0.3 + con)
         ny, nx, nr, na, nh = ny[~drop], nx[~drop], nr[~drop], na[~drop], nh[~drop]
         m = int(region.sum() * (0.012 + 0.012 * con) / px ** 2) + 1
-        ty, tx = _nuclei_positions(ra, S, m, np.clip(region, 0, 1))
+        cells = np.flatnonzero(region.ravel() > 0.5)
+        pick = cells[ra.integers(cells.size, size=m)] if cells.size else np.zeros(0, np.int64)
+        ty = (pick // S).astype(np.float64) + ra.uniform(0, 1, pick.size)
+        tx = (pick % S).astype(np.float64) + ra.uniform(0, 1, pick.size)
         ny, nx = np.concatenate([ny, ty]), np.concatenate([nx, tx])
-        nr = np.concatenate([nr, ra.uniform(2.4, 3.4 + 4.5 * con, ty.size) * px])
+        nr = np.concatenate([nr, ra.uniform(3.0 + 1.5 * con, 4.0 + 4.5 * con, ty.size) * px])
         na = np.concatenate([na, ra.uniform(1.0, 1.3 + 0.6 * con, ty.size)])
-        nh = np.concatenate([nh, ra.uniform(0.7, 1.3, ty.size) * (1 - 0.25 * con)])
-        e = e + 0.25 * con * region  # more cytoplasm
+        nh = np.concatenate([nh, ra.uniform(0.6, 1.2, ty.size) * (1 - 0.35 * con)])
+        e = e + 0.35 * con * region  # more cytoplasm
+        tissue = np.maximum(tissue, region)  # tumour fills the empty spaces it grows into
     # render every nucleus at once: nearest-centre map via a distance transform, then an ellipse test
     seeds = np.zeros((S, S), bool)
     iy, ix = np.clip(ny.astype(int), 0, S - 1), np.clip(nx.astype(int), 0, S - 1)
