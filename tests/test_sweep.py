@@ -152,3 +152,41 @@ def test_report_of_a_real_sweep(reference, tmp_path):
     col = next(c for c in t1.columns if "CL" in c and "90" in c)
     row = next(r for r in t1.index if "image_auroc" in r.lower() or "image auroc" in r.lower())
     assert t1.loc[row, col] == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_losing_the_worker_node_mid_sweep_still_completes(reference, tmp_path):
+    """Kill the second node's raylet while trials run: Tune retries the trial on the head node, which
+    takes the lost features from the shared cache, and the results equal the uninterrupted run."""
+    if shutil.which("ray") is None:
+        pytest.skip("ray CLI not on PATH")
+    ref_out, _ = reference
+    port, nm_port = _free_port(), _free_port()
+    e = dict(os.environ, RAY_ADDRESS="", RAY_AUTH_MODE="disabled")
+    try:
+        subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, env=e,
+                       capture_output=True, timeout=120)
+        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                        f"--node-manager-port={nm_port}", "--node-ip-address=127.0.0.1",
+                        "--disable-usage-stats"], check=True, env=e, capture_output=True, timeout=120)
+        out = tmp_path / "out"
+        p = subprocess.Popen(sweep_cmd(out, "--fresh", "--address", f"127.0.0.1:{port}", "--debug"),
+                             env=dict(env(tmp_path / "cache"), RAY_AUTH_MODE="disabled"), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # wait until the first trial has written its part: trials are running on both nodes
+        parts = out / "matrices.parquet"
+        deadline = time.time() + 400
+        while time.time() < deadline and not (parts.is_dir() and any(parts.glob("part-*.parquet"))):
+            assert p.poll() is None, p.stderr.read()[-2000:]
+            time.sleep(0.2)
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        raylets = [int(ln.split()[0]) for ln in ps.splitlines() if "raylet" in ln and f"={nm_port}" in ln]
+        assert raylets, "worker raylet not found"
+        for pid in raylets:
+            os.kill(pid, signal.SIGKILL)
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        pd.testing.assert_frame_equal(table(ref_out, "summary.parquet"), table(out, "summary.parquet"))
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=e, capture_output=True, timeout=120)
