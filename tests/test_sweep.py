@@ -3,6 +3,7 @@
 These start real Ray clusters, so they are the slowest tests of the suite (about a minute each).
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -105,10 +106,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_node_cluster_spreads_extractors(reference, tmp_path):
+@contextlib.contextmanager
+def two_node_cluster(*worker_args):
+    """A head and a worker raylet on 127.0.0.1, one CPU each; yields the address."""
     if shutil.which("ray") is None:
         pytest.skip("ray CLI not on PATH")
-    ref_out, _ = reference
     port = _free_port()
     # the test cluster lives on loopback: no token authentication between its two nodes and the driver
     e = dict(os.environ, RAY_ADDRESS="", RAY_AUTH_MODE="disabled")
@@ -116,19 +118,24 @@ def test_two_node_cluster_spreads_extractors(reference, tmp_path):
         subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
                         "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, env=e,
                        capture_output=True, timeout=120)
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", *worker_args,
                         "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, env=e,
                        capture_output=True, timeout=120)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=e, capture_output=True, timeout=120)
+
+
+def test_two_node_cluster_spreads_extractors(reference, tmp_path):
+    ref_out, _ = reference
+    with two_node_cluster() as address:
         out = tmp_path / "out"
         # a fresh cache: the two nodes extract the features themselves
-        run(sweep_cmd(out, "--fresh", "--address", f"127.0.0.1:{port}"),
-            dict(env(tmp_path / "cache"), RAY_AUTH_MODE="disabled"))
+        run(sweep_cmd(out, "--fresh", "--address", address), dict(env(tmp_path / "cache"), RAY_AUTH_MODE="disabled"))
         info = json.loads((out / "run_info.json").read_text())
         assert info["ray_nodes"] == 2
         assert len(info["extractor_nodes"]) == 2  # one extractor actor on each node
         pd.testing.assert_frame_equal(table(ref_out, "summary.parquet"), table(out, "summary.parquet"))
-    finally:
-        subprocess.run(["ray", "stop", "--force"], env=e, capture_output=True, timeout=120)
 
 
 def test_report_of_a_real_sweep(reference, tmp_path):
@@ -158,20 +165,11 @@ def test_report_of_a_real_sweep(reference, tmp_path):
 def test_losing_the_worker_node_mid_sweep_still_completes(reference, tmp_path):
     """Kill the second node's raylet while trials run: Tune retries the trial on the head node, which
     takes the lost features from the shared cache, and the results equal the uninterrupted run."""
-    if shutil.which("ray") is None:
-        pytest.skip("ray CLI not on PATH")
     ref_out, _ = reference
-    port, nm_port = _free_port(), _free_port()
-    e = dict(os.environ, RAY_ADDRESS="", RAY_AUTH_MODE="disabled")
-    try:
-        subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, env=e,
-                       capture_output=True, timeout=120)
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
-                        f"--node-manager-port={nm_port}", "--node-ip-address=127.0.0.1",
-                        "--disable-usage-stats"], check=True, env=e, capture_output=True, timeout=120)
+    nm_port = _free_port()
+    with two_node_cluster(f"--node-manager-port={nm_port}") as address:
         out = tmp_path / "out"
-        p = subprocess.Popen(sweep_cmd(out, "--fresh", "--address", f"127.0.0.1:{port}", "--debug"),
+        p = subprocess.Popen(sweep_cmd(out, "--fresh", "--address", address),
                              env=dict(env(tmp_path / "cache"), RAY_AUTH_MODE="disabled"), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         # wait until the first trial has written its part: trials are running on both nodes
@@ -188,5 +186,3 @@ def test_losing_the_worker_node_mid_sweep_still_completes(reference, tmp_path):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
         pd.testing.assert_frame_equal(table(ref_out, "summary.parquet"), table(out, "summary.parquet"))
-    finally:
-        subprocess.run(["ray", "stop", "--force"], env=e, capture_output=True, timeout=120)
