@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from pclsim.data.synthetic import SYNTH_VERSION
 from pclsim.data import (BMAD_TASKS, MASKED_TASKS, Sample, iter_batches, load_stream, preprocess, synthetic_stream,
                          write_bmad_layout)
 from pclsim.errors import DataError
@@ -274,7 +275,7 @@ def test_synthetic_deterministic_and_seeded():
             assert ia.tobytes() == ib.tobytes()
             assert (ma is None) == (mb is None) and (ma is None or (ma == mb).all())
             assert ia.tobytes() != sc.load()[0].tobytes()
-    assert a[0].test[0].key == "synthetic/v1/Brain_AD/test/0/seed0/px64"
+    assert a[0].test[0].key == f"synthetic/{SYNTH_VERSION}/Brain_AD/test/0/seed0/px64"
 
 
 def test_synthetic_masks_labels_and_colour():

@@ -28,17 +28,17 @@ __all__ = ["SYNTH_VERSION", "DIFFICULTY", "NOISE_SCALE", "ANOMALY_FRACTION", "Sy
 
 # Bump when a generator or a knob below changes: the version is part of every sample key, so cached features
 # of older images are not reused.
-SYNTH_VERSION = "v1"
+SYNTH_VERSION = "v2"
 
 # Difficulty knobs. size: anomaly radius range (half-image units, drawn log-uniformly); contrast: strength range
 # (drawn uniformly; its meaning is per domain: intensity change, fluid darkness, nuclear atypia ...).
 DIFFICULTY = {
-    "Brain_AD": {"size": (0.04, 0.22), "contrast": (0.10, 0.50)},
-    "Liver_AD": {"size": (0.04, 0.18), "contrast": (0.08, 0.35)},
-    "Retina_RESC_AD": {"size": (0.05, 0.22), "contrast": (0.40, 0.95)},
-    "Chest_AD": {"size": (0.05, 0.25), "contrast": (0.08, 0.30)},
-    "Histopathology_AD": {"size": (0.14, 0.35), "contrast": (0.50, 1.00)},
-    "Retina_OCT2017_AD": {"size": (0.05, 0.18), "contrast": (0.40, 1.00)},
+    "Brain_AD": {"size": (0.05, 0.22), "contrast": (0.25, 0.70)},
+    "Liver_AD": {"size": (0.05, 0.20), "contrast": (0.20, 0.55)},
+    "Retina_RESC_AD": {"size": (0.06, 0.22), "contrast": (0.60, 1.10)},
+    "Chest_AD": {"size": (0.06, 0.25), "contrast": (0.20, 0.50)},
+    "Histopathology_AD": {"size": (0.18, 0.40), "contrast": (0.80, 1.30)},
+    "Retina_OCT2017_AD": {"size": (0.06, 0.20), "contrast": (0.60, 1.20)},
 }
 NOISE_SCALE = 1.0  # multiplies every domain's sensor noise
 ANOMALY_FRACTION = 0.5  # of the test split
