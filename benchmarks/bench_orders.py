@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ def sweep_seconds(sc: dict, tmp: Path, tag: str, cache: Path) -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenario", default=str(ROOT / "scenarios" / "orders.yaml"))
+    ap.add_argument("--keep", help="copy the all-orders results folder here")
     a = ap.parse_args()
     base = yaml.safe_load(Path(a.scenario).read_text())
     tasks = base["dataset"]["tasks"]
@@ -42,6 +44,8 @@ def main():
         sweep_seconds(one, tmp, "warmup", cache)  # fills the feature cache
         t_one = sweep_seconds(one, tmp, "one", cache)
         t_all = sweep_seconds(base, tmp, "all", cache)
+        if a.keep:
+            shutil.copytree(tmp / "all", a.keep, dirs_exist_ok=True)
     emit("orders", {"scenario": a.scenario, "seconds_one_order": t_one, "seconds_all_orders": t_all,
                     "ratio_all_vs_one": t_all / t_one, "naive_ratio": 720})
 
