@@ -116,110 +116,133 @@ def _ray_init(address, debug):
 
 
 def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False):
-    from tqdm import tqdm
-
-    from .cache import default_cache_dir
-    from .engine import plan
-
     ray = _ray_init(address, debug)
     _stage(debug, "ray started")
-    from ray import tune
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from .actors import BankManagerActor, FeatureExtractorActor, ResultsWriter, task_stats, write_gallery
-
     try:
-        res = ray.cluster_resources()
-        cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
-        cache = str(cache_root or default_cache_dir())
-        # 1. features: one extractor per GPU, else CPU workers spread over the nodes
-        n_act = min(len(streams), gpus if gpus else max(1, cpus))
-        opts = dict(num_gpus=1, num_cpus=1) if gpus else dict(num_cpus=1)
-        actors = [FeatureExtractorActor.options(scheduling_strategy="SPREAD", max_restarts=2, max_task_retries=2,
-                                                **opts).remote(sc["model"], sc["dataset"]["image_size"], cache,
-                                                               threads=1 if not gpus else 4)
-                  for _ in range(n_act)]
-        infos = ray.get([a.info.remote() for a in actors])
-        _stage(debug, "extractors ready")
-        pending = {actors[i % n_act].extract.remote(t): t.name for i, t in enumerate(streams)}
-        task_refs = {t.name: None for t in streams}
-        with tqdm(total=len(streams), desc="features", unit="task", disable=quiet, file=sys.stderr) as bar:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for r in ready:
-                    ray.get(r)  # raise a data error now
-                    task_refs[pending.pop(r)] = r
-                    bar.update(1)
-        for a in actors:
-            ray.kill(a)
-        dim, arch_mb = infos[0]["dim"], infos[0]["arch_mb"]
-        from .cache import task_key
-
-        _write_json(out_dir / "run_info.json", {
-            "ray_nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cluster_resources": res,
-            "extractors": [{k: v for k, v in i.items() if k != "cache_key"} for i in infos],
-            "extractor_nodes": sorted({i["node"] for i in infos})})
-
-        feature_keys = {t.name: (cache, task_key(infos[0]["cache_key"], t), t.name, sc["dataset"]["image_size"])
-                        for t in streams}
-        _stage(debug, "features done")
-        stats = pd.DataFrame(ray.get([task_stats.remote(task_refs[n]) for n in task_refs]))
-        stats["arch_mb"] = arch_mb
-        stats["backbone_device"] = infos[0]["device"]
-        from .results import atomic_write_table
-        import pyarrow as pa
-
-        atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
-        # 2. bank sources: every selection order and NN table the runs need, computed once
-        all_runs = [r for rs in todo.values() for r in rs]
+        cache = str(cache_root or _default_cache())
+        task_refs, feature_keys, dim = _extract_features(ray, sc, streams, out_dir, cache, quiet, debug)
         gallery_run = _gallery_run(sc) if want_gallery else None
-        p = plan(all_runs + ([gallery_run] if gallery_run else []))
-        manager = BankManagerActor.remote(task_refs, sc["coreset"])
-        prepared = {seed: ray.get(manager.prepare.remote(seed, p.sizes[seed], p.sources[seed])) for seed in p.sizes}
-        flat = [ref for d in prepared.values() for pair in d.values() for ref in pair]
-        with tqdm(total=len(flat) // 2, desc="banks", unit="source", disable=quiet, file=sys.stderr) as bar:
-            left = list(flat)
-            while left:
-                ready, left = ray.wait(left, num_returns=1)
-                bar.update(0.5)
-        # 3. Tune trials: one per group of orders; results go to a writer on this node
+        runs = [r for rs in todo.values() for r in rs] + ([gallery_run] if gallery_run else [])
+        p, prepared = _prepare_banks(ray, sc, task_refs, runs, quiet)
         _stage(debug, "banks done")
-        writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
-        trainable = tune.with_parameters(
-            _trial, groups=todo, task_refs=task_refs, prepared=prepared, sizes=p.sizes, scenario=sc,
-            writer=writer, dim=dim, feature_keys=feature_keys)
-        n_runs = sum(len(v) for v in todo.values())
-        if not todo:
-            write_gallery_now = ray.get(write_gallery.remote(str(out_dir), gallery_run, streams, task_refs,
-                                                             prepared[gallery_run.seed], p.sizes[gallery_run.seed], sc))
-            return write_gallery_now
-        bar = tqdm(total=n_runs, desc="runs", unit="run", disable=quiet, file=sys.stderr)
-
-        class _Progress(tune.Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                bar.update(len(todo[trial.config["group"]]))
-
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, {"cpu": 1}),
-            param_space={"group": tune.grid_search(sorted(todo))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus), reuse_actors=True),
-            run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0,
-                                      callbacks=[_Progress()], failure_config=tune.FailureConfig(max_failures=3)),
-        )
-        grid = tuner.fit()
-        bar.close()
-        _stage(debug, "trials done")
-        errors = [r.error for r in grid if r.error is not None]
-        if errors:
-            raise _unwrap(errors[0])
+        if todo:
+            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, p.sizes, dim, feature_keys, max_concurrent, quiet)
+            _stage(debug, "trials done")
         if gallery_run is not None:
+            from .actors import write_gallery
+
             ray.get(write_gallery.remote(str(out_dir), gallery_run, streams, task_refs, prepared[gallery_run.seed],
                                          p.sizes[gallery_run.seed], sc))
     except Exception as e:
         raise _unwrap(e) from None
     finally:
         ray.shutdown()
+
+
+def _default_cache():
+    from .cache import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
+    """Fill the feature cache: one extractor actor per GPU, else CPU workers spread over the nodes.
+
+    Returns the object refs of every task's features, their cache keys (a lost node's objects come
+    back from the shared cache) and the feature dimension; writes tasks.parquet and run_info.json.
+    """
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    from .actors import FeatureExtractorActor, task_stats
+    from .cache import task_key
+    from .results import atomic_write_table
+
+    res = ray.cluster_resources()
+    cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
+    n_act = min(len(streams), gpus if gpus else max(1, cpus))
+    opts = dict(num_gpus=1, num_cpus=1) if gpus else dict(num_cpus=1)
+    actors = [FeatureExtractorActor.options(scheduling_strategy="SPREAD", max_restarts=2, max_task_retries=2,
+                                            **opts).remote(sc["model"], sc["dataset"]["image_size"], cache,
+                                                           threads=1 if not gpus else 4)
+              for _ in range(n_act)]
+    infos = ray.get([a.info.remote() for a in actors])
+    _stage(debug, "extractors ready")
+    pending = {actors[i % n_act].extract.remote(t): t.name for i, t in enumerate(streams)}
+    task_refs = {t.name: None for t in streams}
+    with tqdm(total=len(streams), desc="features", unit="task", disable=quiet, file=sys.stderr) as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for r in ready:
+                ray.get(r)  # a data error surfaces here, naming its file
+                task_refs[pending.pop(r)] = r
+                bar.update(1)
+    for a in actors:
+        ray.kill(a)
+    _stage(debug, "features done")
+    _write_json(out_dir / "run_info.json", {
+        "ray_nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cluster_resources": res,
+        "extractors": [{k: v for k, v in i.items() if k != "cache_key"} for i in infos],
+        "extractor_nodes": sorted({i["node"] for i in infos})})
+    stats = pd.DataFrame(ray.get([task_stats.remote(task_refs[n]) for n in task_refs]))
+    stats["arch_mb"] = infos[0]["arch_mb"]
+    stats["backbone_device"] = infos[0]["device"]
+    atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
+    feature_keys = {t.name: (cache, task_key(infos[0]["cache_key"], t), t.name, sc["dataset"]["image_size"])
+                    for t in streams}
+    return task_refs, feature_keys, infos[0]["dim"]
+
+
+def _prepare_banks(ray, sc, task_refs, runs, quiet):
+    """Every selection order and NN table the runs need, each computed once (the bank manager)."""
+    from tqdm import tqdm
+
+    from .actors import BankManagerActor
+    from .engine import plan
+
+    p = plan(runs)
+    manager = BankManagerActor.remote(task_refs, sc["coreset"])
+    prepared = {seed: ray.get(manager.prepare.remote(seed, p.sizes[seed], p.sources[seed])) for seed in p.sizes}
+    tables = [pair[1] for d in prepared.values() for pair in d.values()]  # a source's order comes with it
+    with tqdm(total=len(tables), desc="banks", unit="source", disable=quiet, file=sys.stderr) as bar:
+        while tables:
+            ready, tables = ray.wait(tables, num_returns=1)
+            bar.update(len(ready))
+    return p, prepared
+
+
+def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, sizes, dim, feature_keys, max_concurrent, quiet):
+    """One Tune trial per group of orders; each hands its tables to a writer on this node."""
+    from ray import tune
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from tqdm import tqdm
+
+    from .actors import ResultsWriter
+
+    writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
+    trainable = tune.with_parameters(_trial, groups=todo, task_refs=task_refs, prepared=prepared, sizes=sizes,
+                                     scenario=sc, writer=writer, dim=dim, feature_keys=feature_keys)
+    bar = tqdm(total=sum(len(v) for v in todo.values()), desc="runs", unit="run", disable=quiet, file=sys.stderr)
+
+    class _Progress(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            bar.update(len(todo[trial.config["group"]]))
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"group": tune.grid_search(sorted(todo))},
+        # reused trial actors: a new one per trial re-imports torch (seconds each on 2 cores)
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus), reuse_actors=True),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0,
+                                  callbacks=[_Progress()], failure_config=tune.FailureConfig(max_failures=3)),
+    )
+    grid = tuner.fit()
+    bar.close()
+    errors = [r.error for r in grid if r.error is not None]
+    if errors:
+        raise _unwrap(errors[0])
 
 
 def _gallery_run(sc):
