@@ -89,6 +89,18 @@ def _int(src, key, v, lo=None):
     return v
 
 
+def _int_list(sc: dict, src: str, key: str, lo: int) -> list[int]:
+    """A top-level list of integers (a single integer is accepted as a list of one)."""
+    v = sc[key]
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = sc[key] = [v]
+    if not isinstance(v, list) or not v:
+        _fail(src, key, "expected a non-empty list of integers")
+    for x in v:
+        _int(src, key, x, lo=lo)
+    return v
+
+
 def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, base_dir: str | None = None) -> dict:
     """Validate a scenario mapping and fill in every default. Paths become absolute."""
     if not isinstance(raw, dict):
@@ -148,20 +160,8 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
             _fail(src, "strategies", f"unknown strategy {s!r} (valid: {', '.join(sorted(STRATEGIES))})")
     if len(set(strategies)) != len(strategies):
         _fail(src, "strategies", "duplicate strategy")
-    ms = sc["memory_sizes"]
-    if isinstance(ms, int):
-        ms = sc["memory_sizes"] = [ms]
-    if not isinstance(ms, list) or not ms:
-        _fail(src, "memory_sizes", "expected a non-empty list of integers")
-    for v in ms:
-        _int(src, "memory_sizes", v, lo=1)
-    seeds = sc["seeds"]
-    if isinstance(seeds, int):
-        seeds = sc["seeds"] = [seeds]
-    if not isinstance(seeds, list) or not seeds:
-        _fail(src, "seeds", "expected a non-empty list of integers")
-    for v in seeds:
-        _int(src, "seeds", v, lo=0)
+    ms = _int_list(sc, src, "memory_sizes", lo=1)
+    _int_list(sc, src, "seeds", lo=0)
     _int(src, "coreset.projection_dim", sc["coreset"]["projection_dim"], lo=1)
     _int(src, "evaluation.gallery", sc["evaluation"]["gallery"], lo=0)
     if tasks is not None:
