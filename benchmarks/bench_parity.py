@@ -24,8 +24,8 @@ from pclsim.strategies import BankRef
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", default="Brain_AD")
-    ap.add_argument("--train", type=int, default=40)
-    ap.add_argument("--test", type=int, default=40)
+    ap.add_argument("--train", type=int, default=60)
+    ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--bank", type=int, default=1000)
     a = ap.parse_args()
