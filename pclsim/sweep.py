@@ -37,8 +37,11 @@ def prepare_output(sc: dict, out: Path, fresh: bool) -> None:
         if old.get("scenario_hash") != scenario_hash(sc):
             raise PclsimError(f"{meta}: this folder holds results of a different scenario; "
                               "use --fresh to start over or --out for another folder")
+    # Tune's own experiment folder is scratch: resuming goes by the finished Parquet parts
+    shutil.rmtree(out / ".tune", ignore_errors=True)
     if fresh:
-        for name in ("matrices.parquet", "steps.parquet", "summary.parquet", "report", "gallery"):
+        for name in ("matrices.parquet", "steps.parquet", "summary.parquet", "tasks.parquet", "run_info.json",
+                     "report", "gallery"):
             p = out / name
             if p.is_dir():
                 shutil.rmtree(p)
