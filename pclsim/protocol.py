@@ -25,7 +25,7 @@ from .scoring import _bank_neighbours, anomaly_maps, identify_task, image_score
 from .strategies import BankRef, Strategy, per_task_size
 
 __all__ = ["TaskFeatures", "BankManager", "BankSources", "Evaluator", "run_order", "OrderResult",
-           "IMAGE_METRICS", "PIXEL_METRICS"]
+           "IMAGE_METRICS", "PIXEL_METRICS", "image_scores"]
 
 IMAGE_METRICS = ("image_auroc", "image_f1")
 PIXEL_METRICS = ("pixel_auroc", "pixel_f1", "pixel_pr", "pixel_ap", "pixel_aupro")
@@ -259,11 +259,11 @@ class Evaluator:
         """Image scores and anomaly maps (len(images), S, S) of some test images (the report's gallery)."""
         per_bank, chosen = self._choose(eval_task, banks, identify)
         task = self.tasks[eval_task]
-        d = np.stack([per_bank[chosen[i]][0][i] for i in images])
-        nn = [per_bank[chosen[i]][1][i] for i in images]
-        scores = np.array([image_score(d[k], nn[k], task.test[i], self._bank(banks[chosen[i]]), self.reweighting)
-                           for k, i in enumerate(images)])
-        return scores, anomaly_maps(d, task.grid, task.image_size, self.sigma)
+        dists = [(per_bank[chosen[i]][0][i], per_bank[chosen[i]][1][i]) for i in images]
+        scores = image_scores(task.test[list(images)], [banks[chosen[i]] for i in images], dists, self._bank,
+                              self.reweighting, self._neighbours)
+        maps = anomaly_maps(np.stack([d for d, _ in dists]), task.grid, task.image_size, self.sigma)
+        return scores, maps
 
     def _metrics_for(self, eval_task: str, chosen: tuple[BankRef, ...], dists) -> dict[str, float]:
         key = (eval_task, chosen)
@@ -274,12 +274,11 @@ class Evaluator:
         return self._metric_memo[key]
 
 
-def score_task(task: TaskFeatures, chosen, dists, bank_of, reweighting: str, sigma: float,
-               pixel: bool = True, neighbour_cache: dict | None = None) -> dict[str, float]:
-    """Metrics of one task's test set, given per image its chosen bank and its patch NN (dist, idx).
+def image_scores(queries, chosen, dists, bank_of, reweighting: str, neighbour_cache: dict | None = None) -> np.ndarray:
+    """Image scores, given per image its query patches, its chosen bank key and its patch NN (dist, idx).
 
-    chosen[n] is a hashable bank key; bank_of(key) gives its vectors. neighbour_cache keeps the
-    bank neighbours of m* per (bank, m*, k) across calls: the same m* recurs across states.
+    bank_of(key) gives a bank's vectors. neighbour_cache keeps the bank neighbours of m* per
+    (bank, m*, k) across calls: the same m* recurs across states.
     """
     cache = neighbour_cache if neighbour_cache is not None else {}
 
@@ -293,8 +292,14 @@ def score_task(task: TaskFeatures, chosen, dists, bank_of, reweighting: str, sig
             return cache[nk]
         return find
 
-    scores = np.array([image_score(d, i, task.test[n], bank_of(chosen[n]), reweighting, finder(chosen[n]))
-                       for n, (d, i) in enumerate(dists)])
+    return np.array([image_score(d, i, queries[n], bank_of(chosen[n]), reweighting, finder(chosen[n]))
+                     for n, (d, i) in enumerate(dists)])
+
+
+def score_task(task: TaskFeatures, chosen, dists, bank_of, reweighting: str, sigma: float,
+               pixel: bool = True, neighbour_cache: dict | None = None) -> dict[str, float]:
+    """Metrics of one task's test set, given per image its chosen bank key and its patch NN (dist, idx)."""
+    scores = image_scores(task.test, chosen, dists, bank_of, reweighting, neighbour_cache)
     out = M.image_metrics(task.labels, scores)
     if pixel and task.masks is not None:
         patch = np.stack([d for d, _ in dists])

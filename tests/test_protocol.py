@@ -110,3 +110,19 @@ def test_plan_lists_each_source_once():
     joint = [s for s in p.sources[0] if s[0] == "joint"]
     assert len(joint) == 7  # every non-empty subset of 3 tasks
     assert p.sources[0][:3] == [("task", ("a",)), ("task", ("b",)), ("task", ("c",))]
+
+
+def test_gallery_maps_score_like_the_metrics(tasks):
+    from pclsim.scoring import anomaly_maps, image_score
+
+    src = BankSources(tasks, {"task": {30}}, projection_dim=4, seed=0, device="cpu")
+    ev = Evaluator(src, device="cpu")
+    banks = tuple(BankRef("task", (t,), 30) for t in ("T0", "T1"))
+    ev.evaluate("T0", banks, True)  # fills the neighbour cache the gallery then reuses
+    scores, maps = ev.maps("T0", banks, True, [0, 7])
+    tf = tasks["T0"]
+    bank = src.vectors(banks[0])  # T0's images pick T0's bank
+    for k, i in enumerate([0, 7]):
+        d, nn = ev._bank_dists(banks[0], "T0")
+        assert scores[k] == pytest.approx(image_score(d[i], nn[i], tf.test[i], bank, "paper"))
+        np.testing.assert_allclose(maps[k], anomaly_maps(d[i][None], tf.grid, tf.image_size)[0], rtol=1e-5)
