@@ -284,8 +284,9 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, fe
     tasks = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
                                             lambda: [_from_cache(*feature_keys[n]) for n in names])))
     pairs = []
-    for seed, _ in plan(runs).sizes.items():
-        need = plan([r for r in runs if r.seed == seed]).sources[seed]
+    trial_plan = plan(runs)
+    for seed in trial_plan.sizes:
+        need = trial_plan.sources[seed]
         refs = prepared[seed]
         keys = list(refs)
         sources = make_sources(tasks, sizes[seed], scenario["coreset"], seed)
