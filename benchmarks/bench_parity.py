@@ -17,8 +17,8 @@ from _common import anomalib_or_none, emit
 from pclsim.backbones import load_backbone
 from pclsim.data import iter_batches, synthetic_stream
 from pclsim.features import FeatureExtractor
-from pclsim.protocol import BankSources, Evaluator, TaskFeatures
-from pclsim.strategies import BankRef
+from pclsim.engine import single_task_metrics
+from pclsim.protocol import TaskFeatures
 
 
 def main():
@@ -42,8 +42,7 @@ def main():
     out = {"task": a.task, "train": a.train, "test": a.test, "bank": a.bank}
     for rw in ("paper", "anomalib"):
         tf = TaskFeatures(a.task, tr.reshape(-1, ex.dim), te, labels, masks, ex.grid, a.size)
-        ev = Evaluator(BankSources({a.task: tf}, {"task": {a.bank}}, device="cpu"), reweighting=rw, device="cpu")
-        res = ev.evaluate(a.task, (BankRef("task", (a.task,), a.bank),), False)
+        res = single_task_metrics(tf, a.bank, reweighting=rw)
         out[f"pclsim_{rw}_image_auroc"] = res["image_auroc"]
         out["pclsim_pixel_auroc"] = res["pixel_auroc"]
 

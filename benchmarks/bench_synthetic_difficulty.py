@@ -14,8 +14,8 @@ import torch
 from _common import emit
 from pclsim.data import BMAD_TASKS, iter_batches, synthetic_stream
 from pclsim.features import FeatureExtractor
-from pclsim.protocol import BankSources, Evaluator, TaskFeatures
-from pclsim.strategies import BankRef
+from pclsim.engine import single_task_metrics
+from pclsim.protocol import TaskFeatures
 
 
 def main():
@@ -34,8 +34,7 @@ def main():
         te, masks, labels = ex.extract(iter_batches(task.test, a.size, 32, 2), total=len(task.test))
         tf = TaskFeatures(task.name, tr.reshape(-1, ex.dim), te, labels, masks if task.has_masks else None,
                           ex.grid, a.size)
-        ev = Evaluator(BankSources({task.name: tf}, {"task": {a.bank}}, device="cpu"), device="cpu")
-        r = ev.evaluate(task.name, (BankRef("task", (task.name,), a.bank),), False)
+        r = single_task_metrics(tf, a.bank)
         out[task.name] = {k: round(v, 3) for k, v in r.items() if k in ("image_auroc", "pixel_auroc")}
     emit("synthetic_difficulty", {"train": a.train, "test": a.test, "size": a.size, "bank": a.bank,
                                   "seed": a.seed, "single_task": out})

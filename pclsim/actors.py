@@ -8,10 +8,10 @@ from pathlib import Path
 import ray
 
 from .cache import load_or_extract
-from .engine import make_sources
-from .protocol import Evaluator
+from .engine import run_banks, run_selection, run_table
 
-__all__ = ["FeatureExtractorActor", "BankManagerActor", "ResultsWriter", "prepare_source", "task_stats"]
+__all__ = ["FeatureExtractorActor", "BankManagerActor", "ResultsWriter", "selection_job", "bank_job", "table_job",
+           "task_stats"]
 
 
 @ray.remote
@@ -40,29 +40,42 @@ class FeatureExtractorActor:
         return load_or_extract(task, self.extractor, cache_root=self.cache_root, workers=max(2, self.threads))
 
 
-@ray.remote(num_cpus=1, num_returns=2, max_retries=2)
-def prepare_source(kind, src, sizes, coreset, seed, names, dep_keys, *args):
-    """Selection order and prefix-NN tables of one bank source. args: task features, then dep orders."""
-    tasks = dict(zip(names, args[: len(names)]))
-    sources = make_sources(tasks, sizes, coreset, seed)
-    for k, order in zip(dep_keys, args[len(names):]):
-        sources.set_order(k[0], k[1], order)
-    order = sources.order(kind, src)
-    tables = Evaluator(sources).tables(kind, src)
-    return order, tables
+def _tasks(names, feats) -> dict:
+    return dict(zip(names, feats))
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def selection_job(needs, coreset, seed, key, names, *feats):
+    """One selection order (greedy k-center of one task's patches at its planned length)."""
+    return run_selection(_tasks(names, feats), needs, coreset, seed, key)
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def bank_job(needs, coreset, seed, refs, names, order_keys, *args):
+    """Joint selections (composable coresets) of some task sets. args: task features, then selection orders."""
+    feats, orders = args[: len(names)], args[len(names):]
+    return run_banks(_tasks(names, feats), needs, coreset, seed, dict(zip(order_keys, orders)), refs)
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def table_job(needs, coreset, seed, source, rows, names, *feats):
+    """The candidate table of one source: K nearest candidates of every test patch."""
+    return run_table(_tasks(names, feats), needs, coreset, seed, source, rows)
 
 
 @ray.remote(num_cpus=1)
-def write_gallery(out_dir, run, streams, task_refs, prepared, sizes, scenario):
+def write_gallery(out_dir, run, streams, task_refs, prepared, scenario):
     from .gallery import gallery_files
+    from .engine import plan_study, restore_evaluator
 
     names = list(task_refs)
     tasks = dict(zip(names, ray.get([task_refs[n] for n in names])))
-    keys = list(prepared)
-    orders = ray.get([prepared[k][0] for k in keys])
-    tables = ray.get([prepared[k][1] for k in keys])
-    return gallery_files(Path(out_dir) / "gallery", run, streams, tasks, dict(zip(keys, orders)),
-                         dict(zip(keys, tables)), sizes, scenario)
+    orders, banks, table_refs = prepared
+    sp = plan_study([run], scenario["coreset"]).seeds[run.seed]
+    tables = dict(zip(sp.sources, ray.get([table_refs[s] for s in sp.sources])))
+    ev = restore_evaluator(tasks, sp, scenario["coreset"], orders, banks, tables,
+                           reweighting=scenario["model"]["reweighting"])
+    return gallery_files(Path(out_dir) / "gallery", run, streams, tasks, ev, scenario)
 
 
 @ray.remote(num_cpus=0)
@@ -75,35 +88,53 @@ def task_stats(tf) -> dict:
             "pixel_prevalence": float(np.mean(tf.masks)) if tf.masks is not None else float("nan")}
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
 class BankManagerActor:
-    """Keeps every bank source of a study (per-task greedy orders, joint orders, NN tables).
+    """Carries out PatchCoreCL's fixed-budget rebalancing: every re-reduction chain of a task (under
+    `rebalance: authors`, greedy k-center re-run on each stored bank with a fresh projection).
 
-    PatchCoreCL's fixed-budget rebalancing is a truncation of these orders, so the manager
-    computes each source once, at its largest size, and hands trials references to them.
+    What it computes is persisted in the shared cache folder, keyed by the features and the coreset
+    settings, and returned to the driver, which owns the results: a lost actor is restarted by Ray
+    and answers from the cache instead of recomputing; a lost node loses nothing the driver holds.
     """
 
-    def __init__(self, task_refs: dict, coreset: dict):
-        self.task_refs = task_refs
-        self.names = list(task_refs)
+    def __init__(self, cache_root: str, feature_keys: dict, coreset: dict):
+        self.root = Path(cache_root) / "banks"
+        self.feature_keys = feature_keys
         self.coreset = coreset
-        self.refs: dict = {}
+        self.computed = 0
 
-    def prepare(self, seed: int, sizes: dict, sources: list) -> dict:
-        """Launch every source of `seed` (dependencies first); returns {(kind, src): (order_ref, tables_ref)}."""
-        out = {}
-        task_args = [self.task_refs[n] for n in self.names]
-        for kind, src in sources:
-            key = (seed, kind, tuple(src))
-            if key not in self.refs:
-                deps = []
-                if kind == "joint" and self.coreset.get("joint", "composable") == "composable":
-                    deps = [("task", (t,)) for t in src]
-                dep_refs = [self.refs[(seed, k, s)][0] for k, s in deps]
-                self.refs[key] = prepare_source.remote(kind, tuple(src), sizes, self.coreset, seed, self.names,
-                                                       deps, *task_args, *dep_refs)
-            out[(kind, tuple(src))] = self.refs[key]
+    def _path(self, seed, refs) -> Path:
+        import hashlib
+        import json
+
+        body = json.dumps([sorted(self.feature_keys.items()), self.coreset, seed, [repr(r) for r in refs]],
+                          default=str)
+        return self.root / f"{hashlib.sha256(body.encode()).hexdigest()[:32]}.pkl"
+
+    def rebalance(self, needs, seed, refs, names, order_keys, *args):
+        """{ref: parts} of one task's banks (its selections on arrival and all their re-reductions)."""
+        import pickle
+
+        from .results import atomic_write_bytes
+
+        path = self._path(seed, refs)
+        if path.exists():
+            try:
+                return pickle.loads(path.read_bytes())
+            except Exception:
+                pass  # unreadable entry: recompute and overwrite it
+        feats, orders = args[: len(names)], args[len(names):]
+        out = run_banks(_tasks(names, feats), needs, self.coreset, seed, dict(zip(order_keys, orders)), refs)
+        self.computed += 1
+        try:
+            atomic_write_bytes(pickle.dumps(out), path)
+        except OSError:
+            pass  # a read-only cache still gives results, only without the restart guarantee
         return out
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

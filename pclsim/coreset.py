@@ -13,13 +13,29 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["greedy_coreset", "jl_dim", "sparse_projection", "project"]
+__all__ = ["greedy_coreset", "jl_dim", "sparse_projection", "project", "resolve_projection_dim"]
 
 
 def jl_dim(n: int, eps: float = 0.9) -> int:
-    """Johnson-Lindenstrauss minimum dimension for n points at distortion eps."""
+    """Johnson-Lindenstrauss minimum dimension for n points at distortion eps:
+    4 ln(n) / (eps^2/2 - eps^3/3) (method.md section 2; 254 at 30,000 points, 352 at 1.57 M)."""
     denom = eps**2 / 2 - eps**3 / 3
     return int(math.ceil(4 * math.log(max(n, 2)) / denom))
+
+
+def resolve_projection_dim(spec, n: int) -> tuple[int | None, bool]:
+    """(dimension, force) for a projection spec over n points.
+
+    spec "auto": the authors' JL dimension for n points (eps 0.9), applied even where it exceeds the
+    feature dimension D, as their sparse random projection is (it then distorts rather than
+    compresses, and a fresh one still changes the selection); an integer: that dimension, or no
+    projection when it is >= D; None: no projection.
+    """
+    if spec == "auto":
+        return jl_dim(n), True
+    if spec is None:
+        return None, False
+    return int(spec), False
 
 
 def sparse_projection(in_dim: int, out_dim: int, seed: int = 0) -> torch.Tensor:
@@ -36,48 +52,48 @@ def sparse_projection(in_dim: int, out_dim: int, seed: int = 0) -> torch.Tensor:
     return keep.to(torch.float32) * sign.to(torch.float32) * scale
 
 
-def _as_tensor(x) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        if not x.flags.writeable:  # e.g. zero-copy from Ray's object store; torch wants writable memory
-            x = np.array(x)
-        return torch.from_numpy(np.ascontiguousarray(x))
-    if isinstance(x, torch.Tensor):
-        return x
-    raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
-
-
 def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: int = 65536,
-            dtype: torch.dtype | None = None) -> torch.Tensor:
+            dtype: torch.dtype | None = None, force: bool = False) -> torch.Tensor:
     """Project rows of x (N, D) to (N, projection_dim) on `device`, chunk by chunk.
 
-    projection_dim None or >= D keeps the original vectors (no projection).
+    projection_dim None or (>= D and not force) keeps the original vectors (no projection).
+    x may be float16 (a feature store): each chunk is converted to float32 before the product.
     """
-    x = _as_tensor(x)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D (N, D) array, got shape {tuple(x.shape)}")
-    device = torch.device(device) if device is not None else x.device
+    if isinstance(x, np.ndarray):  # memory-mapped store: read chunk by chunk, never whole
+        def block_of(s):
+            return torch.from_numpy(np.asarray(x[s : s + chunk], dtype=np.float32))
+        device = torch.device(device) if device is not None else torch.device("cpu")
+    else:
+        def block_of(s):
+            return x[s : s + chunk]
+        device = torch.device(device) if device is not None else x.device
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     n, d = x.shape
-    if projection_dim is None or projection_dim <= 0 or projection_dim >= d:
-        return x.to(device=device, dtype=dtype)
-    mat = sparse_projection(d, projection_dim, seed).to(device)
-    out = torch.empty((n, projection_dim), dtype=dtype, device=device)
+    keep = projection_dim is None or projection_dim <= 0 or (projection_dim >= d and not force)
+    mat = None if keep else sparse_projection(d, projection_dim, seed).to(device)
+    out = torch.empty((n, d if keep else projection_dim), dtype=dtype, device=device)
     for s in range(0, n, chunk):
-        block = x[s : s + chunk].to(device=device, dtype=torch.float32)
-        out[s : s + chunk] = (block @ mat).to(dtype)
+        block = block_of(s).to(device=device, dtype=torch.float32)
+        out[s : s + chunk] = (block if keep else block @ mat).to(dtype)
     return out
 
 
-def greedy_coreset(x, k: int, *, projection_dim: int | None = 128, seed: int = 0, device=None,
+def greedy_coreset(x, k: int, *, projection_dim: int | str | None = 128, seed: int = 0, device=None,
                    start: int = 0) -> np.ndarray:
-    """Greedy k-center selection; returns int64 indices into x in selection order.
+    """Greedy k-center selection; returns int64 indices into x in selection order (method.md section 2).
 
     x: (N, D) numpy array or torch tensor. The first index is `start`; each next one is the point
     farthest (Euclidean) from all points selected so far, measured in the projected space.
+    projection_dim: an integer, None (no projection) or "auto" (the JL dimension for N points,
+    see `resolve_projection_dim`); the projection is drawn from `seed`.
     Memory is O(N): one projected copy and one running distance vector.
+    Raises ValueError for a non-2-D x, no points, k < 1 or start out of range.
     """
-    x = _as_tensor(x)
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
     if x.ndim != 2:
         raise ValueError(f"greedy_coreset expects (N, D) features, got shape {tuple(x.shape)}")
     n = x.shape[0]
@@ -92,8 +108,9 @@ def greedy_coreset(x, k: int, *, projection_dim: int | None = 128, seed: int = 0
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    pdim, force = resolve_projection_dim(projection_dim, n)
     with torch.inference_mode():
-        z = project(x, projection_dim, seed=seed, device=device)
+        z = project(x, pdim, seed=seed, device=device, force=force)
         # Squared norms in float32; distances via |z|^2 + |c|^2 - 2 z.c (one GEMV per step).
         sq = z.float().pow(2).sum(1)
         selected = torch.empty(k, dtype=torch.int64, device=device)

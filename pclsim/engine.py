@@ -1,85 +1,177 @@
-"""Planning and running a study in-process: the pure work the Ray layer distributes.
+"""The study core: one plan, one function per kind of job, one way to restore an evaluator.
 
-`plan` lists every bank source the runs need (and at which prefix sizes), `source_order` and
-`source_tables` compute one source each, `run_group` runs a group of orders against prepared
-sources. `simulate` chains them in one process (tests, the GPU check, small studies).
+A study is planned once (`plan_study`): every bank its runs hold, the selection orders those banks
+need (independent jobs), the bank jobs that carry out PatchCoreCL's re-reductions and the joint
+selections (the bank manager's work), and one candidate-table job per source. `run_selection`,
+`run_banks` and `run_table` each compute one job from task features and the results of the jobs
+before it; `restore_evaluator` builds the memoized evaluator from those results; `run_group` runs
+a group of runs against it. `simulate` chains them in one process; the Ray layer (`pclsim.sweep`)
+only places the same calls on workers, so both give identical values (tested).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .protocol import BankSources, Evaluator, OrderResult, TaskFeatures, run_order
+from .banks import BankBuilder, SelectionNeeds, bank_sources
+from .candidates import DEFAULT_K, CandidateTable, build_table
+from .protocol import Evaluator, OrderResult, TaskFeatures, run_order
 from .scenario import Run
-from .strategies import get_strategy
+from .strategies import BankRef, get_strategy
 
-__all__ = ["Plan", "plan", "make_sources", "source_order", "source_tables", "run_group", "simulate"]
+__all__ = ["StudyPlan", "SeedPlan", "plan_study", "run_selection", "run_banks", "run_table", "table_rows",
+           "restore_evaluator", "run_group", "simulate", "strategy_for"]
+
+
+def strategy_for(run: Run, coreset: dict):
+    return get_strategy(run.strategy, run.memory_size, coreset.get("rebalance", "authors"),
+                        coreset.get("joint", "composable"))
 
 
 @dataclass
-class Plan:
-    sizes: dict[int, dict[str, set[int]]]              # seed -> kind -> prefix sizes
-    sources: dict[int, list[tuple[str, tuple[str, ...]]]]  # seed -> (kind, tasks) in dependency order
+class SeedPlan:
+    """Everything one seed's runs need, in dependency order.
+
+    refs: every bank any run holds; needs: selection lengths; selections: selection-order jobs
+    (independent); bank_jobs: lists of BankRefs resolved together (one per task for per-task banks
+    and their re-reduction chains, one per joint set); sources: one candidate table each.
+    """
+
+    seed: int
+    refs: set = field(default_factory=set)
+    needs: SelectionNeeds | None = None
+    selections: list = field(default_factory=list)
+    bank_jobs: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
 
 
-def plan(runs: list[Run]) -> Plan:
-    sizes: dict[int, dict[str, set[int]]] = {}
-    srcs: dict[int, set] = {}
-    seen_states: set = set()
+@dataclass
+class StudyPlan:
+    seeds: dict[int, SeedPlan]
+
+    @property
+    def n_jobs(self) -> int:
+        return sum(len(p.selections) + len(p.bank_jobs) + len(p.sources) for p in self.seeds.values())
+
+
+def plan_study(runs: list[Run], coreset: dict) -> StudyPlan:
+    """The bank-source jobs of a list of runs. States are keyed by what a bank depends on, so each
+    distinct bank is resolved once however many runs reach it."""
+    seeds: dict[int, SeedPlan] = {}
     for r in runs:
-        strat = get_strategy(r.strategy, r.memory_size)
-        sz = sizes.setdefault(r.seed, {})
+        sp = seeds.setdefault(r.seed, SeedPlan(r.seed))
+        strat = strategy_for(r, coreset)
         for step in range(len(r.order)):
-            state = (r.strategy, r.memory_size, r.seed, frozenset(r.order[: step + 1]), r.order[step])
-            if state in seen_states:
-                continue
-            seen_states.add(state)
-            for b in strat.banks(tuple(r.order[: step + 1])):
-                sz.setdefault(b.kind, set()).add(b.size)
-                srcs.setdefault(r.seed, set()).add((b.kind, b.tasks))
-    order_kind = {"task": 0, "random": 1, "joint": 2}
-    return Plan(sizes, {s: sorted(v, key=lambda x: (order_kind[x[0]], len(x[1]), x[1])) for s, v in srcs.items()})
+            seen = tuple(r.order[: step + 1])
+            for b in strat.banks(seen):
+                sp.refs.add(b)
+            # multi_model scores unseen tasks with the existing banks: same refs, nothing new
+    for sp in seeds.values():
+        sp.needs = SelectionNeeds.of(sp.refs)
+        sp.selections = sorted(sp.needs.sizes, key=str)
+        per_task: dict = {}
+        joint = []
+        for b in sorted(sp.refs):
+            if b.kind in ("joint", "pool"):
+                joint.append([b])
+            else:
+                per_task.setdefault(b.tasks[0], []).append(b)
+        sp.bank_jobs = [per_task[t] for t in sorted(per_task)] + joint
+        sp.sources = sorted({s for b in sp.refs for s in bank_sources(b)}, key=str)
+    return StudyPlan(seeds)
 
 
-def make_sources(tasks: dict[str, TaskFeatures], sizes: dict[str, set[int]], coreset: dict, seed: int,
-                 device=None) -> BankSources:
-    pdim = coreset.get("projection_dim", 128) if coreset.get("projection", "jl") == "jl" else None
-    return BankSources(tasks, sizes, projection_dim=pdim, seed=seed, joint=coreset.get("joint", "composable"),
-                       device=device)
+def _builder(tasks, needs, coreset, seed, orders=None, banks=None, device=None) -> BankBuilder:
+    pdim = coreset.get("projection_dim", "auto") if coreset.get("projection", "jl") == "jl" else None
+    bb = BankBuilder(tasks, needs, projection_dim=pdim, seed=seed, device=device)
+    for key, order in (orders or {}).items():
+        bb.set_order(key, order)
+    for ref, parts in (banks or {}).items():
+        bb.install(ref, parts)
+    return bb
 
 
-def source_order(sources: BankSources, kind: str, src: tuple[str, ...]) -> np.ndarray:
-    return sources.order(kind, src)
+def run_selection(tasks: dict, needs: SelectionNeeds, coreset: dict, seed: int, key: tuple, device=None) -> np.ndarray:
+    """One selection order (greedy k-center of a task's patches, or a random permutation)."""
+    return _builder(tasks, needs, coreset, seed, device=device).order(*key)
 
 
-def source_tables(sources: BankSources, kind: str, src: tuple[str, ...], device=None):
-    ev = Evaluator(sources, device=device)
-    return ev.tables(kind, src)
+def run_banks(tasks: dict, needs: SelectionNeeds, coreset: dict, seed: int, orders: dict, refs: list[BankRef],
+              device=None) -> dict:
+    """Resolve banks (the bank manager's work: re-reductions, joint selections) -> {ref: parts}."""
+    bb = _builder(tasks, needs, coreset, seed, orders, device=device)
+    return {r: bb.resolve(r) for r in refs}
 
 
-def run_group(runs: list[Run], sources: BankSources, tables: dict, *, reweighting: str = "paper",
-              pixel: bool = True, device=None) -> tuple[list[tuple[Run, OrderResult]], dict]:
-    """Run every order of a group with one shared, memoized evaluator."""
-    ev = Evaluator(sources, reweighting=reweighting, pixel=pixel, device=device)
-    for (kind, src), tb in tables.items():
-        ev.put_tables(kind, src, tb)
-    out = []
-    for r in runs:
-        out.append((r, run_order(get_strategy(r.strategy, r.memory_size), r.order, ev)))
-    return out, dict(ev.stats)
+def table_rows(banks: dict, source: tuple) -> np.ndarray:
+    """The candidate set of a source: every row any bank of the study holds (sorted, unique)."""
+    rows = [i for parts in banks.values() for s, i in parts if s == source]
+    return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+
+
+def run_table(tasks: dict, needs: SelectionNeeds, coreset: dict, seed: int, source: tuple, rows: np.ndarray,
+              k: int | None = None, device=None) -> CandidateTable:
+    """The candidate table of one source against every task's test patches (k: list length, DEFAULT_K)."""
+    bb = _builder(tasks, needs, coreset, seed, device=device)
+    return build_table(source, rows, bb.vectors(source, rows), tasks, k=k or DEFAULT_K, device=device)
+
+
+def restore_evaluator(tasks: dict, sp: SeedPlan, coreset: dict, orders: dict, banks: dict, tables: dict, *,
+                      reweighting: str = "paper", pixel: bool = True, device=None) -> Evaluator:
+    """An evaluator over prepared bank sources (no selection or search is recomputed)."""
+    bb = _builder(tasks, sp.needs, coreset, sp.seed, orders, banks, device=device)
+    return Evaluator(tasks, bb, tables, reweighting=reweighting, pixel=pixel, device=device)
+
+
+def run_group(runs: list[Run], ev: Evaluator, coreset: dict) -> list[tuple[Run, OrderResult]]:
+    """Every run of a group against one shared, memoized evaluator."""
+    return [(r, run_order(strategy_for(r, coreset), r.order, ev)) for r in runs]
+
+
+def prepare_seed(tasks: dict, sp: SeedPlan, coreset: dict, device=None, progress=None):
+    """(orders, banks, tables) of one seed, computed in this process, jobs in dependency order."""
+    orders = {}
+    for key in sp.selections:
+        orders[key] = run_selection(tasks, sp.needs, coreset, sp.seed, key, device)
+        if progress:
+            progress()
+    banks = {}
+    for refs in sp.bank_jobs:
+        banks.update(run_banks(tasks, sp.needs, coreset, sp.seed, orders, refs, device))
+        if progress:
+            progress()
+    tables = {}
+    for src in sp.sources:
+        tables[src] = run_table(tasks, sp.needs, coreset, sp.seed, src, table_rows(banks, src), device=device)
+        if progress:
+            progress()
+    return orders, banks, tables
 
 
 def simulate(runs: list[Run], tasks: dict[str, TaskFeatures], scenario: dict, device=None):
-    """The whole study in this process, one seed after another."""
-    p = plan(runs)
-    out = []
-    for seed, sizes in p.sizes.items():
-        sources = make_sources(tasks, sizes, scenario["coreset"], seed, device)
-        ev = Evaluator(sources, reweighting=scenario["model"]["reweighting"],
-                       pixel=scenario["evaluation"]["pixel_metrics"], device=device)
-        for r in runs:
-            if r.seed == seed:
-                out.append((r, run_order(get_strategy(r.strategy, r.memory_size), r.order, ev)))
-    return out
+    """The whole study in this process, one seed after another -> [(run, OrderResult)] in run order."""
+    coreset = scenario["coreset"]
+    plan = plan_study(runs, coreset)
+    results = {}
+    for seed, sp in plan.seeds.items():
+        orders, banks, tables = prepare_seed(tasks, sp, coreset, device)
+        ev = restore_evaluator(tasks, sp, coreset, orders, banks, tables,
+                               reweighting=scenario["model"]["reweighting"],
+                               pixel=scenario["evaluation"]["pixel_metrics"], device=device)
+        for r, res in run_group([r for r in runs if r.seed == seed], ev, coreset):
+            results[r] = res
+    return [(r, results[r]) for r in runs]
+
+
+def single_task_metrics(tf: TaskFeatures, memory_size: int, *, reweighting: str = "paper", coreset: dict | None = None,
+                        seed: int = 0, pixel: bool = True) -> dict[str, float]:
+    """Plain PatchCore on one task: a bank of `memory_size` from its training patches, its own test set.
+
+    The single-task difficulty of a task (benchmarks, easy_to_hard orders). coreset: the scenario's
+    coreset section (default: JL "auto" projection)."""
+    coreset = coreset or {"projection": "jl", "projection_dim": "auto", "rebalance": "authors"}
+    sc = {"coreset": coreset, "model": {"reweighting": reweighting}, "evaluation": {"pixel_metrics": pixel}}
+    (_, res), = simulate([Run("multi_model", int(memory_size), seed, (tf.name,))], {tf.name: tf}, sc)
+    return {m: float(a[0, 0]) for m, a in res.matrices.items()}

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import make_sources
-from .protocol import Evaluator
-from .strategies import get_strategy
+from .engine import strategy_for
 
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -23,17 +21,11 @@ def _pick(labels: np.ndarray, n: int) -> list[int]:
     return anom[:k] + norm[: n - k]
 
 
-def gallery_files(out: Path, run, streams, tasks, orders, tables, sizes, scenario) -> int:
-    """Write gallery/<task>_<i>.npz for `run`'s final state; returns the number of files."""
+def gallery_files(out: Path, run, streams, tasks, ev, scenario) -> int:
+    """Write gallery/<task>_<i>.npz for `run`'s final state, scored by evaluator `ev`; returns the count."""
     from .data import preprocess
 
-    sources = make_sources(tasks, sizes, scenario["coreset"], run.seed)
-    for (kind, src), o in orders.items():
-        sources.set_order(kind, src, o)
-    ev = Evaluator(sources, reweighting=scenario["model"]["reweighting"])
-    for (kind, src), tb in tables.items():
-        ev.put_tables(kind, src, tb)
-    strat = get_strategy(run.strategy, run.memory_size)
+    strat = strategy_for(run, scenario["coreset"])
     banks = strat.banks(tuple(run.order))
     n = scenario["evaluation"]["gallery"]
     tmp = out.with_name(".gallery.tmp")

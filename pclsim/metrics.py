@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = [
     "image_auroc", "f1_max", "image_metrics",
-    "pixel_auroc", "pixel_f1", "pixel_pr", "pixel_ap", "aupro", "pixel_metrics",
+    "pixel_auroc", "pixel_f1", "pixel_pr", "pixel_ap", "aupro", "pixel_metrics", "mask_components",
     "final_mean", "average_forgetting", "max_forgetting", "bwt", "fwt", "relative_gap", "memory_mb",
 ]
 
@@ -172,6 +172,13 @@ def _check_pro_args(fpr_limit, num_thresholds) -> None:
         raise ValueError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
 
 
+def mask_components(masks) -> tuple[np.ndarray, int]:
+    """(labels (N,H,W) int32, count) of the 8-connected ground-truth regions of masks (N,H,W) bool.
+
+    A task's regions never change: compute them once and pass them to `pixel_metrics`."""
+    return _components(np.asarray(masks, dtype=bool))
+
+
 def _components(m: np.ndarray) -> tuple[np.ndarray, int]:
     """8-connected components of each image's mask, labelled 1..C over all images."""
     from scipy import ndimage
@@ -263,12 +270,12 @@ def _ranking_fast(s0: np.ndarray, s1: np.ndarray) -> dict[str, float]:
     }
 
 
-def _aupro_fast(m, a, s0, fpr_limit, num_thresholds) -> float:
+def _aupro_fast(m, a, s0, fpr_limit, num_thresholds, components=None) -> float:
     """AU-PRO from the sorted normal scores and a (component x threshold-bucket) histogram."""
     n0 = s0.size
     th = s0[_threshold_positions(n0, num_thresholds)]  # ascending
     fpr = (n0 - np.searchsorted(s0, th, side="right")) / n0
-    lab, n_comp = _components(m)
+    lab, n_comp = components if components is not None else _components(m)
     # bucket b = number of thresholds strictly below the score: the pixel is above t_k iff k < b
     K = th.size
     comp = lab[m].astype(np.int64) - 1
@@ -280,17 +287,19 @@ def _aupro_fast(m, a, s0, fpr_limit, num_thresholds) -> float:
     return _integrate_pro(fpr[::-1], pro[::-1], float(fpr_limit))
 
 
-def pixel_metrics(masks, maps, fpr_limit: float = 0.3, num_thresholds: int = 100) -> dict[str, float]:
+def pixel_metrics(masks, maps, fpr_limit: float = 0.3, num_thresholds: int = 100,
+                  components=None) -> dict[str, float]:
     """{pixel_auroc, pixel_f1, pixel_pr, pixel_ap, pixel_aupro} in one pass (the evaluator's hot path).
 
     The pooled pixels are sorted once, split into normal and anomalous scores; every metric
-    then uses binary searches into those two sorted arrays.
+    then uses binary searches into those two sorted arrays. components: `mask_components(masks)`,
+    computed once per task (the ground-truth regions do not change between evaluations).
     """
     _check_pro_args(fpr_limit, num_thresholds)
     m, a = _check_pixels(masks, maps)
     s0, s1 = np.sort(a[~m], axis=None), np.sort(a[m], axis=None)
     out = _ranking_fast(s0, s1)
-    out["pixel_aupro"] = _aupro_fast(m, a, s0, fpr_limit, num_thresholds)
+    out["pixel_aupro"] = _aupro_fast(m, a, s0, fpr_limit, num_thresholds, components)
     return out
 
 

@@ -15,7 +15,7 @@ from . import metrics as M
 from .protocol import OrderResult
 from .scenario import Run
 
-__all__ = ["MATRIX_SCHEMA", "SUMMARY_COLUMNS", "atomic_write_table", "rows_table", "steps_table",
+__all__ = ["MATRIX_SCHEMA", "SUMMARY_COLUMNS", "atomic_write_table", "atomic_write_bytes", "rows_table", "steps_table",
            "done_groups", "read_matrices", "build_summary", "chance_level"]
 
 MATRIX_SCHEMA = pa.schema([
@@ -30,6 +30,23 @@ STEPS_SCHEMA = pa.schema([
 SUMMARY_COLUMNS = ["trial_id", "strategy", "memory_size", "seed", "order", "metric", "final_mean",
                    "avg_forgetting_pct", "bwt", "fwt", "relative_gap", "bank_mb", "arch_mb",
                    "avg_forgetting_paper_pct", "max_forgetting"]
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write a file so that readers see either nothing or the whole file (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from .errors import ScenarioError
-from .strategies import STRATEGIES
+from .strategies import REBALANCES, STRATEGIES
 
 __all__ = ["DEFAULTS", "load_scenario", "resolve", "Run", "expand_runs", "group_runs", "scenario_hash"]
 
@@ -44,7 +44,10 @@ DEFAULTS = {
     "orders": "all",
     "strategies": ["patchcore_cl", "multi_model", "joint", "finetune"],
     "memory_sizes": [1000, 3000],
-    "coreset": {"projection": "jl", "projection_dim": 128, "rebalance": "truncate", "joint": "composable"},
+    # rebalance: authors = the method as published (fresh projection per re-reduction); truncate = idealised
+    # (fixed projection: a re-reduction keeps a prefix; the final state depends only on the SET of tasks).
+    # projection_dim: auto = the JL dimension (eps 0.9) of the number of points of each selection.
+    "coreset": {"projection": "jl", "projection_dim": "auto", "rebalance": "authors", "joint": "composable"},
     "evaluation": {"pixel_metrics": True, "gallery": 0},  # gallery: anomaly maps stored per task for the report
     "seeds": [0],
 }
@@ -54,7 +57,7 @@ _CHOICES = {
     "dataset.protocol": ("clean", "paper"),
     "model.reweighting": ("paper", "anomalib", "none"),
     "coreset.projection": ("jl", "none"),
-    "coreset.rebalance": ("truncate", "recompute"),
+    "coreset.rebalance": REBALANCES,
     "coreset.joint": ("composable", "exact"),
 }
 
@@ -106,6 +109,9 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
     if not isinstance(raw, dict):
         raise ScenarioError(f"{src}: expected a mapping at the top level, got {type(raw).__name__}")
     sc = _merge(DEFAULTS, raw, src)
+    if isinstance(raw.get("coreset"), dict) and raw["coreset"].get("rebalance") == "recompute":
+        _fail(src, "coreset.rebalance", "'recompute' was removed in 0.2 (it ran truncation): use 'authors' "
+                                        "(the authors' re-reduction, fresh projection each time) or 'truncate'")
     for key, choices in _CHOICES.items():
         sect, k = key.split(".")
         if sc[sect][k] not in choices:
@@ -162,7 +168,8 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
         _fail(src, "strategies", "duplicate strategy")
     ms = _int_list(sc, src, "memory_sizes", lo=1)
     _int_list(sc, src, "seeds", lo=0)
-    _int(src, "coreset.projection_dim", sc["coreset"]["projection_dim"], lo=1)
+    if sc["coreset"]["projection_dim"] != "auto":
+        _int(src, "coreset.projection_dim", sc["coreset"]["projection_dim"], lo=1)
     _int(src, "evaluation.gallery", sc["evaluation"]["gallery"], lo=0)
     if tasks is not None:
         _check_orders(sc, src)

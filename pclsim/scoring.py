@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["REWEIGHTINGS", "identify_task", "image_score", "anomaly_maps", "gaussian_kernel1d"]
+__all__ = ["REWEIGHTINGS", "identify_task", "image_score", "reweight_scores", "anomaly_maps", "gaussian_kernel1d"]
 
 REWEIGHTINGS = ("paper", "anomalib", "none")
 
@@ -58,6 +58,33 @@ def image_score(patch_dists: np.ndarray, patch_nn: np.ndarray, query_patches: np
         e = np.exp(dn - dn.max())
         w = 1.0 - e[0] / e.sum()
         return float(w * s_star)
+    raise ValueError(f"unknown reweighting {reweighting!r}; valid: {', '.join(REWEIGHTINGS)}")
+
+
+def reweight_scores(s_star: np.ndarray, m_test: np.ndarray, bank: np.ndarray, neighbours: np.ndarray,
+                    reweighting: str = "paper") -> np.ndarray:
+    """Reweighted image scores of several images at once (method.md section 3, PatchCore eq. 7).
+
+    s_star (n,): each image's largest patch distance; m_test (n, D): that patch; bank (m, D);
+    neighbours (n, k): bank positions of the nearest bank vectors of each image's m*, m* first
+    (k = 3 for "paper", 9 for "anomalib"). Distances in float64. Same formulas as `image_score`.
+    """
+    s_star = np.asarray(s_star, dtype=np.float64)
+    if reweighting == "none":
+        return s_star.copy()
+    m_test = np.asarray(m_test, dtype=np.float64)
+    if reweighting == "paper":
+        others = bank[neighbours[:, 1:3]].astype(np.float64)                   # (n, <=2, D)
+        dn = np.sqrt(((others - m_test[:, None, :]) ** 2).sum(-1))
+        t = math.sqrt(bank.shape[1])
+        w = 1.0 - 1.0 / np.exp((dn - s_star[:, None]) / t).sum(1)
+        return w * s_star
+    if reweighting == "anomalib":
+        nb = bank[neighbours[:, :9]].astype(np.float64)
+        dn = np.sqrt(((nb - m_test[:, None, :]) ** 2).sum(-1))
+        e = np.exp(dn - dn.max(1, keepdims=True))
+        w = 1.0 - e[:, 0] / e.sum(1)
+        return w * s_star
     raise ValueError(f"unknown reweighting {reweighting!r}; valid: {', '.join(REWEIGHTINGS)}")
 
 

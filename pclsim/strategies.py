@@ -1,31 +1,55 @@
 """The compared strategies (method.md section 4), each a small class.
 
 A strategy says, after each step of a stream, which memory banks exist and how a test image of
-a given task is scored against them. A bank is named by a `BankRef`: the source whose
-selection order it truncates, and how many vectors it keeps. Because every bank is a prefix of
-a selection order computed once, two orders that reach the same SET of seen tasks reach the
-same banks, and their evaluations are shared (see protocol.Evaluator).
+a given task is scored against them. A bank is named by a `BankRef`, a hashable description of
+everything its vectors depend on; `pclsim.banks` turns a `BankRef` into concrete vectors. Two
+runs that reach the same `BankRef` reach the same bank, so their evaluations are shared (see
+`protocol.Evaluator`).
 
-To add a strategy, subclass `Strategy`, implement `banks` and (if needed) `scoring`, and
-register it with `@register`.
+To add a strategy, subclass `Strategy`, implement `banks` (and `scoring` if needed), and register
+it with `@register`. To add a bank kind, register a resolver in `pclsim.banks` (`BANK_KINDS`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BankRef", "Strategy", "STRATEGIES", "get_strategy", "register", "per_task_size"]
+__all__ = ["BankRef", "Strategy", "STRATEGIES", "REBALANCES", "get_strategy", "register", "per_task_size"]
+
+# coreset.rebalance (method.md sections 2-3):
+#   authors:  every re-reduction re-runs greedy k-center on the stored bank with a fresh random
+#             projection (the method as published); a bank depends on (task, arrival step, step).
+#   truncate: idealised: one fixed projection, so a re-reduction keeps a prefix of the task's
+#             selection order (prefix property) and the final state depends only on the SET of tasks.
+REBALANCES = ("authors", "truncate")
 
 
 @dataclass(frozen=True, order=True)
 class BankRef:
-    kind: str            # "task": a task's greedy order; "joint": greedy order of a set of tasks; "random": a random order
-    tasks: tuple[str, ...]  # the task (or sorted set of tasks) the bank is built from
-    size: int            # number of vectors kept (a prefix of the source's selection order)
+    """A memory bank, named by what its vectors depend on.
+
+    kind: "task"      the first `size` vectors of the task's selection order (greedy k-center of all
+                      its training patches);
+          "rereduced" PatchCoreCL under `rebalance: authors`: the bank of task `tasks[0]` that arrived
+                      at step `arrival`, after the re-reductions of steps arrival+1..`step` under the
+                      total budget `budget` (size = floor(budget / (step + 1)));
+          "random"    the first `size` vectors of a seeded random permutation (ablation);
+          "joint"     greedy k-center over the union of the member tasks' selections (composable);
+          "pool"      greedy k-center over all pooled patches of the member tasks (exact joint).
+    tasks: the task, or the sorted set of tasks, the bank is built from.
+    size: number of vectors in the bank.
+    """
+
+    kind: str
+    tasks: tuple[str, ...]
+    size: int
+    arrival: int = -1
+    step: int = -1
+    budget: int = 0
 
 
 def per_task_size(memory_size: int, n_seen: int) -> int:
-    """PatchCoreCL's per-task budget after n_seen tasks: floor(M / n_seen)."""
+    """PatchCoreCL's per-task budget after n_seen tasks: floor(M / n_seen) (method.md section 3)."""
     return memory_size // n_seen
 
 
@@ -38,11 +62,18 @@ def register(cls):
 
 
 class Strategy:
-    name = "base"
-    identifies_task = False   # reports task-ID accuracy
+    """Base class. memory_size: the budget M (vectors); rebalance: one of REBALANCES; joint: how a
+    joint bank is selected ("composable" from the tasks' selections, "exact" from all patches)."""
 
-    def __init__(self, memory_size: int):
+    name = "base"
+    identifies_task = False   # reports task-ID accuracy and routing
+
+    def __init__(self, memory_size: int, rebalance: str = "authors", joint: str = "composable"):
+        if rebalance not in REBALANCES:
+            raise ValueError(f"rebalance must be one of {', '.join(REBALANCES)}, got {rebalance!r}")
         self.memory_size = int(memory_size)
+        self.rebalance = rebalance
+        self.joint = joint
 
     def banks(self, seen: tuple[str, ...]) -> tuple[BankRef, ...]:
         """The banks held after training the tasks `seen` (in arrival order)."""
@@ -52,24 +83,21 @@ class Strategy:
         """(banks a test image of eval_task is scored against, whether to pick one by task identification)."""
         return banks, len(banks) > 1
 
-    def source_sizes(self, tasks: tuple[str, ...]) -> dict[str, set[int]]:
-        """Prefix lengths this strategy can ask of each source kind over a stream of `tasks` (for planning)."""
-        raise NotImplementedError
-
 
 @register
 class PatchCoreCL(Strategy):
-    """One bank per task under a fixed total budget M: floor(M/(t+1)) each, rebalanced on every task."""
+    """One bank per task under a fixed total budget M: floor(M/(t+1)) each, re-reduced on every task."""
 
     name = "patchcore_cl"
     identifies_task = True
 
     def banks(self, seen):
+        s = len(seen) - 1
         n = per_task_size(self.memory_size, len(seen))
-        return tuple(sorted(BankRef("task", (t,), n) for t in seen))
-
-    def source_sizes(self, tasks):
-        return {"task": {per_task_size(self.memory_size, s) for s in range(1, len(tasks) + 1)}}
+        if self.rebalance == "truncate":
+            return tuple(sorted(BankRef("task", (t,), n) for t in seen))
+        return tuple(sorted(BankRef("rereduced", (t,), n, arrival=a, step=s, budget=self.memory_size)
+                            for a, t in enumerate(seen)))
 
 
 @register
@@ -89,9 +117,6 @@ class MultiModel(Strategy):
         own = tuple(b for b in banks if b.tasks == (eval_task,))
         return (own, False) if own else (banks, len(banks) > 1)
 
-    def source_sizes(self, tasks):
-        return {"task": {self.memory_size}}
-
 
 @register
 class Joint(Strategy):
@@ -100,10 +125,8 @@ class Joint(Strategy):
     name = "joint"
 
     def banks(self, seen):
-        return (BankRef("joint", tuple(sorted(seen)), self.memory_size),)
-
-    def source_sizes(self, tasks):
-        return {"joint": {self.memory_size}}
+        kind = "pool" if self.joint == "exact" else "joint"
+        return (BankRef(kind, tuple(sorted(seen)), self.memory_size),)
 
 
 @register
@@ -114,9 +137,6 @@ class Finetune(Strategy):
 
     def banks(self, seen):
         return (BankRef("task", (seen[-1],), self.memory_size),)
-
-    def source_sizes(self, tasks):
-        return {"task": {self.memory_size}}
 
 
 @register
@@ -129,12 +149,10 @@ class RandomCL(PatchCoreCL):
         n = per_task_size(self.memory_size, len(seen))
         return tuple(sorted(BankRef("random", (t,), n) for t in seen))
 
-    def source_sizes(self, tasks):
-        return {"random": {per_task_size(self.memory_size, s) for s in range(1, len(tasks) + 1)}}
 
-
-def get_strategy(name: str, memory_size: int) -> Strategy:
+def get_strategy(name: str, memory_size: int, rebalance: str = "authors", joint: str = "composable") -> Strategy:
     try:
-        return STRATEGIES[name](memory_size)
+        cls = STRATEGIES[name]
     except KeyError:
         raise KeyError(f"unknown strategy {name!r}; valid: {', '.join(sorted(STRATEGIES))}") from None
+    return cls(memory_size, rebalance, joint)

@@ -126,16 +126,15 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
         task_refs, feature_keys, dim = _extract_features(ray, sc, streams, out_dir, cache, quiet, debug)
         gallery_run = _gallery_run(sc) if want_gallery else None
         runs = [r for rs in todo.values() for r in rs] + ([gallery_run] if gallery_run else [])
-        p, prepared = _prepare_banks(ray, sc, task_refs, runs, quiet)
+        prepared = _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet)
         _stage(debug, "banks done")
         if todo:
-            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, p.sizes, dim, feature_keys, max_concurrent, quiet)
+            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, max_concurrent, quiet)
             _stage(debug, "trials done")
         if gallery_run is not None:
             from .actors import write_gallery
 
-            ray.get(write_gallery.remote(str(out_dir), gallery_run, streams, task_refs, prepared[gallery_run.seed],
-                                         p.sizes[gallery_run.seed], sc))
+            ray.get(write_gallery.remote(str(out_dir), gallery_run, streams, task_refs, prepared[gallery_run.seed], sc))
     except Exception as e:
         raise _unwrap(e) from None
     finally:
@@ -196,26 +195,59 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
     return task_refs, feature_keys, infos[0]["dim"]
 
 
-def _prepare_banks(ray, sc, task_refs, runs, quiet):
-    """Every selection order and NN table the runs need, each computed once (the bank manager)."""
+def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet):
+    """Every selection order, bank and candidate table the runs need, each computed once.
+
+    Selections and candidate tables are Ray tasks owned by the driver; the re-reductions run on the
+    bank-manager actor, which persists them in the cache. Returns {seed: (orders, banks, table refs)}:
+    orders and banks (index arrays) by value, tables as object references.
+    """
     from tqdm import tqdm
 
-    from .actors import BankManagerActor
-    from .engine import plan
+    from .actors import BankManagerActor, bank_job, selection_job, table_job
+    from .engine import plan_study, table_rows
 
-    p = plan(runs)
-    manager = BankManagerActor.remote(task_refs, sc["coreset"])
-    prepared = {seed: ray.get(manager.prepare.remote(seed, p.sizes[seed], p.sources[seed])) for seed in p.sizes}
-    tables = [pair[1] for d in prepared.values() for pair in d.values()]  # a source's order comes with it
-    with tqdm(total=len(tables), desc="banks", unit="source", disable=quiet, file=sys.stderr) as bar:
-        while tables:
-            ready, tables = ray.wait(tables, num_returns=1)
-            bar.update(len(ready))
-    return p, prepared
+    coreset = sc["coreset"]
+    plan = plan_study(runs, coreset)
+    names = list(task_refs)
+    feats = [task_refs[n] for n in names]
+    gpu = {"num_gpus": 0.25} if ray.cluster_resources().get("GPU", 0) else {}  # heavy jobs go where the GPUs are
+    manager = BankManagerActor.options(**gpu).remote(cache, {n: feature_keys[n][1] for n in names}, coreset)
+    prepared = {}
+    with tqdm(total=plan.n_jobs, desc="banks", unit="job", disable=quiet, file=sys.stderr) as bar:
+        def wait_all(refs):
+            refs = list(refs)
+            while refs:
+                ready, refs = ray.wait(refs, num_returns=1)
+                ray.get(ready)  # an error surfaces here, with its task
+                bar.update(len(ready))
+
+        for seed, sp in plan.seeds.items():
+            keys = list(sp.selections)
+            order_refs = [selection_job.options(**gpu).remote(sp.needs, coreset, seed, k, names, *feats) for k in keys]
+            bank_refs = []
+            for refs in sp.bank_jobs:
+                if refs[0].kind in ("joint", "pool"):
+                    bank_refs.append(bank_job.options(**gpu).remote(sp.needs, coreset, seed, refs, names, keys,
+                                                                    *feats, *order_refs))
+                else:
+                    bank_refs.append(manager.rebalance.remote(sp.needs, seed, refs, names, keys, *feats, *order_refs))
+            wait_all(order_refs + bank_refs)
+            orders = dict(zip(keys, ray.get(order_refs)))
+            banks = {}
+            for part in ray.get(bank_refs):
+                banks.update(part)
+            table_refs = {src: table_job.options(**gpu).remote(sp.needs, coreset, seed, src, table_rows(banks, src),
+                                                               names, *feats)
+                          for src in sp.sources}
+            wait_all(table_refs.values())
+            prepared[seed] = (orders, banks, table_refs)
+    ray.kill(manager)
+    return prepared
 
 
-def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, sizes, dim, feature_keys, max_concurrent, quiet):
-    """One Tune trial per group of orders; each hands its tables to a writer on this node."""
+def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, max_concurrent, quiet):
+    """One Tune trial per group of runs; each hands its tables to a writer on this node."""
     from ray import tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     from tqdm import tqdm
@@ -224,7 +256,7 @@ def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, sizes, dim, feature
 
     writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
-    trainable = tune.with_parameters(_trial, groups=todo, task_refs=task_refs, prepared=prepared, sizes=sizes,
+    trainable = tune.with_parameters(_trial, groups=todo, task_refs=task_refs, prepared=prepared,
                                      scenario=sc, writer=writer, dim=dim, feature_keys=feature_keys)
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="runs", unit="run", disable=quiet, file=sys.stderr)
 
@@ -270,11 +302,10 @@ def _unwrap(e: BaseException) -> BaseException:
     return e if e is not None else RuntimeError("sweep failed")
 
 
-def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, feature_keys):
+def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_keys):
     import ray
     from ray import tune
 
-    from .engine import make_sources, plan, run_group
     from .results import rows_table, steps_table
 
     t0 = time.perf_counter()
@@ -283,30 +314,30 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, fe
     names = list(task_refs)
     tasks = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
                                             lambda: [_from_cache(*feature_keys[n]) for n in names])))
-    pairs = []
-    trial_plan = plan(runs)
-    for seed in trial_plan.sizes:
-        need = trial_plan.sources[seed]
-        refs = prepared[seed]
-        keys = list(refs)
-        sources = make_sources(tasks, sizes[seed], scenario["coreset"], seed)
-        # shared orders and tables; where a node that held them is gone, this trial recomputes its own
-        orders = _get_or_recover(ray, [refs[k][0] for k in keys], lambda: None)
-        tables = {}
-        if orders is not None:
-            for k, o in zip(keys, orders):
-                sources.set_order(k[0], k[1], o)
-            got = _get_or_recover(ray, [refs[k][1] for k in need], lambda: None)
-            tables = dict(zip(need, got)) if got is not None else {}
-        got, _ = run_group([r for r in runs if r.seed == seed], sources, tables,
-                           reweighting=scenario["model"]["reweighting"],
-                           pixel=scenario["evaluation"]["pixel_metrics"])
-        pairs.extend(got)
+    pairs = _run_prepared(ray, runs, tasks, prepared, scenario)
     t1 = time.perf_counter()
     ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim)))
     print(f"trial {group}: {len(runs)} runs, compute {t1 - t0:.1f} s, write {time.perf_counter() - t1:.1f} s",
           file=sys.stderr, flush=True)
     tune.report({"runs": len(runs)})
+
+
+def _run_prepared(ray, runs, tasks, prepared, scenario):
+    """Runs against prepared bank sources; tables lost with their node are recomputed here."""
+    from .engine import plan_study, restore_evaluator, run_group, run_table, table_rows
+
+    coreset = scenario["coreset"]
+    pairs = []
+    for seed, sp in plan_study(runs, coreset).seeds.items():
+        orders, banks, table_refs = prepared[seed]
+        got = _get_or_recover(ray, [table_refs[s] for s in sp.sources], lambda: None)
+        if got is None:
+            got = [run_table(tasks, sp.needs, coreset, seed, s, table_rows(banks, s)) for s in sp.sources]
+        ev = restore_evaluator(tasks, sp, coreset, orders, banks, dict(zip(sp.sources, got)),
+                               reweighting=scenario["model"]["reweighting"],
+                               pixel=scenario["evaluation"]["pixel_metrics"])
+        pairs.extend(run_group([r for r in runs if r.seed == seed], ev, coreset))
+    return pairs
 
 
 def _write_json(path: Path, obj) -> None:

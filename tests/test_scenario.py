@@ -18,7 +18,7 @@ def write(tmp_path, body, name="s.yaml"):
 def test_defaults_fill_everything(tmp_path):
     sc = load_scenario(write(tmp_path, {"name": "x"}))
     assert sc["dataset"]["kind"] == "synthetic" and sc["model"]["backbone"] == "efficientnet_lite0"
-    assert sc["memory_sizes"] == [1000, 3000] and sc["coreset"]["rebalance"] == "truncate"
+    assert sc["memory_sizes"] == [1000, 3000] and sc["coreset"]["rebalance"] == "authors" and sc["coreset"]["projection_dim"] == "auto"
     runs = expand_runs(sc)
     assert len(runs) == math.factorial(6) * 4 * 2
     assert len({r.trial_id for r in runs}) == len(runs)

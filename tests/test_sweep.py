@@ -76,6 +76,30 @@ def test_tables_hold_full_matrices(reference):
     assert len(list((out / "gallery").glob("*.npz"))) == 3 * 2
 
 
+def test_serial_simulate_equals_ray_sweep(reference):
+    """The study core in one process (engine.simulate) gives the Ray sweep's Parquet values exactly."""
+    from pclsim.cache import load_or_extract
+    from pclsim.data import load_stream
+    from pclsim.engine import simulate
+    from pclsim.features import FeatureExtractor
+    from pclsim.results import rows_table
+    from pclsim.scenario import expand_runs, load_scenario
+
+    out, cache = reference
+    sc = load_scenario(SMOKE)
+    assert sc["coreset"]["rebalance"] == "authors"
+    streams = load_stream(sc["dataset"], sc["dataset"]["root"])
+    fx = FeatureExtractor(sc["model"]["backbone"], sc["model"]["weights"], sc["model"]["layers"],
+                          image_size=sc["dataset"]["image_size"])
+    tasks = {t.name: load_or_extract(t, fx, cache_root=cache) for t in streams}
+    serial = rows_table(simulate(expand_runs(sc), tasks, sc)).to_pandas()
+    keys = ["trial_id", "step", "eval_task", "metric"]
+    serial = serial.sort_values(keys).reset_index(drop=True)
+    swept = table(out, "matrices.parquet")
+    assert len(serial) == len(swept)
+    pd.testing.assert_frame_equal(serial, swept[serial.columns], check_exact=True)
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(reference, tmp_path):
     ref_out, cache = reference
     out = tmp_path / "out"

@@ -1,0 +1,212 @@
+"""From `BankRef`s to vectors: every selection order and re-reduction a study needs (method.md 2-3).
+
+This is the bank manager's arithmetic, free of Ray. `BankBuilder.resolve(ref)` returns a bank as
+parts `(source, indices)`: `source` names a set of base vectors (("task", t): the training
+patches of task t; ("pool", tasks): all training patches of several tasks, concatenated) and
+`indices` the rows of it the bank holds, in selection order. Every bank pclsim builds is a
+subset of a small candidate set per source (the task's largest selections), which is what the
+candidate-list evaluator (`pclsim.candidates`) relies on.
+
+Seeds: every projection is drawn from a seed derived from (scenario seed, what, task, step), so a
+run is reproducible and independent of which worker computes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .coreset import greedy_coreset
+from .strategies import BankRef, per_task_size
+
+__all__ = ["BankBuilder", "Part", "derive_seed", "bank_sources", "SelectionNeeds"]
+
+Part = tuple[tuple, np.ndarray]   # (source, int64 row indices into the source's base vectors)
+
+
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from any sequence of ints and strings (stable across processes and machines)."""
+    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def bank_sources(ref: BankRef) -> list[tuple]:
+    """The sources a bank draws from (candidate tables are built per source)."""
+    if ref.kind == "pool":
+        return [("pool", ref.tasks)]
+    return [("task", t) for t in ref.tasks]
+
+
+@dataclass
+class SelectionNeeds:
+    """How long each selection order must be: (kind, task, arrival) -> largest prefix any bank takes."""
+
+    sizes: dict
+
+    @classmethod
+    def of(cls, refs) -> "SelectionNeeds":
+        sizes: dict = {}
+
+        def need(key, n):
+            sizes[key] = max(sizes.get(key, 0), int(n))
+
+        for r in refs:
+            if r.kind == "task":
+                need(("select", r.tasks[0], 0), r.size)
+            elif r.kind == "random":
+                need(("random", r.tasks[0], 0), r.size)
+            elif r.kind == "rereduced":
+                need(("select", r.tasks[0], r.arrival), per_task_size(r.budget, r.arrival + 1))
+            elif r.kind == "joint":
+                for t in r.tasks:
+                    need(("select", t, 0), r.size)
+            elif r.kind == "pool":
+                need(("pool", r.tasks, 0), r.size)
+            else:
+                raise ValueError(f"unknown bank kind {r.kind!r}")
+        return cls(sizes)
+
+
+class BankBuilder:
+    """Resolves bank references into row indices of their sources, memoized.
+
+    tasks: {name: TaskFeatures} (only `.train`, (N, D), is read; a memory-mapped float16 store is
+    read chunk by chunk). projection_dim: "auto" (the JL dimension for the number of points, the
+    authors'), an integer, or None. needs: the selection lengths (`SelectionNeeds`); orders are
+    computed once at that length, and every shorter request is a prefix (prefix property).
+    """
+
+    def __init__(self, tasks: dict, needs: SelectionNeeds, *, projection_dim="auto", seed: int = 0,
+                 device=None):
+        self.tasks = tasks
+        self.needs = needs
+        self.projection_dim = projection_dim
+        self.seed = int(seed)
+        self.device = device
+        self.orders: dict = {}       # (kind, task, arrival) -> selection order
+        self._banks: dict = {}       # BankRef -> tuple of parts
+
+    # -- base vectors ------------------------------------------------------------------------
+    def base(self, source: tuple):
+        kind, what = source
+        if kind == "task":
+            return self.tasks[what].train
+        return _Pooled([self.tasks[t].train for t in what])
+
+    def vectors(self, source: tuple, idx: np.ndarray) -> np.ndarray:
+        """Rows `idx` of a source as float32 (m, D)."""
+        return np.asarray(self.base(source)[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
+
+    # -- selection orders ----------------------------------------------------------------------
+    def order(self, kind: str, what, arrival: int = 0) -> np.ndarray:
+        """Greedy (or random) selection order of a task's (or pooled) patches at the planned length."""
+        key = (kind, what, arrival)
+        if key not in self.orders:
+            n = self.needs.sizes.get(key)
+            if n is None:
+                raise KeyError(f"selection {key} was not planned")
+            if kind == "random":
+                x = self.base(("task", what))
+                rng = np.random.default_rng(derive_seed(self.seed, "random", what))
+                self.orders[key] = rng.permutation(len(x))[: min(n, len(x))].astype(np.int64)
+            else:
+                src = ("pool", what) if kind == "pool" else ("task", what)
+                x = self.base(src)
+                if n > len(x):
+                    raise ValueError(f"a bank of {n} vectors needs more patches than task(s) {what} have "
+                                     f"({len(x)} training patches)")
+                x = x.materialize() if isinstance(x, _Pooled) else x
+                self.orders[key] = greedy_coreset(x, n, projection_dim=self.projection_dim,
+                                                  seed=derive_seed(self.seed, kind, what, arrival),
+                                                  device=self.device)
+        return self.orders[key]
+
+    def set_order(self, key: tuple, order: np.ndarray) -> None:
+        """Install an order computed elsewhere (another worker, a cache)."""
+        self.orders[tuple(key)] = np.asarray(order, dtype=np.int64)
+
+    # -- banks --------------------------------------------------------------------------------
+    def resolve(self, ref: BankRef) -> tuple[Part, ...]:
+        """The bank `ref` as parts (source, row indices in selection order)."""
+        hit = self._banks.get(ref)
+        if hit is not None:
+            return hit
+        if ref.kind == "task":
+            out = ((("task", ref.tasks[0]), self._prefix(("select", ref.tasks[0], 0), ref)),)
+        elif ref.kind == "random":
+            out = ((("task", ref.tasks[0]), self._prefix(("random", ref.tasks[0], 0), ref)),)
+        elif ref.kind == "pool":
+            out = ((("pool", ref.tasks), self._prefix(("pool", ref.tasks, 0), ref)),)
+        elif ref.kind == "rereduced":
+            out = ((("task", ref.tasks[0]), self._rereduced(ref)),)
+        elif ref.kind == "joint":
+            out = self._joint(ref)
+        else:
+            raise ValueError(f"unknown bank kind {ref.kind!r}")
+        self._banks[ref] = out
+        return out
+
+    def install(self, ref: BankRef, parts) -> None:
+        self._banks[ref] = tuple((tuple(s) if not isinstance(s, tuple) else s, np.asarray(i, dtype=np.int64))
+                                 for s, i in parts)
+
+    def _prefix(self, key, ref: BankRef) -> np.ndarray:
+        order = self.order(*key)
+        if ref.size > len(order):
+            raise ValueError(f"bank {ref.kind} of {ref.tasks} needs {ref.size} vectors but its source has "
+                             f"{len(order)}")
+        return order[: ref.size]
+
+    def _rereduced(self, ref: BankRef) -> np.ndarray:
+        """The authors' procedure (method.md section 3): the bank selected on arrival, then on every
+        later step greedy k-center re-run on the STORED vectors, starting at the stored bank's first
+        vector, with a fresh projection (JL dimension of the stored count) seeded from (seed, task, step)."""
+        task, a, s, m = ref.tasks[0], ref.arrival, ref.step, ref.budget
+        if s == a:
+            return self.order("select", task, a)[: per_task_size(m, a + 1)]
+        prev = self.resolve(BankRef("rereduced", (task,), per_task_size(m, s), arrival=a, step=s - 1, budget=m))[0][1]
+        stored = self.vectors(("task", task), prev)
+        keep = greedy_coreset(stored, per_task_size(m, s + 1), projection_dim=self.projection_dim,
+                              seed=derive_seed(self.seed, "rereduce", task, s), device=self.device, start=0)
+        return prev[keep]
+
+    def _joint(self, ref: BankRef) -> tuple[Part, ...]:
+        """Composable coreset: greedy k-center over the union of the members' selections of size M."""
+        parts = [(t, self.order("select", t, 0)[: ref.size]) for t in ref.tasks]
+        x = np.concatenate([self.vectors(("task", t), i) for t, i in parts])
+        owner = np.concatenate([np.full(len(i), k) for k, (_, i) in enumerate(parts)])
+        row = np.concatenate([i for _, i in parts])
+        sel = greedy_coreset(x, min(ref.size, len(x)), projection_dim=self.projection_dim,
+                             seed=derive_seed(self.seed, "joint", *ref.tasks), device=self.device)
+        return tuple((("task", t), row[sel][owner[sel] == k]) for k, (t, _) in enumerate(parts)
+                     if np.any(owner[sel] == k))
+
+    def bank_vectors(self, ref: BankRef) -> np.ndarray:
+        """(size, D) float32 vectors of a bank, parts concatenated in order."""
+        return np.concatenate([self.vectors(s, i) for s, i in self.resolve(ref)])
+
+
+class _Pooled:
+    """Row access over several tasks' training patches as if concatenated (no copy until asked)."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+        self.offsets = np.cumsum([0] + [len(a) for a in arrays])
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def __getitem__(self, idx):
+        idx = np.asarray(idx, dtype=np.int64)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((len(idx), self.arrays[0].shape[1]), dtype=np.float32)
+        for k, a in enumerate(self.arrays):
+            sel = which == k
+            if sel.any():
+                out[sel] = a[idx[sel] - self.offsets[k]]
+        return out
+
+    def materialize(self) -> np.ndarray:
+        return np.concatenate([np.asarray(a, dtype=np.float32) for a in self.arrays])

@@ -1,0 +1,101 @@
+"""Candidate lists: exact nearest neighbours in ANY subset bank from one K-nearest search per source.
+
+Every bank pclsim builds is a subset of a small candidate set per source (architecture.md, "Where
+the speed comes from"): PatchCoreCL banks after any number of re-reductions are subsets of the
+task's selections on arrival, truncations are prefixes, a joint bank is a subset of the union of
+its tasks' selections. So, per source, the K nearest candidates of every test patch are listed
+once, sorted by distance. The nearest neighbour of a patch in a subset bank is then the first
+listed candidate the bank holds: every candidate not listed is at least as far as the K-th. When
+the bank holds none of the K, an exact search against the bank answers (the fallback), so the
+result always equals a brute-force search (tested on every bank of small sweeps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .knn import knn
+
+__all__ = ["CandidateTable", "build_table", "subset_nn", "DEFAULT_K"]
+
+DEFAULT_K = 32
+
+
+@dataclass
+class CandidateTable:
+    """K nearest candidates of every test patch of every task, within one source's candidate set.
+
+    rows: (C,) sorted int64 rows of the source's base vectors that any bank of the study holds.
+    pos[task]: (n_images, P, K) int32 positions into `rows`, nearest first.
+    dist[task]: (n_images, P, K) float32 Euclidean distances, ascending.
+    """
+
+    source: tuple
+    rows: np.ndarray
+    pos: dict = field(default_factory=dict)
+    dist: dict = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return next(iter(self.pos.values())).shape[-1] if self.pos else 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.pos.values()) + sum(a.nbytes for a in self.dist.values()))
+
+
+def build_table(source: tuple, rows: np.ndarray, candidates: np.ndarray, tasks: dict, k: int = DEFAULT_K,
+                device=None, chunk_images: int = 64, backend: str = "auto") -> CandidateTable:
+    """The candidate table of one source.
+
+    rows (C,) sorted, candidates (C, D) float32 their vectors; tasks {name: TaskFeatures} whose
+    `test` (n, P, D) patches are the queries, read `chunk_images` images at a time (a memory-mapped
+    float16 store is never loaded whole). k is capped at C.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) != len(candidates) or len(rows) == 0:
+        raise ValueError(f"source {source}: {len(rows)} rows for {len(candidates)} candidate vectors")
+    k = int(min(k, len(rows)))
+    tb = CandidateTable(source, rows)
+    for name, tf in tasks.items():
+        n, p, d = tf.test.shape
+        pos = np.empty((n, p, k), dtype=np.int32)
+        dist = np.empty((n, p, k), dtype=np.float32)
+        for s in range(0, n, chunk_images):
+            q = np.asarray(tf.test[s : s + chunk_images], dtype=np.float32).reshape(-1, d)
+            dd, ii = knn(q, candidates, k, backend=backend, device=device)
+            m = len(q) // p
+            pos[s : s + m] = ii.reshape(m, p, k)
+            dist[s : s + m] = dd.reshape(m, p, k)
+        tb.pos[name], tb.dist[name] = pos, dist
+    return tb
+
+
+def subset_nn(table: CandidateTable, eval_task: str, bank_rows: np.ndarray, exact) -> tuple[np.ndarray, np.ndarray, int]:
+    """Nearest neighbour of every test patch of eval_task in the bank `bank_rows` (a subset of table.rows).
+
+    Returns (dist (n, P) float32, position in bank_rows (n, P) int64, number of fallback queries).
+    exact(query_mask (n, P) bool) -> (dist (q,), bank position (q,)) answers the patches none of whose
+    K candidates the bank holds.
+    """
+    bank_rows = np.asarray(bank_rows, dtype=np.int64)
+    where = np.searchsorted(table.rows, bank_rows)
+    if np.any(where >= len(table.rows)) or np.any(table.rows[np.minimum(where, len(table.rows) - 1)] != bank_rows):
+        raise ValueError(f"bank holds rows outside the candidate set of source {table.source}")
+    member = np.full(len(table.rows), -1, dtype=np.int64)
+    # on duplicated rows keep the first bank position (an exact search's argmin does the same)
+    member[where[::-1]] = np.arange(len(bank_rows) - 1, -1, -1)
+    hit = member[table.pos[eval_task]]                       # (n, P, K) bank position or -1
+    found = hit >= 0
+    first = found.argmax(-1)[..., None]
+    dist = np.take_along_axis(table.dist[eval_task], first, -1)[..., 0].copy()
+    pos = np.take_along_axis(hit, first, -1)[..., 0]
+    missing = ~found.any(-1)
+    n_missing = int(missing.sum())
+    if n_missing:
+        d, i = exact(missing)
+        dist[missing] = d
+        pos[missing] = i
+    return dist, pos, n_missing
