@@ -35,7 +35,7 @@ def _guard(fn, *args, **kw):
     except PclsimError as e:
         _fail(e)
     except KeyboardInterrupt:
-        print("error: interrupted; finished trials are kept and a rerun resumes", file=sys.stderr)
+        print("error: interrupted before the trials finished; rerun the same command to resume", file=sys.stderr)
         raise typer.Exit(130)
 
 

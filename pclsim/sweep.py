@@ -78,6 +78,8 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
 
     t_start = _T0[0] = time.perf_counter()
     sc = load_scenario(scenario_path, data_root=data_root)
+    if address or os.environ.get("RAY_ADDRESS"):
+        _probe_address(address or os.environ["RAY_ADDRESS"])
     if gallery is not None:
         sc["evaluation"]["gallery"] = int(gallery)
     out_dir = Path(out or Path("results") / sc["name"]).expanduser().resolve()
@@ -136,7 +138,7 @@ def _ray_init(address, debug):
     kw = dict(include_dashboard=False, log_to_driver=debug, logging_level="INFO" if debug else "ERROR",
               configure_logging=True)
     if address:
-        _probe_address(address)
+        _probe_address(address)  # again: the sweep's preflight took time, the cluster may have gone
         ray.init(address=address, **kw)
     else:
         ray.init(**kw)

@@ -4,7 +4,7 @@
   masks whose size differs from their image, and masks in a lossy format (one warning per task).
   (A file truncated after its header is still caught when it is decoded.)
 - `check_test_classes`: every task's test split holds normal AND anomalous images (image AUROC and
-  F1 are undefined otherwise).
+  F1 are undefined otherwise); `check_masks`: a task with masks keeps some anomalous pixels.
 - `patch_grid` / `check_memory`: every memory bank a run builds fits in the training patches of the
   tasks it is drawn from (patches per image = the backbone's finest feature grid at image_size).
 - `check_cache_dir`: the feature-cache folder exists or can be created, and is writable.
@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError, PclsimError
 from .images import LOSSY_FORMATS
 
-__all__ = ["header_size", "preflight", "check_test_classes", "patch_grid", "check_memory", "check_cache_dir",
+__all__ = ["header_size", "preflight", "check_test_classes", "check_masks", "patch_grid", "check_memory", "check_cache_dir",
            "data_fingerprint", "check_stream", "print_warning"]
 
 
@@ -95,6 +95,37 @@ def check_test_classes(tasks, max_test: int | None = None) -> None:
             cap = f" after the dataset.max_test cap of {max_test} (raise it or change dataset.seed)"
         raise DataError(f"task {t.name}: split test has {n0} normal and {n1} anomalous images{cap}; image AUROC "
                         f"and F1 need both classes, so add {missing} test images")
+
+
+def check_masks(sc: dict, tasks) -> None:
+    """DataError when a task has masks but none of its anomalous test images keeps an anomalous pixel after
+    preprocessing (decoded, resized and cropped as the sweep does): pixel AUROC, F1 and AU-PRO would be
+    undefined. Masks are decoded only until the first one with an anomalous pixel, so this is cheap."""
+    import numpy as np
+
+    from .images import preprocess, read_mask
+
+    ds = sc["dataset"]
+    for t in tasks:
+        if not t.has_masks:
+            continue
+        masked = [s for s in t.test if s.label == 1 and s.mask_path is not None]
+        for s in masked:
+            m = read_mask(s.mask_path)
+            if not m.any():
+                continue
+            dummy = np.zeros(m.shape + (3,), np.uint8)
+            try:
+                _, pm = preprocess(dummy, m, ds["image_size"], **({"resize": ds["resize"]} if "resize" in ds else {}))
+            except TypeError:
+                _, pm = preprocess(dummy, m, ds["image_size"])
+            if pm.any():
+                break
+        else:
+            if masked:
+                raise DataError(f"task {t.name}: split test: none of the masks of its {len(masked)} anomalous images "
+                                f"keeps an anomalous pixel at image_size {ds['image_size']} (e.g. {masked[0].mask_path})"
+                                "; pixel metrics need some: check the masks or the preprocessing")
 
 
 def patch_grid(model: dict, image_size: int) -> tuple[int, int]:
@@ -209,6 +240,7 @@ def check_stream(sc: dict, tasks, warn=print_warning, cache_dir=None) -> int:
     """All the checks above, in order of cost; returns the number of files whose header was read."""
     n = preflight(tasks, warn)
     check_test_classes(tasks, sc["dataset"].get("max_test"))
+    check_masks(sc, tasks)
     from ..cache import default_cache_dir
 
     check_cache_dir(cache_dir if cache_dir is not None else default_cache_dir())
