@@ -378,6 +378,7 @@ def _fit_catching_sigint(tuner):
     import signal
     import threading
 
+    _INTERRUPTED[0] = False
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
         return tuner.fit()
     prev = signal.getsignal(signal.SIGINT)

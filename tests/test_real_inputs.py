@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, env=None, timeout=600):
-    e = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=str(ROOT), **(env or {}))
+    e = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=str(ROOT))
+    e.update(env or {})
     return subprocess.run([sys.executable, "-m", "pclsim.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=e, timeout=timeout)
 
@@ -379,6 +380,52 @@ def test_resume_on_changed_data_stops_and_worker_errors_name_the_file(tmp_path):
     grey(root / "cat" / "ground_truth" / "crack" / "1_mask.png", m)
     line = error_line(cli("sweep", sc, "--out", tmp_path / "out2", "--quiet", env=e))
     assert "1.tif" in line and "neither 0..1" in line
+
+
+_FAIL_HOOK = """
+import importlib.abc, importlib.util, sys
+
+class _Finder(importlib.abc.MetaPathFinder):
+    # pclsim.engine.run_group raises KeyError(200) in every process (Ray workers included), counting calls
+    def find_spec(self, name, path, target=None):
+        if name != "pclsim.engine":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+
+            def run_group(*a, **k):
+                with open({log!r}, "a") as f:
+                    f.write("call\\n")
+                raise KeyError(200)
+
+            module.run_group = run_group
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Finder())
+"""
+
+
+def test_a_deterministic_trial_error_is_reported_once_with_its_trial_and_not_retried(tmp_path):
+    """Before: four tracebacks (Tune retried 3 times) and `error: internal error: RuntimeError: sweep failed`."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    log = tmp_path / "calls.txt"
+    (hook / "sitecustomize.py").write_text(_FAIL_HOOK.format(log=str(log)))
+    r = cli("sweep", ROOT / "scenarios" / "smoke.yaml", "--out", tmp_path / "out", "--quiet", "--max-concurrent", "1",
+            env={"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}", "PCLSIM_CACHE_DIR": str(tmp_path / "cache")})
+    line = error_line(r, code=1)
+    assert "Traceback" not in r.stderr and "sweep failed" not in line
+    assert "KeyError: 200" in line and "trial " in line
+    group = line.split("trial ", 1)[1].split(":", 1)[0]
+    assert group.endswith("-g0") and group.split("-")[0] in ("patchcore_cl", "finetune", "joint", "multi_model")
+    assert log.read_text().count("call") == 1  # not retried, and the sweep stopped at the first failure
+    assert not (tmp_path / "out" / "summary.parquet").exists()
 
 
 # ============================================================== 4. Ctrl-C
