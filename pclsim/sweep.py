@@ -321,6 +321,8 @@ def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, sizes, dim, feature
         raise _unwrap(e, f"trial {cfg.get('group')}")
     if left:
         total = len(group_runs(expand_runs(sc)))
+        if not _INTERRUPTED[0]:
+            raise RuntimeError(f"Tune ended with {len(left)} of {total} trials unfinished (e.g. {left[0]}) and no error")
         raise Interrupted(f"interrupted after {total - len(left)} of {total} trials; rerun the same command to resume")
 
 
@@ -394,6 +396,8 @@ def _fit_catching_sigint(tuner):
         return tuner.fit()
     finally:
         signal.signal(signal.SIGINT, prev)
+
+
 # deterministic errors: the same inputs raise them again, so a retry only repeats the traceback
 _DETERMINISTIC = (PclsimError, ValueError, LookupError, TypeError, ArithmeticError, AssertionError)
 

@@ -170,29 +170,29 @@ def check_memory(sc: dict, tasks, grid: tuple[int, int]) -> None:
     orders = _orders(sc)
     composable = sc["coreset"].get("joint", "composable") == "composable"
     joint_max = max(sc["memory_sizes"]) if "joint" in sc["strategies"] else 0
+    prefixes = sorted({tuple(o[:i]) for o in orders for i in range(1, len(o) + 1)})  # each state once
     for strat in sc["strategies"]:
         for m in sc["memory_sizes"]:
             s = get_strategy(strat, m)
             seen_refs = set()
-            for order in orders:
-                for i in range(1, len(order) + 1):
-                    for ref in s.banks(tuple(order[:i])):
-                        if ref in seen_refs:
-                            continue
-                        seen_refs.add(ref)
-                        if ref.kind == "joint" and not composable:
-                            have = sum(patches[t] for t in ref.tasks)
-                            if ref.size > have:
-                                raise DataError(_memory_msg(", ".join(ref.tasks), ref.size, strat, have,
-                                                            "their training patches together"))
-                            continue
-                        need = [(t, joint_max) for t in ref.tasks] if ref.kind == "joint" else \
-                            [(ref.tasks[0], ref.size)]
-                        for t, k in need:
-                            if k > patches[t]:
-                                raise DataError(_memory_msg(t, k, strat, patches[t], (
-                                    f"{n_img[t]} training images x {per_image} patches ({grid[0]} x {grid[1]}) "
-                                    f"at image_size {sc['dataset']['image_size']}")))
+            for prefix in prefixes:
+                for ref in s.banks(prefix):
+                    if ref in seen_refs:
+                        continue
+                    seen_refs.add(ref)
+                    if ref.kind == "joint" and not composable:
+                        have = sum(patches[t] for t in ref.tasks)
+                        if ref.size > have:
+                            raise DataError(_memory_msg(", ".join(ref.tasks), ref.size, strat, have,
+                                                        "their training patches together"))
+                        continue
+                    need = [(t, joint_max) for t in ref.tasks] if ref.kind == "joint" else \
+                        [(ref.tasks[0], ref.size)]
+                    for t, k in need:
+                        if k > patches[t]:
+                            raise DataError(_memory_msg(t, k, strat, patches[t], (
+                                f"{n_img[t]} training images x {per_image} patches ({grid[0]} x {grid[1]}) "
+                                f"at image_size {sc['dataset']['image_size']}")))
 
 
 def _memory_msg(task, k, strat, have, what) -> str:
