@@ -156,6 +156,9 @@ def test_8bit_palette_rgba_bilevel_and_float_follow_the_same_rule(tmp_path):
     f = np.random.default_rng(7).random((20, 24)).astype(np.float32)
     tifffile.imwrite(tmp_path / "f.tif", f)
     np.testing.assert_array_equal(read_image(str(tmp_path / "f.tif"))[..., 0], np.round(f * 255.0).astype(np.uint8))
+    # a TIFF storing its colour planes one after another: the same image
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), planarconfig="separate", photometric="rgb")
+    np.testing.assert_array_equal(read_image(str(tmp_path / "planar.tif")), rgb)
     # 8-bit data in a 16-bit container is 8-bit data
     grey(tmp_path / "g16.png", g.astype(np.uint16))
     np.testing.assert_array_equal(read_image(str(tmp_path / "g16.png"))[..., 0], g)

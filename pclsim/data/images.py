@@ -79,6 +79,8 @@ def _tiff(path: str) -> np.ndarray:
         with tifffile.TiffFile(path) as tf:
             page = tf.pages[0]
             a = page.asarray()
+            if a.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+                a = np.moveaxis(a, 0, -1)  # (samples, H, W) -> (H, W, samples)
             if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
                 a = page.colormap.T[a]  # palette indices -> their (16-bit) colours
     except DataError:
