@@ -171,6 +171,54 @@ def _probe_address(address: str, timeout: float = 10.0) -> None:
                           "address (RAY_ADDRESS is read when --address is not given)") from None
 
 
+_INTERRUPTED = [False]
+
+
+def _fit_catching_sigint(tuner):
+    """tuner.fit(), noting a Ctrl-C: Tune stops gracefully on SIGINT and returns as if done, so the first
+    SIGINT sets _INTERRUPTED and asks Tune to stop through its other stop signal (SIGUSR1); a second one
+    raises KeyboardInterrupt at once."""
+    import signal
+    import threading
+
+    _INTERRUPTED[0] = False
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        return tuner.fit()
+    prev = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(sig, frame):
+        _INTERRUPTED[0] = True
+        signal.signal(signal.SIGINT, prev)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return tuner.fit()
+    finally:
+        signal.signal(signal.SIGINT, prev)
+
+
+# deterministic errors: the same inputs raise them again, so a retry only repeats the traceback
+_DETERMINISTIC = (PclsimError, ValueError, LookupError, TypeError, ArithmeticError, AssertionError)
+
+
+def _guarded_trial(config, **kw):
+    """`_trial`, with a deterministic error reported through Tune (metric `pclsim_error`) instead of raised:
+    Tune then neither retries it nor prints its traceback, and the driver raises it once, naming the trial."""
+    from ray import tune
+
+    try:
+        return _trial(config, **kw)
+    except _DETERMINISTIC as e:
+        root = _root_cause(e)
+        if not isinstance(root, _DETERMINISTIC):
+            raise
+        text = str(_unwrap(e))
+        tune.report({"pclsim_error": text or type(root).__name__,
+                     "pclsim_user_error": isinstance(root, PclsimError)})
+
+
 def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False):
     ray = _ray_init(address, debug)
     _stage(debug, "ray started")
@@ -368,54 +416,6 @@ def _unwrap(e: BaseException, where: str | None = None) -> BaseException:
     fn = getattr(e, "function_name", None)
     prefix = prefix or (f"in {fn}: " if fn else "")
     return RuntimeError(f"{prefix}{type(root).__name__}: {msg}" if msg else f"{prefix}{type(root).__name__}")
-
-
-_INTERRUPTED = [False]
-
-
-def _fit_catching_sigint(tuner):
-    """tuner.fit(), noting a Ctrl-C: Tune stops gracefully on SIGINT and returns as if done, so the first
-    SIGINT sets _INTERRUPTED and asks Tune to stop through its other stop signal (SIGUSR1); a second one
-    raises KeyboardInterrupt at once."""
-    import signal
-    import threading
-
-    _INTERRUPTED[0] = False
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
-        return tuner.fit()
-    prev = signal.getsignal(signal.SIGINT)
-
-    def on_sigint(sig, frame):
-        _INTERRUPTED[0] = True
-        signal.signal(signal.SIGINT, prev)
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        return tuner.fit()
-    finally:
-        signal.signal(signal.SIGINT, prev)
-
-
-# deterministic errors: the same inputs raise them again, so a retry only repeats the traceback
-_DETERMINISTIC = (PclsimError, ValueError, LookupError, TypeError, ArithmeticError, AssertionError)
-
-
-def _guarded_trial(config, **kw):
-    """`_trial`, with a deterministic error reported through Tune (metric `pclsim_error`) instead of raised:
-    Tune then neither retries it nor prints its traceback, and the driver raises it once, naming the trial."""
-    from ray import tune
-
-    try:
-        return _trial(config, **kw)
-    except _DETERMINISTIC as e:
-        root = _root_cause(e)
-        if not isinstance(root, _DETERMINISTIC):
-            raise
-        text = str(_unwrap(e))
-        tune.report({"pclsim_error": text or type(root).__name__,
-                     "pclsim_user_error": isinstance(root, PclsimError)})
 
 
 def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, feature_keys):
