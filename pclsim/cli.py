@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .errors import PclsimError
+from .errors import Interrupted, PclsimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Simulate continual visual anomaly detection (PatchCore / PatchCoreCL) over task streams.")
@@ -30,10 +30,12 @@ def _fail(e: BaseException, code: int = 2):
 def _guard(fn, *args, **kw):
     try:
         return fn(*args, **kw)
+    except Interrupted as e:
+        _fail(e, Interrupted.exit_code)
     except PclsimError as e:
         _fail(e)
     except KeyboardInterrupt:
-        print("error: interrupted; finished trials are kept and a rerun resumes", file=sys.stderr)
+        print("error: interrupted before the trials finished; rerun the same command to resume", file=sys.stderr)
         raise typer.Exit(130)
 
 
@@ -82,12 +84,12 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
 
         sc = load_scenario(scenario, data_root=data_root)
         tasks = load_stream(sc["dataset"], sc["dataset"]["root"])
-        from .data.preflight import preflight
+        from .data.preflight import check_stream
 
-        n_files = preflight(tasks)
         if sc["dataset"]["tasks"] is None:
             sc["dataset"]["tasks"] = [t.name for t in tasks]
             sc = resolve(sc, scenario)
+        n_files = check_stream(sc, tasks)  # everything the sweep's preflight checks, before any Ray
         runs = expand_runs(sc)
         orders = {r.order for r in runs}
         print(f"scenario {sc['name']}: ok ({n_files} image and mask files checked)")

@@ -15,3 +15,9 @@ class DataError(PclsimError):
 
 class ModelError(PclsimError):
     """A backbone, weights file or feature layer cannot be used."""
+
+
+class Interrupted(PclsimError):
+    """The sweep was stopped (Ctrl-C) before every trial finished: exit code 130, no summary written."""
+
+    exit_code = 130

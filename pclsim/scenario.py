@@ -224,12 +224,30 @@ def _orders(sc: dict) -> list[tuple[str, ...]]:
     return [tuple(x) for x in o]
 
 
+def _check_ints(node, src: str, key: str = "") -> None:
+    """YAML 1.1 reads 010 as octal 8 and 1:30 as base-60 90, silently; a scenario's numbers never mean that."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            _check_ints(v, src, f"{key}.{k.value}" if key else str(k.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _check_ints(v, src, f"{key}[{i}]")
+    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
+        body = str(node.value).replace("_", "").lstrip("+-")
+        if ":" in body or (len(body) > 1 and body[0] == "0" and body[1:].isdigit()):
+            _fail(src, key or "<top>", f"{node.value} (line {node.start_mark.line + 1}) would be read as "
+                                       f"{yaml.safe_load(node.value)} (a YAML 1.1 octal or base-60 number); write "
+                                       "it without the leading zero or colon")
+
+
 def load_scenario(path: str | os.PathLike, data_root: str | None = None) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ScenarioError(f"{path}: scenario file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text()
+        raw = yaml.safe_load(text)
+        _check_ints(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -283,6 +301,6 @@ def group_runs(runs: list[Run], max_orders: int = 720) -> dict[str, list[Run]]:
 
 def scenario_hash(sc: dict) -> str:
     """Content hash of everything that changes results (not the name or output folder)."""
-    body = {k: v for k, v in sc.items() if k not in ("name", "pclsim_version", "scenario_hash")}
+    body = {k: v for k, v in sc.items() if k not in ("name", "pclsim_version", "scenario_hash", "data_hash")}
     body["evaluation"] = {k: v for k, v in body.get("evaluation", {}).items() if k != "gallery"}  # output only
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -13,14 +13,18 @@ import pandas as pd
 import yaml
 
 from . import __version__
-from .errors import PclsimError
+from .errors import Interrupted, PclsimError
 from .scenario import expand_runs, group_runs, load_scenario, scenario_hash
 
 __all__ = ["run_sweep", "prepare_output"]
 
 
-def prepare_output(sc: dict, out: Path, fresh: bool) -> None:
-    """Check the folder is writable and holds this scenario (or nothing); write scenario.yaml."""
+def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = None) -> None:
+    """Check the folder is writable and holds this scenario (or nothing); write scenario.yaml.
+
+    data_hash (`pclsim.data.preflight.data_fingerprint`) is stored in scenario.yaml. A resume whose data
+    differ from those the finished trials were computed from stops with an error (PclsimError) rather
+    than recomputing: replacing results is the user's decision (--fresh), never a side effect."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".pclsim-write-test"
@@ -37,6 +41,12 @@ def prepare_output(sc: dict, out: Path, fresh: bool) -> None:
         if old.get("scenario_hash") != scenario_hash(sc):
             raise PclsimError(f"{meta}: this folder holds results of a different scenario; "
                               "use --fresh to start over or --out for another folder")
+        from .results import done_groups
+
+        if data_hash and old.get("data_hash") not in (None, data_hash) and done_groups(out):
+            raise PclsimError(f"{meta}: the results here were computed from different data or weights (data hash "
+                              f"{old.get('data_hash')}, now {data_hash}: files added, removed or modified); "
+                              "use --fresh to recompute them or --out for another folder")
     # Tune's own experiment folder is scratch: resuming goes by the finished Parquet parts
     shutil.rmtree(out / ".tune", ignore_errors=True)
     if fresh:
@@ -48,6 +58,8 @@ def prepare_output(sc: dict, out: Path, fresh: bool) -> None:
             elif p.exists():
                 p.unlink()
     body = dict(sc, pclsim_version=__version__, scenario_hash=scenario_hash(sc))
+    if data_hash:
+        body["data_hash"] = data_hash
     tmp = out / ".scenario.yaml.tmp"
     tmp.write_text(yaml.safe_dump(body, sort_keys=False))
     os.replace(tmp, meta)
@@ -62,36 +74,50 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
               fresh: bool = False, max_concurrent: int | None = None, quiet: bool = False, debug: bool = False,
               cache_dir: str | None = None, gallery: int | None = None) -> Path:
     from .data import load_stream
-    from .data.preflight import preflight
+    from .data.preflight import check_stream, data_fingerprint
 
     t_start = _T0[0] = time.perf_counter()
     sc = load_scenario(scenario_path, data_root=data_root)
+    if address or os.environ.get("RAY_ADDRESS"):
+        _probe_address(address or os.environ["RAY_ADDRESS"])
     if gallery is not None:
         sc["evaluation"]["gallery"] = int(gallery)
     out_dir = Path(out or Path("results") / sc["name"]).expanduser().resolve()
     streams = load_stream(sc["dataset"], sc["dataset"]["root"])
-    preflight(streams)
     if sc["dataset"]["tasks"] is None:  # folder-like data sets: every category found
         from .scenario import resolve
 
         sc["dataset"]["tasks"] = [t.name for t in streams]
         sc = resolve(sc, scenario_path)
+    cache_root = Path(cache_dir).resolve() if cache_dir else None
+    check_stream(sc, streams, cache_dir=cache_root)  # all that can fail before the sweep fails here, before Ray
     runs = expand_runs(sc)
     groups = group_runs(runs)
-    prepare_output(sc, out_dir, fresh)
+    prepare_output(sc, out_dir, fresh, data_fingerprint(sc, streams))
+    _write_json(out_dir / "data.json", _data_record(streams))
     from .results import done_groups
 
     done = done_groups(out_dir)
     todo = {g: rs for g, rs in groups.items() if g not in done}
     _say(quiet, f"pclsim {__version__}: {sc['name']}: {len(runs)} runs in {len(groups)} trials "
                 f"({len(groups) - len(todo)} already done) -> {out_dir}")
-    cache_root = Path(cache_dir).resolve() if cache_dir else None
     want_gallery = sc["evaluation"]["gallery"] > 0 and not (out_dir / "gallery").is_dir()
     if todo or want_gallery:
-        _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery)
+        try:
+            _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery)
+        except (Interrupted, KeyboardInterrupt):
+            (out_dir / "summary.parquet").unlink(missing_ok=True)  # never a summary of an incomplete set
+            raise
     _finish(sc, out_dir, streams, quiet, cache_root)
     _say(quiet, f"done in {time.perf_counter() - t_start:.1f} s: {out_dir}")
     return out_dir
+
+
+def _data_record(streams) -> dict:
+    """data.json: per task its sizes and, where seeded caps or the paper protocol chose files, which ones."""
+    return {"tasks": {t.name: {"train": len(t.train), "test": len(t.test),
+                               "test_anomalous": sum(int(s.label) for s in t.test), "has_masks": bool(t.has_masks),
+                               "chosen": t.chosen} for t in streams}}
 
 
 _T0 = [time.perf_counter()]
@@ -112,10 +138,85 @@ def _ray_init(address, debug):
     kw = dict(include_dashboard=False, log_to_driver=debug, logging_level="INFO" if debug else "ERROR",
               configure_logging=True)
     if address:
+        _probe_address(address)  # again: the sweep's preflight took time, the cluster may have gone
         ray.init(address=address, **kw)
     else:
         ray.init(**kw)
     return ray
+
+
+def _probe_address(address: str, timeout: float = 10.0) -> None:
+    """Fail fast, naming the address, when no Ray cluster listens there (ray.init would retry for minutes)."""
+    import socket
+
+    if address == "auto" or address.startswith("local"):
+        return
+    client = address.startswith("ray://")
+    if client:
+        try:
+            import grpc  # noqa: F401  (ray[client]: what ray.init needs for ray:// addresses)
+        except ImportError:
+            raise PclsimError(f"--address {address}: ray:// addresses need Ray Client: pip install 'ray[client]'") \
+                from None
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host:
+        host, port = hostport, "10001" if client else "6379"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise PclsimError(f"--address {address}: no Ray cluster answers at {host}:{port} "
+                          f"({getattr(e, 'strerror', None) or e}); start one with `ray start --head` or fix the "
+                          "address (RAY_ADDRESS is read when --address is not given)") from None
+
+
+_INTERRUPTED = [False]
+
+
+def _fit_catching_sigint(tuner):
+    """tuner.fit(), noting a Ctrl-C: Tune stops gracefully on SIGINT and returns as if done, so the first
+    SIGINT sets _INTERRUPTED and asks Tune to stop through its other stop signal (SIGUSR1); a second one
+    raises KeyboardInterrupt at once."""
+    import signal
+    import threading
+
+    _INTERRUPTED[0] = False
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        return tuner.fit()
+    prev = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(sig, frame):
+        _INTERRUPTED[0] = True
+        signal.signal(signal.SIGINT, prev)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return tuner.fit()
+    finally:
+        signal.signal(signal.SIGINT, prev)
+
+
+# deterministic errors: the same inputs raise them again, so a retry only repeats the traceback
+_DETERMINISTIC = (PclsimError, ValueError, LookupError, TypeError, ArithmeticError, AssertionError)
+
+
+def _guarded_trial(config, **kw):
+    """`_trial`, with a deterministic error reported through Tune (metric `pclsim_error`) instead of raised:
+    Tune then neither retries it nor prints its traceback, and the driver raises it once, naming the trial."""
+    from ray import tune
+
+    try:
+        return _trial(config, **kw)
+    except _DETERMINISTIC as e:
+        root = _root_cause(e)
+        if not isinstance(root, _DETERMINISTIC):
+            raise
+        text = str(_unwrap(e))
+        tune.report({"pclsim_error": text or type(root).__name__,
+                     "pclsim_user_error": isinstance(root, PclsimError)})
 
 
 def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False):
@@ -256,7 +357,7 @@ def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, 
 
     writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
-    trainable = tune.with_parameters(_trial, groups=todo, task_refs=task_refs, prepared=prepared,
+    trainable = tune.with_parameters(_guarded_trial, groups=todo, task_refs=task_refs, prepared=prepared,
                                      scenario=sc, writer=writer, dim=dim, feature_keys=feature_keys)
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="runs", unit="run", disable=quiet, file=sys.stderr)
 
@@ -264,20 +365,45 @@ def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, 
         def on_trial_complete(self, iteration, trials, trial, **info):
             bar.update(len(todo[trial.config["group"]]))
 
+    class _StopOnError(tune.stopper.Stopper):  # a deterministic error in one trial ends the sweep
+        failed = False
+
+        def __call__(self, trial_id, result):
+            self.failed = self.failed or bool(result.get("pclsim_error"))
+            return False
+
+        def stop_all(self):
+            return self.failed
+
     cpus = int(ray.cluster_resources().get("CPU", 1))
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"group": tune.grid_search(sorted(todo))},
         # reused trial actors: a new one per trial re-imports torch (seconds each on 2 cores)
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus), reuse_actors=True),
-        run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0,
+        run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0, stop=_StopOnError(),
                                   callbacks=[_Progress()], failure_config=tune.FailureConfig(max_failures=3)),
     )
-    grid = tuner.fit()
+    grid = _fit_catching_sigint(tuner)
     bar.close()
-    errors = [r.error for r in grid if r.error is not None]
-    if errors:
-        raise _unwrap(errors[0])
+    for r in grid:  # a deterministic error, reported once by _guarded_trial (not retried)
+        err = (r.metrics or {}).get("pclsim_error")
+        if err:
+            cls = PclsimError if (r.metrics or {}).get("pclsim_user_error") else RuntimeError
+            raise cls(f"trial {(r.config or {}).get('group')}: {err}")
+    from .results import done_groups
+
+    finished = done_groups(out_dir)
+    left = sorted(set(todo) - finished)
+    errors = [(r.config or {}, r.error) for r in grid if r.error is not None]
+    if errors and not _INTERRUPTED[0]:
+        cfg, e = errors[0]
+        raise _unwrap(e, f"trial {cfg.get('group')}")
+    if left:
+        total = len(group_runs(expand_runs(sc)))
+        if not _INTERRUPTED[0]:
+            raise RuntimeError(f"Tune ended with {len(left)} of {total} trials unfinished (e.g. {left[0]}) and no error")
+        raise Interrupted(f"interrupted after {total - len(left)} of {total} trials; rerun the same command to resume")
 
 
 def _gallery_run(sc):
@@ -291,15 +417,37 @@ def _gallery_run(sc):
     return next(r for r in runs if r.strategy == strat and r.memory_size == m)
 
 
-def _unwrap(e: BaseException) -> BaseException:
-    """A PclsimError raised inside a Ray worker, as the user's error; anything else unchanged."""
+def _root_cause(e: BaseException) -> BaseException:
+    """The exception a Ray worker raised, out of Ray's and Tune's wrappers (RayTaskError.cause, __cause__)."""
     seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, PclsimError):
+    while seen < 10:
+        nxt = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(nxt, BaseException):
             return e
-        e = getattr(e, "cause", None) or e.__cause__
-        seen += 1
-    return e if e is not None else RuntimeError("sweep failed")
+        e, seen = nxt, seen + 1
+    return e
+
+
+def _unwrap(e: BaseException, where: str | None = None) -> BaseException:
+    """An error raised inside a Ray worker, with its own message (and `where`: the trial it belongs to).
+
+    A PclsimError comes back as one of its own class (the CLI: `error:` line, exit 2); anything else as a
+    RuntimeError "where: Type: message" (the CLI: an internal error). A driver-side PclsimError is kept as is.
+    """
+    if isinstance(e, PclsimError) and not hasattr(e, "cause"):
+        return e
+    root = _root_cause(e)
+    lines = [ln for ln in str(root).splitlines() if ln.strip()]
+    msg = lines[-1].strip() if lines and lines[0].startswith("ray::") else (lines[0].strip() if lines else "")
+    prefix = f"{where}: " if where else ""
+    if isinstance(root, PclsimError):
+        try:
+            return type(root)(prefix + msg)
+        except TypeError:
+            return PclsimError(prefix + msg)
+    fn = getattr(e, "function_name", None)
+    prefix = prefix or (f"in {fn}: " if fn else "")
+    return RuntimeError(f"{prefix}{type(root).__name__}: {msg}" if msg else f"{prefix}{type(root).__name__}")
 
 
 def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_keys):

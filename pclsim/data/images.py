@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 
 __all__ = ["IMAGE_EXTS", "IMAGENET_MEAN", "IMAGENET_STD", "Sample", "TaskData", "read_image", "read_mask",
-           "preprocess", "resize_size", "iter_batches"]
+           "preprocess", "resize_size", "iter_batches", "LOSSY_FORMATS", "decode", "bit_depth", "to_uint8"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -46,31 +46,162 @@ def _open(path: str, what: str) -> Image.Image:
     return im
 
 
+# Formats whose compression changes pixel values: their masks are thresholded at half range, not at > 0.
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP", "JPEG2000")
+
+
+def _png_header(path: str) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR chunk, or None when the file is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _png16(path: str) -> np.ndarray:
+    """A 16-bit PNG with colour or alpha, which Pillow would cut to 8 bits, read with pypng: (H, W, C) uint16."""
+    import png
+
+    try:
+        w, h, rows, info = png.Reader(filename=path).asDirect()
+        a = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+    except (png.Error, OSError, ValueError) as e:
+        raise DataError(f"{path}: corrupt or truncated 16-bit PNG: {e}") from None
+    return a.reshape(h, w, info["planes"])
+
+
+def _tiff(path: str) -> np.ndarray:
+    """The first page of a TIFF with its stored sample type (tifffile: 16-bit colour, float, ... kept as they are)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages[0]
+            a = page.asarray()
+            if a.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+                a = np.moveaxis(a, 0, -1)  # (samples, H, W) -> (H, W, samples)
+            if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+                a = page.colormap.T[a]  # palette indices -> their (16-bit) colours
+    except DataError:
+        raise
+    except Exception as e:  # tifffile raises many types for damaged files
+        raise DataError(f"{path}: corrupt or unsupported TIFF: {e}") from None
+    return a
+
+
+def decode(path: str, what: str = "image") -> tuple[np.ndarray, str]:
+    """The pixel values a file stores, unscaled, and its format name.
+
+    Returns (H, W) or (H, W, C) with C in 1..4: grey, grey + alpha, colour, colour + alpha, in the
+    file's own sample type (bool, uint8, uint16, int32, float32, ...). Palette images are expanded to
+    their colours; CMYK / YCbCr / LAB become RGB. Pillow decodes everything except 16-bit colour PNGs
+    (pypng; Pillow keeps only their high bytes) and TIFFs (tifffile, which keeps 16-bit colour and float).
+    Raises DataError naming the file when it is missing, empty, corrupt or has no pixels.
+    """
+    im = _open(path, what)
+    fmt = im.format or "?"
+    if fmt == "TIFF":
+        a = _tiff(path)
+    else:
+        hdr = _png_header(path) if fmt == "PNG" else None
+        if hdr is not None and hdr[0] == 16 and hdr[1] in (2, 4, 6):
+            a = _png16(path)
+        elif im.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F", "RGB", "RGBA", "LA"):
+            a = np.asarray(im)
+        elif im.mode in ("P", "PA"):
+            a = np.asarray(im.convert("RGBA" if ("transparency" in im.info or im.mode == "PA") else "RGB"))
+        else:  # CMYK, YCbCr, LAB, HSV, ...: Pillow's own conversion to RGB
+            a = np.asarray(im.convert("RGB"))
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 4 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (2, 3, 4)) or a.size == 0:
+        raise DataError(f"{path}: cannot interpret a {what} of shape {a.shape} (expected grey or colour pixels)")
+    return a, fmt
+
+
+def _drop_alpha(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3 and a.shape[2] in (2, 4):
+        return a[..., :-1] if a.shape[2] == 4 else a[..., 0]
+    return a
+
+
+def bit_depth(a: np.ndarray, path: str = "<array>") -> int:
+    """The bit depth b an image's values are read in (the decoding rule of `read_image`).
+
+    bool: 1. Float data within [0, 1]: 0, meaning "already normalised intensities". Otherwise the
+    values must be whole numbers >= 0 and b is the smallest even number >= 8 whose range
+    0 .. 2**b - 1 holds the largest value. So 8-bit data is 8 bits in any container and a 12-bit scan
+    (0..4095) is 12 bits whether stored as a 16-bit PNG, a 16- or 32-bit integer TIFF or a float TIFF.
+    Raises DataError naming the file for NaN/inf, negative values, or non-integral floats outside [0, 1].
+    """
+    if a.dtype == bool:
+        return 1
+    if a.dtype.kind not in "uif":
+        raise DataError(f"{path}: cannot interpret pixel values of type {a.dtype}")
+    if a.dtype == np.uint8:
+        return 8
+    lo, hi = a.min(), a.max()
+    if a.dtype.kind == "f":
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise DataError(f"{path}: pixel values include NaN or infinity")
+        if lo >= 0 and hi <= 1:
+            return 0
+        if not np.all(a == np.rint(a)):
+            raise DataError(f"{path}: float pixel values span [{float(lo):g}, {float(hi):g}]: neither 0..1 "
+                            "intensities nor whole numbers, so their range is unknown")
+    if lo < 0:
+        raise DataError(f"{path}: negative pixel values (min {float(lo):g}): the intensity range is unknown; "
+                        "store the data shifted to >= 0")
+    need = int(hi).bit_length()
+    return max(8, need + (need % 2))
+
+
+def to_uint8(a: np.ndarray, path: str = "<array>") -> np.ndarray:
+    """Values -> uint8 by the decoding rule: v * 255 / (2**b - 1) with b = bit_depth(a), rounded (b = 0: v * 255)."""
+    b = bit_depth(a, path)
+    if b == 8:
+        return np.ascontiguousarray(a, dtype=np.uint8) if a.dtype == np.uint8 else np.rint(a).astype(np.uint8)
+    scale = 255.0 if b == 0 else 255.0 / (2.0 ** b - 1.0)
+    return np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+
+
 def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB. Grey is repeated to three channels; 16-bit and float images are rescaled."""
-    im = _open(path, "image")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        a = np.asarray(im).astype(np.float32) / 257.0  # full 16-bit range onto 8 bits
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-        return np.repeat(a[..., None], 3, axis=2)
-    if im.mode in ("I", "F"):
-        # no fixed range for 32-bit data: stretch min..max (a constant image becomes black)
-        a = np.asarray(im).astype(np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-        return np.repeat(a[..., None], 3, axis=2)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im)
+    """(H, W, 3) uint8 RGB of an image file, by one rule for every format and sample type.
+
+    Rule (the same data gives the same pixels whatever the container): alpha is dropped, palettes are
+    expanded to their colours, then values v become round(v * 255 / (2**b - 1)) where b is `bit_depth`:
+    the smallest even depth >= 8 that holds the image's largest value (8-bit data is unchanged; a 12-bit
+    scan stored in 16 bits uses its 12-bit range), float images in [0, 1] become round(v * 255). Grey is
+    repeated to three channels. Raises DataError naming the file for values it cannot interpret
+    (NaN, negative, fractional floats outside [0, 1]) and for missing, empty or corrupt files.
+    """
+    a, _ = decode(path, "image")
+    a = to_uint8(_drop_alpha(a), path)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return a
 
 
 def read_mask(path: str) -> np.ndarray:
-    """(H, W) bool: any non-zero pixel is anomalous."""
-    im = _open(path, "mask")
-    if im.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        im = im.convert("L")
-    return np.asarray(im) > 0
+    """(H, W) bool anomaly mask.
+
+    Lossless formats: a pixel is anomalous where any colour channel (alpha ignored) is non-zero, so
+    0/1, 0/255 and 0/65535 masks all work. Lossy formats (JPEG, WebP): compression smears the values,
+    so a pixel is anomalous where its largest channel exceeds half the range (v > (2**b - 1) / 2 with
+    b from `bit_depth`, i.e. >= 128 for 8-bit); the preflight warns once per task about such masks.
+    Raises DataError naming the file for values it cannot interpret.
+    """
+    a, fmt = decode(path, "mask")
+    a = _drop_alpha(a)
+    b = bit_depth(a, path)  # checks the values (NaN, negative, ...)
+    if a.ndim == 3:
+        a = a.max(axis=2)
+    if fmt in LOSSY_FORMATS and b > 1:
+        return a.astype(np.float64) > (2.0 ** b - 1.0) / 2.0
+    return a > 0
 
 
 @dataclass(frozen=True)

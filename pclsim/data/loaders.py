@@ -74,12 +74,32 @@ def _resolve_dir(base: Path, rel: str) -> Path | None:
     return cur
 
 
+# Folders an archiver or an OS adds beside the data: never a task, a class or an image folder.
+JUNK_DIRS = ("__MACOSX", "__pycache__", "$RECYCLE.BIN", "System Volume Information")
+
+
+def _skip(name: str) -> bool:
+    return name.startswith(".") or name in JUNK_DIRS
+
+
 def _images_in(d: Path | None) -> list[str]:
-    """Sorted names of the image files directly in d (hidden files skipped)."""
+    """Sorted names of the image files directly in d (hidden files, e.g. macOS '._x.png', skipped)."""
     if d is None or not d.is_dir():
         return []
     return sorted(e.name for e in os.scandir(d)
-                  if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTS))
+                  if e.is_file() and not _skip(e.name) and e.name.lower().endswith(IMAGE_EXTS))
+
+
+def _image_dir(base: Path, rel: str) -> Path | None:
+    """base/rel, or the same folder with or without a trailing 'img' level when only that one holds images:
+    BMAD's own README draws Brain's train folder as train/good/img while the archive has train/good."""
+    d = _resolve_dir(base, rel)
+    if _images_in(d):
+        return d
+    parts = Path(rel).parts
+    alt = str(Path(*parts[:-1])) if parts[-1].lower() == "img" and len(parts) > 1 else str(Path(rel) / "img")
+    a = _resolve_dir(base, alt)
+    return a if _images_in(a) else d
 
 
 def _file_id(path: Path, root: Path) -> str:
@@ -147,7 +167,7 @@ def load_bmad_task(root: str | Path, name: str, protocol: str = "clean", max_tra
         for rel, label, mrel in layout[split]:
             if label not in labels:
                 continue
-            d = _resolve_dir(cat, rel)
+            d = _image_dir(cat, rel)
             md = _resolve_dir(cat, mrel) if mrel else None
             for fn in _images_in(d):
                 mask = None
@@ -201,7 +221,7 @@ def load_folder_task(root: str | Path, name: str, style: str = "folder", max_tra
     cat = root / name
     if not cat.is_dir():
         raise DataError(f"{cat}: task folder not found under {root}")
-    train_dir = _resolve_dir(cat, "train/good")
+    train_dir = _image_dir(cat, "train/good")
     train_files = _images_in(train_dir)
     if not train_files:
         raise DataError(f"{cat / 'train' / 'good'}: no training images")
@@ -211,7 +231,7 @@ def load_folder_task(root: str | Path, name: str, style: str = "folder", max_tra
     gt_root = _resolve_dir(cat, "ground_truth")
     suffixes = ("_mask",) if style == "mvtec" else ("", "_mask")
     test, missing = [], []
-    for d in sorted(e.name for e in os.scandir(test_root) if e.is_dir() and not e.name.startswith(".")):
+    for d in sorted(e.name for e in os.scandir(test_root) if e.is_dir() and not _skip(e.name)):
         label = 0 if d.lower() == "good" else 1
         md = _resolve_dir(gt_root, d) if (gt_root is not None and label) else None
         for fn in _images_in(test_root / d):
@@ -232,12 +252,13 @@ def load_folder_task(root: str | Path, name: str, style: str = "folder", max_tra
         where = gt_root if gt_root is not None else cat / "ground_truth"
         raise DataError(f"{missing[0]}: no mask for this anomalous image under {where}")
     train = [(train_dir / fn, 0, None) for fn in train_files]
-    train, _ = _cap(train, max_train, _task_rng(seed, name, "train"))
-    test, _ = _cap(test, max_test, _task_rng(seed, name, "test"))
+    train, cut_tr = _cap(train, max_train, _task_rng(seed, name, "train"))
+    test, cut_te = _cap(test, max_test, _task_rng(seed, name, "test"))
+    chosen = _chosen(None, seed, train, test, root) if (cut_tr or cut_te) else None
     return TaskData(name=name,
                     train=[_make_sample(p, lab, m, root) for p, lab, m in train],
                     test=[_make_sample(p, lab, m, root) for p, lab, m in test],
-                    has_masks=has_masks)
+                    has_masks=has_masks, chosen=chosen)
 
 
 def _find_mask_mvtec(mask_dir: Path | None, fn: str) -> Path | None:
@@ -248,7 +269,7 @@ def _find_mask_mvtec(mask_dir: Path | None, fn: str) -> Path | None:
 
 
 def _categories(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not _skip(e.name))
 
 
 # ---------------------------------------------------------------- the stream
