@@ -248,9 +248,15 @@ class Run:
         return " > ".join(self.order)
 
     @property
-    def trial_id(self) -> str:
+    def run_id(self) -> str:
+        """The `run_id` column of the results (interface.md): names this (strategy, memory size, seed, order)."""
         h = hashlib.sha1(self.order_str.encode()).hexdigest()[:10]
         return f"{self.strategy}-M{self.memory_size}-s{self.seed}-{h}"
+
+    @property
+    def trial_id(self) -> str:
+        """Deprecated alias of `run_id` (0.1.0's name; a Tune trial carries a group of runs)."""
+        return self.run_id
 
 
 def expand_runs(sc: dict) -> list[Run]:

@@ -363,6 +363,6 @@ def _print_table(summary: pd.DataFrame, sc) -> None:
     s = summary[summary.metric == key]
     t = s.groupby(["strategy", "memory_size"]).agg(final_mean=("final_mean", "mean"),
                                                     forgetting_pct=("avg_forgetting_pct", "mean"),
-                                                    bank_mb=("bank_mb", "mean"), runs=("trial_id", "count"))
+                                                    bank_mb=("bank_mb", "mean"), runs=("run_id", "count"))
     print(f"\n{key}: mean over orders and seeds", file=sys.stderr)
     print(t.round(3).to_string(), file=sys.stderr)

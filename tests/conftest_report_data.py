@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 import yaml
 
 MATRIX_SCHEMA = pa.schema([
-    ("trial_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
+    ("run_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
     ("order", pa.string()), ("step", pa.int64()), ("train_task", pa.string()), ("eval_task", pa.string()),
     ("metric", pa.string()), ("value", pa.float64()),
 ])
 SUMMARY_SCHEMA = pa.schema([
-    ("trial_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
+    ("run_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
     ("order", pa.string()), ("metric", pa.string()), ("final_mean", pa.float64()),
     ("avg_forgetting_pct", pa.float64()), ("bwt", pa.float64()), ("fwt", pa.float64()),
     ("relative_gap", pa.float64()), ("bank_mb", pa.float64()), ("arch_mb", pa.float64()),
@@ -42,7 +42,7 @@ ARCH_MB = 18.6
 NO_MASK_HINTS = ("Chest", "Histopathology", "OCT2017")
 
 
-def trial_id(strategy: str, memory_size: int, seed: int, order: str) -> str:
+def run_id(strategy: str, memory_size: int, seed: int, order: str) -> str:
     return f"{strategy}-M{memory_size}-s{seed}-{hashlib.sha1(order.encode()).hexdigest()[:10]}"
 
 
@@ -100,7 +100,7 @@ def _summary_rows(a, strategy, M, seed, order_strs, metric, T):
         chance = _METRIC_SHAPE.get(metric, (0.0, 1.0 / T))[1]
         fwt = (a[:, j - 1, j] - chance).mean(1) if T > 1 else np.zeros(len(a))
     return pd.DataFrame({
-        "trial_id": [trial_id(strategy, M, seed, o) for o in order_strs],
+        "run_id": [run_id(strategy, M, seed, o) for o in order_strs],
         "strategy": strategy, "memory_size": M, "seed": seed, "order": order_strs, "metric": metric,
         "final_mean": final, "avg_forgetting_pct": np.where(full, forget, np.nan),
         "bwt": np.where(full, bwt, np.nan), "fwt": np.where(full, fwt, np.nan),
@@ -110,11 +110,12 @@ def _summary_rows(a, strategy, M, seed, order_strs, metric, T):
 def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="all",
                       strategies=STRATEGIES, memory_sizes=(100, 300), seeds=(0,), masked=None,
                       pixel_metrics=True, task_id=True, gallery: int = 0, matrices_as_folder=False,
-                      name="fabricated") -> dict:
+                      name="fabricated", legacy_names=False) -> dict:
     """Write matrices.parquet, summary.parquet and scenario.yaml (and gallery/*.npz) under `root`.
 
     orders: "all", an int (that many distinct permutations, seeded) or a list of task lists.
-    masked: tasks with pixel masks (default: those BMAD ships masks for). Returns a description.
+    masked: tasks with pixel masks (default: those BMAD ships masks for). legacy_names: name the run
+    column `trial_id`, as 0.1.0 did. Returns a description.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -159,9 +160,9 @@ def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="
                         keep = has_mask[eval_task_idx]
                         a = np.where(has_mask[P][:, None, :], a, np.nan)
                     summ_parts.append(_summary_rows(a, s, M, seed, order_strs, metric, T))
-                    tids = np.array([trial_id(s, M, seed, o) for o in order_strs], dtype=object)
+                    tids = np.array([run_id(s, M, seed, o) for o in order_strs], dtype=object)
                     mat_parts.append(pd.DataFrame({
-                        "trial_id": tids[o_idx[keep]], "strategy": s, "memory_size": M, "seed": seed,
+                        "run_id": tids[o_idx[keep]], "strategy": s, "memory_size": M, "seed": seed,
                         "order": order_strs[o_idx[keep]], "step": t_idx[keep],
                         "train_task": task_arr[train_task_idx[keep]], "eval_task": task_arr[eval_task_idx[keep]],
                         "metric": metric, "value": a.ravel()[keep]}))
@@ -173,15 +174,20 @@ def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="
     summ.loc[summ.strategy == "joint", "relative_gap"] = np.nan
     summ = summ[[f.name for f in SUMMARY_SCHEMA]]
 
+    mat_schema, summ_schema = MATRIX_SCHEMA, SUMMARY_SCHEMA
+    if legacy_names:
+        mat, summ = mat.rename(columns={"run_id": "trial_id"}), summ.rename(columns={"run_id": "trial_id"})
+        mat_schema = pa.schema([f.with_name("trial_id") if f.name == "run_id" else f for f in MATRIX_SCHEMA])
+        summ_schema = pa.schema([f.with_name("trial_id") if f.name == "run_id" else f for f in SUMMARY_SCHEMA])
     mat_path = root / "matrices.parquet"
     if matrices_as_folder:
         mat_path.mkdir(exist_ok=True)
         for k, (s, part) in enumerate(mat.groupby("strategy", sort=True)):
-            pq.write_table(pa.Table.from_pandas(part, schema=MATRIX_SCHEMA, preserve_index=False),
+            pq.write_table(pa.Table.from_pandas(part, schema=mat_schema, preserve_index=False),
                            mat_path / f"part-{k:03d}.parquet")
     else:
-        pq.write_table(pa.Table.from_pandas(mat, schema=MATRIX_SCHEMA, preserve_index=False), mat_path)
-    pq.write_table(pa.Table.from_pandas(summ, schema=SUMMARY_SCHEMA, preserve_index=False),
+        pq.write_table(pa.Table.from_pandas(mat, schema=mat_schema, preserve_index=False), mat_path)
+    pq.write_table(pa.Table.from_pandas(summ, schema=summ_schema, preserve_index=False),
                    root / "summary.parquet")
     scenario = {
         "name": name,

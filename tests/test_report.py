@@ -39,9 +39,9 @@ def study(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def final_rows(study):
-    """Independent: the last step of every trial, read straight from matrices.parquet."""
+    """Independent: the last step of every run, read straight from matrices.parquet."""
     mat = pd.read_parquet(study[0] / "matrices.parquet")
-    mat = mat.astype({c: object for c in ("strategy", "order", "eval_task", "metric", "trial_id")})
+    mat = mat.astype({c: object for c in ("strategy", "order", "eval_task", "metric", "run_id")})
     n_tasks = mat["order"].str.count(" > ") + 1
     return mat, mat[mat["step"] == n_tasks - 1]
 
@@ -102,8 +102,8 @@ def test_html_is_self_contained_and_references_existing_files(study):
     # the page states the metric, the study's size and the forgetting definition
     assert "image_f1" in text
     assert f"<b>{len(info['orders'])}</b> task order(s)" in text
-    n_trials = pd.read_parquet(root / "summary.parquet")["trial_id"].nunique()
-    assert f"<b>{n_trials}</b> trials" in text
+    n_runs = pd.read_parquet(root / "summary.parquet")["run_id"].nunique()
+    assert f"<b>{n_runs}</b> runs" in text
     assert "Average forgetting" in text and "a[i][i]" in text
     assert "first: Brain_AD &gt; Liver_AD &gt; Chest_AD" in text
 
@@ -117,9 +117,9 @@ def test_table1_layout_and_means_match_the_matrices(study, final_rows):
     assert list(t1.index) == ROWS
     assert list(t1.columns) == [_label(s, m) for s in PAPER_ORDER for m in MEMORY]
 
-    # final mean of each trial = mean over the tasks present at the last step (pixel: tasks with masks)
-    per_trial = fin.groupby(["trial_id", "strategy", "memory_size", "metric"])["value"].mean().reset_index()
-    want = per_trial.groupby(["strategy", "memory_size", "metric"])["value"].mean()
+    # final mean of each run = mean over the tasks present at the last step (pixel: tasks with masks)
+    per_run = fin.groupby(["run_id", "strategy", "memory_size", "metric"])["value"].mean().reset_index()
+    want = per_run.groupby(["strategy", "memory_size", "metric"])["value"].mean()
     for metric in ROWS[:6]:
         for s in PAPER_ORDER:
             for m in MEMORY:
@@ -139,14 +139,14 @@ def test_table1_gap_and_forgetting_match_the_matrices(study, final_rows):
     f1 = mat[mat.metric == "image_f1"].copy()
     f1["pos"] = [o.split(" > ").index(t) for o, t in zip(f1["order"], f1["eval_task"])]
     T = len(TASKS)
-    diag = f1[f1.step == f1.pos].set_index(["trial_id", "pos"])["value"]
-    last = f1[f1.step == T - 1].set_index(["trial_id", "pos"])["value"]
+    diag = f1[f1.step == f1.pos].set_index(["run_id", "pos"])["value"]
+    last = f1[f1.step == T - 1].set_index(["run_id", "pos"])["value"]
     rel = ((diag - last.reindex(diag.index)) / diag).reset_index()
     rel = rel[rel.pos < T - 1]
-    forget = 100 * rel.groupby("trial_id")["value"].mean()
-    keys = f1.drop_duplicates("trial_id").set_index("trial_id")[["strategy", "memory_size", "order"]]
+    forget = 100 * rel.groupby("run_id")["value"].mean()
+    keys = f1.drop_duplicates("run_id").set_index("run_id")[["strategy", "memory_size", "order"]]
     forget = keys.join(forget.rename("f")).groupby(["strategy", "memory_size"])["f"].mean()
-    fm = f1[f1.step == T - 1].groupby("trial_id")["value"].mean().rename("fm")
+    fm = f1[f1.step == T - 1].groupby("run_id")["value"].mean().rename("fm")
     fm = keys.join(fm)
     joint = fm[fm.strategy == "joint"].set_index(["memory_size", "order"])["fm"]
     fm["gap"] = joint.reindex(pd.MultiIndex.from_frame(fm[["memory_size", "order"]])).to_numpy() - fm["fm"]
@@ -216,6 +216,20 @@ def test_single_order_folder_parquet_explicit_first_order(tmp_path, capsys):
     assert list(t1.columns) == ["Joint M=200", "CL M=200"]
     assert t1.loc[["pixel_auroc", "pixel_aupro"]].isna().all().all()  # no pixel metrics in this sweep
     assert np.isfinite(t1.loc["image_f1"]).all()
+
+
+def test_a_0_1_0_folder_with_trial_id_reads_the_same(tmp_path):
+    """0.1.0 named the run column trial_id: such a folder gives the same tables as a run_id one."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    fabricate_results(new, tasks=TASKS, orders=3, memory_sizes=(200,), pixel_metrics=False)
+    fabricate_results(old, tasks=TASKS, orders=3, memory_sizes=(200,), pixel_metrics=False, legacy_names=True)
+    assert "trial_id" in pq.read_schema(old / "summary.parquet").names
+    assert "trial_id" in pq.read_schema(old / "matrices.parquet").names
+    a, b = build_report(new), build_report(old)
+    for name in ("table1.csv", "per_task_final.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(a.parent / name, index_col=0), pd.read_csv(b.parent / name, index_col=0))
+    n_runs = pd.read_parquet(old / "summary.parquet")["trial_id"].nunique()
+    assert f"<b>{n_runs}</b> runs" in b.read_text()
 
 
 def test_other_metric_and_out_dir(study, tmp_path):
