@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from . import metrics as M
 from .protocol import OrderResult
 from .scenario import Run
+from .statistics import STATISTICS_SCHEMA
 
 __all__ = ["MATRIX_SCHEMA", "STEPS_SCHEMA", "SUMMARY_COLUMNS", "ROUTING_SCHEMA", "ROUTED_SCHEMA", "STATISTICS_SCHEMA",
            "LEGACY_COLUMNS", "atomic_write_table", "rows_table", "steps_table", "routing_table",
@@ -56,20 +57,8 @@ ROUTED_SCHEMA = pa.schema(_RUN + [
     ("step", pa.int64()), ("eval_task", pa.string()), ("routed", pa.string()), ("metric", pa.string()),
     ("value", pa.float64()),
 ])
-# statistics.parquet: one row per (strategy, memory_size, metric, quantity, statistic, task); what each
-# statistic means, and which test, is documented in pclsim.statistics.
-STATISTICS_SCHEMA = pa.schema([
-    ("strategy", pa.string()), ("memory_size", pa.int64()), ("metric", pa.string()),
-    ("quantity", pa.string()),     # final_mean | avg_forgetting_pct (per run) | final_value | forgetting_pct (per task)
-    ("statistic", pa.string()),    # e.g. mean, order_share, order_test, position_slope, best_order
-    ("task", pa.string()),         # null for whole-run statistics
-    ("order", pa.string()),        # best/worst order (task names joined by " > "), else null
-    ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),   # 95 % interval
-    ("p_value", pa.float64()), ("effect_size", pa.float64()),
-    ("n", pa.int64()),             # observations behind the value
-    ("method", pa.string()),       # e.g. "scipy.stats.kruskal"
-    ("note", pa.string()),         # why a value is NaN, or how to read it
-])
+# statistics.parquet: one row per (strategy, memory_size, metric, quantity, statistic, task); the
+# schema and what each statistic means (and which test) live in pclsim.statistics.
 LEGACY_COLUMNS = {"trial_id": "run_id"}
 
 

@@ -1,0 +1,667 @@
+"""Task-order robustness as a statistical study: does the order matter, by how much, and why.
+
+Every statistic comes from the results tables (summary.parquet, matrices.parquet) and is computed
+with scipy.stats; `statistics_table` returns them as one frame with STATISTICS_SCHEMA's columns
+(written as statistics.parquet by the sweep). A row is keyed by (strategy, memory_size, metric,
+quantity, statistic, task).
+
+Quantities
+- per run (summary.parquet): `final_mean` (mean over tasks of a[T-1][j]) and `avg_forgetting_pct`
+  (method.md section 6).
+- per task of a run (matrices.parquet): `final_value` = a[T-1][p] of the task trained at step p, and
+  `forgetting_pct` = 100 (a[p][p] - a[T-1][p]) / a[p][p] for p < T-1 (the task's term of the average
+  forgetting; the last task has none).
+
+Statistics of a run quantity (task = null)
+- `mean`: mean over all runs (orders x seeds). 95 % interval: scipy.stats.bootstrap (BCa, 4,999
+  resamples, fixed seed) of the mean over ORDERS, each order contributing its mean over seeds
+  (orders are the units the study samples; seeds are replicates within them). With one order the
+  seeds are resampled. Constant values: interval = the value; one value: no interval.
+- `seed_std`: the seed noise, sqrt of the within-order mean square (pooled standard deviation over
+  seeds of one order). Needs >= 2 seeds.
+- `order_share`: the share of the variance of a run's value explained by its order, from the
+  one-way random-effects ANOVA with orders as groups and seeds as replicates (method of moments:
+  s2_order = (MS_between - MS_within) / n0, clipped at 0; share = s2_order / (s2_order + MS_within);
+  Searle, Casella & McCulloch, Variance Components, 1992, ch. 3). effect_size: eta^2 = SS_between /
+  SS_total. With one seed order and seed noise cannot be separated: NaN, labelled.
+- `order_test`: a test of "the order has no effect".
+  * >= 2 seeds: Kruskal-Wallis across orders, the seeds of an order being its sample
+    (scipy.stats.kruskal). Rank-based, so it needs no normality of bounded, skewed accuracies, and
+    it treats seed noise as the noise the order effect must exceed. (Friedman with seeds as blocks
+    would also remove a seed's global level, but with few seeds and hundreds of orders it has little
+    power; Kruskal-Wallis is the conservative choice.) value: H; effect_size: epsilon^2 = H / (n - 1)
+    (Tomczak & Tomczak, Trends in Sport Sciences 21, 2014).
+  * one seed: no replicate exists, so the test is on the order's STRUCTURE: OLS of the run's value
+    on the arrival position of every task (T - 1 columns; positions add up to a constant), statistic
+    R^2, null distribution by permuting which order each value belongs to
+    (scipy.stats.permutation_test, permutation_type="pairings", 4,999 resamples, fixed seed).
+    value = effect_size = R^2. Needs more orders than tasks and the same task set in every order.
+  Constant values (e.g. patchcore_cl's final mean under `rebalance: truncate`, which depends only on
+  the set of tasks): p = 1, labelled.
+- `best_order` / `worst_order`: the order with the best / worst value averaged over seeds (final
+  mean: highest is best; forgetting: lowest is best); `order` names it, n = its seeds.
+  `best_worst_gap`: |best - worst|; effect_size = gap / seed_std (how many seed standard deviations
+  apart; NaN with one seed).
+
+Statistics of a per-task quantity
+- `position_slope` (task = t): scipy.stats.linregress of t's value on its arrival step (0-based)
+  over all runs; 95 % interval slope +- t_{0.975, n-2} stderr (scipy.stats.t); p: linregress's
+  two-sided t test of slope 0.
+- `rereduction_slope` (task = t; strategies that rebalance a fixed budget over per-task banks,
+  patchcore_cl and its ablations): the same against the number of re-reductions the task's bank
+  went through, T - 1 - s for a task arriving at step s of T. With orders of one length this is the
+  position slope with its sign flipped; it is kept so that the mechanism reads directly.
+- `position_slope` (task = null): the pooled within-task slope, OLS of value on arrival step with
+  one intercept per task; 95 % interval from scipy.stats.t with n - T - 1 degrees of freedom.
+- `position_test` (task = null): permutation test of "a task's value does not depend on its arrival
+  step": statistic the within-task covariance of value and arrival step (the pooled slope's
+  numerator), null by re-pairing whole orders with the values of other orders
+  (scipy.stats.permutation_test, "pairings", 4,999 resamples, two-sided), which keeps every order a
+  permutation of the tasks and each task's level; it does not assume the tasks of one order are
+  independent, as the t interval does. value: the pooled slope; effect_size: the share of the
+  within-task variance explained by the arrival step.
+
+`difficulty` rows (strategy "single_task", quantity `final_value`, per task): the single-task
+PatchCore image AUROC at the largest memory size that easy_to_hard / hard_to_easy sort by
+(`measure_difficulty`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy import stats
+
+__all__ = ["STATISTICS_SCHEMA", "STATISTICS_COLUMNS", "RUN_QUANTITIES", "TASK_QUANTITIES", "per_task_values",
+           "statistics_table", "bootstrap_mean_ci", "random_effects_anova", "kruskal_orders", "pooled_position_slope",
+           "PermutationJobs", "R2Statistic", "PositionStatistic", "r2_permutation_test", "position_permutation_test", "measure_difficulty", "difficulty_rows", "rebalancing_strategies", "order_sentence"]
+
+STATISTICS_SCHEMA = pa.schema([
+    ("strategy", pa.string()), ("memory_size", pa.int64()), ("metric", pa.string()),
+    ("quantity", pa.string()),     # final_mean | avg_forgetting_pct (per run) | final_value | forgetting_pct (per task)
+    ("statistic", pa.string()),    # mean, seed_std, order_share, order_test, best_order, worst_order,
+                                   # best_worst_gap, position_slope, rereduction_slope, position_test, difficulty
+    ("task", pa.string()),         # null for run-level and pooled statistics
+    ("order", pa.string()),        # best / worst order (task names joined by " > "), else null
+    ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),   # 95 % interval
+    ("p_value", pa.float64()), ("effect_size", pa.float64()),
+    ("n", pa.int64()),             # observations behind the value (runs, orders or seeds: see the note)
+    ("method", pa.string()),       # e.g. "scipy.stats.kruskal"
+    ("note", pa.string()),         # why a value is NaN, or how to read it
+])
+STATISTICS_COLUMNS = [f.name for f in STATISTICS_SCHEMA]
+RUN_QUANTITIES = ("final_mean", "avg_forgetting_pct")
+TASK_QUANTITIES = ("final_value", "forgetting_pct")
+HIGHER_IS_BETTER = {"final_mean": True, "avg_forgetting_pct": False, "final_value": True, "forgetting_pct": False}
+N_RESAMPLES = 4999      # bootstrap resamples (>= 2000 for BCa: Efron & Tibshirani 1993, ch. 14)
+N_PERMUTATIONS = 4999   # permutation-test resamples: p resolution 0.0002
+SEED = 0
+_SEP = " > "
+
+
+def rebalancing_strategies() -> set[str]:
+    """Strategies whose per-task banks are re-reduced on every arrival (PatchCoreCL and its ablations)."""
+    from .strategies import STRATEGIES, PatchCoreCL
+
+    return {name for name, cls in STRATEGIES.items() if issubclass(cls, PatchCoreCL)}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def per_task_values(mat: pd.DataFrame) -> pd.DataFrame:
+    """Per run and task: arrival step, number of tasks, final value and forgetting (%).
+
+    mat: matrices.parquet rows (run_id or 0.1.0's trial_id, strategy, memory_size, seed, order,
+    step, eval_task, metric, value). Returns one row per (run, metric, task present at the last
+    step) with columns run_id, strategy, memory_size, seed, order, metric, task, position (0-based
+    arrival step), n_tasks, final_value, forgetting_pct (NaN for the last task, or a zero diagonal).
+    """
+    mat = mat.rename(columns={"trial_id": "run_id"})
+    cols = ["run_id", "strategy", "memory_size", "seed", "order", "metric", "task", "position", "n_tasks",
+            "final_value", "forgetting_pct"]
+    if mat.empty:
+        return pd.DataFrame(columns=cols)
+    order = mat["order"].astype("category")
+    cats = list(order.cat.categories)
+    names = [str(o).split(_SEP) for o in cats]
+    evt = mat["eval_task"].astype("category")
+    tcats = [str(t) for t in evt.cat.categories]
+    lut = np.full((len(cats), len(tcats)), -1, np.int64)   # (order, task) -> arrival step
+    tix = {t: i for i, t in enumerate(tcats)}
+    for k, n in enumerate(names):
+        for i, t in enumerate(n):
+            if t in tix:
+                lut[k, tix[t]] = i
+    code, tcode = order.cat.codes.to_numpy(), evt.cat.codes.to_numpy()
+    task = np.asarray(tcats, dtype=object)[tcode]
+    n_tasks = np.array([len(n) for n in names])[code]
+    pos = lut[code, tcode]
+    if (pos < 0).any():
+        k = int(np.flatnonzero(pos < 0)[0])
+        raise ValueError(f"matrices: eval_task {task[k]!r} is not in its order {cats[code[k]]!r}")
+    step = mat["step"].to_numpy()
+    base = mat.assign(task=task, position=pos, n_tasks=n_tasks)
+    keys = ["run_id", "metric", "task"]
+    final = base[step == n_tasks - 1]
+    diag = base[step == pos].set_index(keys)["value"]
+    out = final[["run_id", "strategy", "memory_size", "seed", "order", "metric", "task", "position", "n_tasks"]].copy()
+    out["final_value"] = final["value"].to_numpy(float)
+    d = diag.reindex(pd.MultiIndex.from_frame(final[keys])).to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = 100.0 * (d - out["final_value"].to_numpy()) / d
+    f[(out["position"].to_numpy() >= out["n_tasks"].to_numpy() - 1) | ~np.isfinite(f)] = np.nan
+    out["forgetting_pct"] = f
+    for c in ("strategy", "order", "metric", "task"):
+        out[c] = out[c].astype(str)
+    return out[cols].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def _row(strategy, memory_size, metric, quantity, statistic, *, task=None, order=None, value=np.nan,
+         ci=(np.nan, np.nan), p=np.nan, effect=np.nan, n=0, method="", note="") -> dict:
+    return {"strategy": str(strategy), "memory_size": int(memory_size), "metric": str(metric),
+            "quantity": quantity, "statistic": statistic, "task": task, "order": order,
+            "value": float(value), "ci_low": float(ci[0]), "ci_high": float(ci[1]), "p_value": float(p),
+            "effect_size": float(effect), "n": int(n), "method": method, "note": note}
+
+
+def _constant(x: np.ndarray) -> bool:
+    x = np.asarray(x, float)
+    return x.size > 0 and bool(np.ptp(x) <= 1e-12 * max(1.0, float(np.abs(x).max())))
+
+
+def bootstrap_mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[tuple[float, float], str]:
+    """95 % interval of the mean of x by scipy.stats.bootstrap (BCa, 4,999 resamples, seed 0).
+
+    Returns ((low, high), note). One value: NaN interval. Constant values: (v, v). Where BCa is
+    degenerate (NaN), the percentile interval is used and the note says so.
+    """
+    x = np.asarray(x, float)
+    if x.size < 2:
+        return (np.nan, np.nan), "one value: no interval"
+    if _constant(x):
+        return (float(x[0]), float(x[0])), "constant: every value is the same"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DegenerateDataWarning: handled by the fallback below
+        r = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=N_RESAMPLES, method="BCa",
+                            rng=np.random.default_rng(SEED))
+        lo, hi = float(r.confidence_interval.low), float(r.confidence_interval.high)
+        if np.isfinite(lo) and np.isfinite(hi):
+            return (lo, hi), ""
+        r = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=N_RESAMPLES, method="percentile",
+                            rng=np.random.default_rng(SEED))
+    return (float(r.confidence_interval.low), float(r.confidence_interval.high)), "percentile interval (BCa degenerate)"
+
+
+def random_effects_anova(groups: list[np.ndarray]) -> dict:
+    """One-way random-effects ANOVA by the method of moments (Searle et al. 1992, ch. 3).
+
+    groups: one array of replicate values per level (here: the seeds of one order).
+    Returns ss_between, ss_within, ms_between, ms_within, n0, var_between (clipped at 0), share
+    (var_between / (var_between + ms_within); NaN when both are 0) and eta2 (SS_between / SS_total).
+    """
+    groups = [np.asarray(g, float) for g in groups if len(g)]
+    k = len(groups)
+    n_i = np.array([len(g) for g in groups], float)
+    N = n_i.sum()
+    grand = np.concatenate(groups).mean()
+    means = np.array([g.mean() for g in groups])
+    ssb = float((n_i * (means - grand) ** 2).sum())
+    ssw = float(sum(((g - g.mean()) ** 2).sum() for g in groups))
+    msb = ssb / (k - 1) if k > 1 else np.nan
+    msw = ssw / (N - k) if N > k else np.nan
+    n0 = (N - (n_i ** 2).sum() / N) / (k - 1) if k > 1 else np.nan
+    var_b = max(0.0, (msb - msw) / n0) if np.isfinite(msb) and np.isfinite(msw) else np.nan
+    tot = var_b + msw
+    share = var_b / tot if np.isfinite(tot) and tot > 0 else np.nan
+    sst = ssb + ssw
+    eta2 = ssb / sst if sst > 0 else np.nan
+    return {"ss_between": ssb, "ss_within": ssw, "ms_between": msb, "ms_within": msw, "n0": n0,
+            "var_between": var_b, "share": share, "eta2": eta2}
+
+
+def kruskal_orders(groups: list[np.ndarray]) -> tuple[float, float, float, str]:
+    """(H, p, epsilon^2, note) of scipy.stats.kruskal across orders; constant data: (0, 1, 0, note)."""
+    allv = np.concatenate(groups)
+    n = allv.size
+    if _constant(allv):
+        return 0.0, 1.0, 0.0, "constant: every run has the same value, so the order has no effect"
+    h, p = stats.kruskal(*groups)
+    return float(h), float(p), float(h / (n - 1)), ""
+
+
+class R2Statistic:
+    """R^2 of the OLS of y (n,) on X (n, k) with an intercept, as a function of a re-pairing of y with
+    the rows of X (X'X does not change under it). `constant` when y has no variance."""
+
+    def __init__(self, y: np.ndarray, X: np.ndarray):
+        y = np.asarray(y, float)
+        self.constant = _constant(y)
+        self.Xc = np.asarray(X, float) - np.mean(X, 0)
+        self.yc = y - y.mean()
+        self.sst = float(self.yc @ self.yc)
+        self.pinv = np.linalg.pinv(self.Xc.T @ self.Xc)
+
+    def observed(self) -> float:
+        return float(_r2_batch(self.yc[:, None], self.Xc, self.pinv, np.array([self.sst]), None)[0, 0])
+
+
+def _r2_batch(Y, Xc, pinv, sst, idx):
+    """R^2 of each column of Y (n, K) under re-pairings idx (B, n) (None: as given) -> (B, K).
+
+    Computed column by column, so a column's values do not depend on what it is stacked with."""
+    out = []
+    for k in range(Y.shape[1]):
+        yk = Y[:, k][None] if idx is None else Y[:, k][idx]   # (B, n)
+        b = yk @ Xc                                           # (B, j): X'y
+        out.append(((b @ pinv) * b).sum(-1) / sst[k])
+    return np.stack(out, axis=-1)
+
+
+class PositionStatistic:
+    """|within-task covariance of value and arrival step| as a function of a re-pairing of the orders'
+    values with the orders' arrival steps.
+
+    P, V: (orders, tasks) arrival steps and values (seeds averaged; NaN where a task has no value,
+    e.g. the forgetting of the last task). Statistic: |sum over cells of P * (V - task mean of V)|,
+    the pooled within-task slope's numerator. `note` is set (and `usable` False) when there is
+    nothing to test: constant values, fewer than 3 orders, every task at one step.
+    """
+
+    def __init__(self, P: np.ndarray, V: np.ndarray):
+        P, V = np.asarray(P, float), np.asarray(V, float)
+        ok = np.isfinite(V)
+        self.note = ""
+        self.G = None
+        if P.shape[0] < 3 or not ok.any():
+            self.note = "too few orders for a permutation test"
+        elif np.ptp(P, axis=0).max() == 0:
+            self.note = "every task arrives at the same step in every order"
+        else:
+            mean = np.nanmean(np.where(ok, V, np.nan), axis=0)
+            Vc = np.where(ok, V - mean, 0.0)
+            if float((Vc ** 2).sum()) <= 1e-24:
+                self.note = "constant: the value does not depend on the arrival step"
+            else:
+                self.G = P @ Vc.T     # G[o, o2]: order o's arrival steps against order o2's values
+                # an upper bound of |statistic| under any re-pairing: the tests see statistic / scale
+                # rounded to 1e-9, so that re-pairings that tie exactly tie in floating point too
+                self.scale = float(np.abs(P).max(0) @ np.abs(Vc).sum(0)) or 1.0
+        self.usable = self.G is not None
+
+    def observed(self) -> float:
+        return float(abs(np.trace(self.G)))
+
+
+class PermutationJobs:
+    """Permutation tests over the same orders, run together in few scipy.stats.permutation_test calls.
+
+    Every test here permutes which order a value belongs to (permutation_type "pairings"), so the
+    tests of one set of orders share one stream of permutations: each call uses the same seed, and
+    each test's p equals the one its own call would give. Jobs are R2Statistic / PositionStatistic
+    with the row whose p_value `run` fills (alternative "greater": large statistics are extreme).
+    """
+
+    CHUNK = 16   # tests per call: bounds the memory of stacked position tables (orders^2 x CHUNK)
+
+    def __init__(self):
+        self.jobs: dict[tuple, list] = {}
+
+    def add(self, orders, statistic, row: dict) -> None:
+        self.jobs.setdefault((tuple(orders), type(statistic).__name__), []).append((statistic, row))
+
+    def run(self) -> None:
+        for (orders, kind), jobs in self.jobs.items():
+            n = len(orders)
+            for c in range(0, len(jobs), self.CHUNK):
+                chunk = jobs[c : c + self.CHUNK]
+                if kind == "R2Statistic":
+                    first = chunk[0][0]
+                    Y = np.stack([j.yc for j, _ in chunk], axis=1)
+                    sst = np.array([j.sst for j, _ in chunk])
+
+                    def stat(idx, axis=-1, Y=Y, sst=sst, Xc=first.Xc, pinv=first.pinv):
+                        idx = np.asarray(idx)
+                        out = _r2_batch(Y, Xc, pinv, sst, idx.reshape(-1, n))
+                        return np.round(out.reshape(*idx.shape[:-1], len(sst)), 10)  # exact ties stay ties
+                else:
+                    Gs = np.stack([j.G / j.scale for j, _ in chunk])      # (K, n, n)
+                    rows = np.arange(n)
+
+                    def stat(idx, axis=-1, Gs=Gs, rows=rows):
+                        v = np.abs(Gs[:, rows, np.asarray(idx)].sum(-1))  # (K, ...): one column at a time
+                        return np.round(np.moveaxis(v, 0, -1), 9)
+                res = stats.permutation_test((np.arange(n),), stat, permutation_type="pairings",
+                                             vectorized=True, n_resamples=N_PERMUTATIONS, alternative="greater",
+                                             batch=max(20, 100_000 // n),  # same draws for any chunk
+                                             rng=np.random.default_rng(SEED))
+                for (_, row), pv in zip(chunk, np.atleast_1d(res.pvalue)):
+                    row["p_value"] = float(pv)
+        self.jobs = {}
+
+
+def r2_permutation_test(y: np.ndarray, X: np.ndarray) -> tuple[float, float]:
+    """(R^2, p): OLS of y on X with an intercept; null by re-pairing y with the rows of X
+    (scipy.stats.permutation_test, "pairings", 4,999 resamples, seed 0). Constant y: (0, 1)."""
+    st = R2Statistic(y, X)
+    if st.constant:
+        return 0.0, 1.0
+    row: dict = {}
+    jobs = PermutationJobs()
+    jobs.add(range(len(y)), st, row)
+    jobs.run()
+    return st.observed(), row["p_value"]
+
+
+def position_permutation_test(P: np.ndarray, V: np.ndarray) -> tuple[float, float, str]:
+    """(statistic, p, note): permutation test of "a task's value does not depend on its arrival step".
+
+    See `PositionStatistic`. The null re-pairs the values of one order with the arrival steps of
+    another (scipy.stats.permutation_test, "pairings"; |statistic|, so two-sided), so each permuted
+    order is still a permutation of the tasks and each task keeps its own level. Constant values:
+    p = 1; nothing to test: NaN, with the note.
+    """
+    st = PositionStatistic(P, V)
+    if not st.usable:
+        return (0.0, 1.0, st.note) if st.note.startswith("constant") else (np.nan, np.nan, st.note)
+    row: dict = {}
+    jobs = PermutationJobs()
+    jobs.add(range(np.shape(P)[0]), st, row)
+    jobs.run()
+    return st.observed(), row["p_value"], ""
+
+
+def _linregress_row(x, y) -> tuple[float, tuple[float, float], float, int, str]:
+    """(slope, 95 % interval, p, n, note) of scipy.stats.linregress(x, y)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = int(x.size)
+    if n < 3 or _constant(x):
+        return np.nan, (np.nan, np.nan), np.nan, n, "too few points or a single arrival step: no slope"
+    if _constant(y):
+        return 0.0, (0.0, 0.0), 1.0, n, "constant: the value does not depend on the arrival step"
+    r = stats.linregress(x, y)
+    q = stats.t.ppf(0.975, n - 2)
+    return float(r.slope), (float(r.slope - q * r.stderr), float(r.slope + q * r.stderr)), float(r.pvalue), n, ""
+
+
+def pooled_position_slope(task: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict:
+    """OLS slope of y on x with one intercept per task (within-task slope), its 95 % interval and
+    t-test p (scipy.stats.t, n - n_tasks - 1 degrees of freedom), and the within-task R^2."""
+    df = pd.DataFrame({"t": task, "x": np.asarray(x, float), "y": np.asarray(y, float)}).dropna()
+    xc = (df["x"] - df.groupby("t")["x"].transform("mean")).to_numpy()
+    yc = (df["y"] - df.groupby("t")["y"].transform("mean")).to_numpy()
+    n, g = len(df), df["t"].nunique()
+    sxx, syy = float(xc @ xc), float(yc @ yc)
+    dof = n - g - 1
+    if dof < 1 or sxx <= 0:
+        return {"slope": np.nan, "ci": (np.nan, np.nan), "p": np.nan, "r2": np.nan, "n": n,
+                "note": "too few points or a single arrival step: no slope"}
+    b = float(xc @ yc) / sxx
+    if syy <= 1e-24:
+        return {"slope": 0.0, "ci": (0.0, 0.0), "p": 1.0, "r2": 0.0, "n": n,
+                "note": "constant: the value does not depend on the arrival step"}
+    rss = max(syy - b * b * sxx, 0.0)
+    se = math.sqrt(rss / dof / sxx)
+    q = stats.t.ppf(0.975, dof)
+    p = float(2 * stats.t.sf(abs(b / se), dof)) if se > 0 else 0.0
+    return {"slope": b, "ci": (b - q * se, b + q * se), "p": p, "r2": b * b * sxx / syy, "n": n, "note": ""}
+
+
+# ----------------------------------------------------------------------------- the table
+
+def _run_level(key, quantity, g: pd.DataFrame, jobs: PermutationJobs) -> list[dict]:
+    strategy, msize, metric = key
+    g = g[np.isfinite(g[quantity].to_numpy(float))]
+    if g.empty:
+        return []
+    rows = []
+    codes, uniq = pd.factorize(g["order"].astype(str), sort=True)
+    vals = g[quantity].to_numpy(float)
+    srt = np.argsort(codes, kind="stable")
+    parts = np.split(vals[srt], np.flatnonzero(np.diff(codes[srt])) + 1)
+    by_order = dict(zip(uniq, parts))
+    n_orders, n_seeds = len(by_order), int(g["seed"].nunique())
+    om = pd.Series({o: v.mean() for o, v in by_order.items()})
+    units = om.to_numpy() if n_orders > 1 else next(iter(by_order.values()))
+    ci, note = bootstrap_mean_ci(units)
+    unit = "orders (each the mean over its seeds)" if n_orders > 1 else "seeds of the one order"
+    rows.append(_row(*key, quantity, "mean", value=g[quantity].mean(), ci=ci, n=len(g),
+                     method=f"scipy.stats.bootstrap BCa over {unit}", note=note))
+    replicated = any(len(v) > 1 for v in by_order.values())
+    an = random_effects_anova(list(by_order.values())) if n_orders > 1 and replicated else None
+    seed_std = math.sqrt(an["ms_within"]) if an is not None else (
+        float(np.std(units, ddof=1)) if n_orders == 1 and len(units) > 1 else np.nan)
+    rows.append(_row(*key, quantity, "seed_std", value=seed_std, n=n_seeds,
+                     method="sqrt(within-order mean square)",
+                     note="" if np.isfinite(seed_std) else "one seed: no seed noise estimate"))
+    if n_orders < 2:
+        rows.append(_row(*key, quantity, "order_share", n=n_orders, note="one order: nothing to compare"))
+        rows.append(_row(*key, quantity, "order_test", n=n_orders, note="one order: nothing to compare"))
+        return rows
+    if an is not None:
+        share_note = "constant: every run has the same value" if not np.isfinite(an["share"]) else ""
+        rows.append(_row(*key, quantity, "order_share", value=an["share"], effect=an["eta2"], n=n_orders,
+                         method="one-way random-effects ANOVA, orders x seeds (method of moments)", note=share_note))
+        h, p, eps, note = kruskal_orders(list(by_order.values()))
+        rows.append(_row(*key, quantity, "order_test", value=h, p=p, effect=eps, n=len(g),
+                         method="scipy.stats.kruskal across orders (seeds as replicates); effect epsilon^2",
+                         note=note))
+    else:
+        rows.append(_row(*key, quantity, "order_share", n=n_orders,
+                         note="one seed: order and seed noise cannot be separated"))
+        rows.append(_order_structure_test(key, quantity, om, jobs))
+    vals = om.to_dict()
+    sign = -1.0 if HIGHER_IS_BETTER[quantity] else 1.0
+    ranked = sorted(vals, key=lambda o: (sign * vals[o], o))  # best first; ties: the order's name
+    best, worst = ranked[0], ranked[-1]
+    tie = "all orders tie" if _constant(om.to_numpy()) else ""
+    rows.append(_row(*key, quantity, "best_order", order=best, value=vals[best], n=len(by_order[best]),
+                     method="mean over seeds", note=tie))
+    rows.append(_row(*key, quantity, "worst_order", order=worst, value=vals[worst], n=len(by_order[worst]),
+                     method="mean over seeds", note=tie))
+    gap = abs(vals[best] - vals[worst])
+    rel = gap / seed_std if np.isfinite(seed_std) and seed_std > 0 else np.nan
+    rows.append(_row(*key, quantity, "best_worst_gap", value=gap, effect=rel, n=n_orders,
+                     method="|best - worst|; effect: gap / seed_std",
+                     note="" if np.isfinite(rel) else ("one seed: no seed noise to compare with" if not
+                                                       np.isfinite(seed_std) else "no seed noise (seed_std = 0)")))
+    return rows
+
+
+def _order_structure_test(key, quantity, order_means: pd.Series, jobs: PermutationJobs) -> dict:
+    """One seed: permutation test of R^2 of the run value on every task's arrival position."""
+    names = [o.split(_SEP) for o in order_means.index]
+    tasks = sorted(set(names[0]))
+    if any(sorted(n) != tasks for n in names):
+        return _row(*key, quantity, "order_test", n=len(names),
+                    note="one seed, and the orders hold different task sets: no test")
+    if len(names) <= len(tasks):
+        return _row(*key, quantity, "order_test", n=len(names),
+                    note=f"one seed and {len(names)} orders for {len(tasks)} tasks: too few orders for a test")
+    X = np.array([[n.index(t) for t in tasks[:-1]] for n in names], float)
+    st = R2Statistic(order_means.to_numpy(float), X)
+    method = ("scipy.stats.permutation_test of R^2 of the run value on each task's arrival step "
+              "(orders permuted)")
+    if st.constant:
+        return _row(*key, quantity, "order_test", value=0.0, p=1.0, effect=0.0, n=len(names), method=method,
+                    note="constant: every run has the same value, so the order has no effect")
+    r2 = st.observed()
+    row = _row(*key, quantity, "order_test", value=r2, effect=r2, n=len(names), method=method,
+               note="one seed: tested through the order's structure")
+    jobs.add(order_means.index, st, row)
+    return row
+
+
+def _task_level(key, quantity, g_all: pd.DataFrame, rebalancing: bool, jobs: PermutationJobs) -> list[dict]:
+    g = g_all[np.isfinite(g_all[quantity].to_numpy(float))]
+    if g.empty:
+        return []
+    rows = []
+    for t, sub in g.groupby("task", sort=True):
+        s, ci, p, n, note = _linregress_row(sub["position"], sub[quantity])
+        rows.append(_row(*key, quantity, "position_slope", task=t, value=s, ci=ci, p=p, n=n,
+                         method="scipy.stats.linregress on the arrival step; t interval", note=note))
+        if rebalancing:
+            rr = sub["n_tasks"] - 1 - sub["position"]
+            s, ci, p, n, note = _linregress_row(rr, sub[quantity])
+            rows.append(_row(*key, quantity, "rereduction_slope", task=t, value=s, ci=ci, p=p, n=n,
+                             method="scipy.stats.linregress on the number of re-reductions; t interval",
+                             note=note))
+    pooled = pooled_position_slope(g["task"].to_numpy(), g["position"].to_numpy(), g[quantity].to_numpy())
+    rows.append(_row(*key, quantity, "position_slope", value=pooled["slope"], ci=pooled["ci"], p=pooled["p"],
+                     effect=pooled["r2"], n=pooled["n"],
+                     method="OLS within tasks (one intercept per task); scipy.stats.t interval",
+                     note=pooled["note"]))
+    avg = g_all.groupby(["order", "task"], observed=True)[[quantity, "position"]].mean()
+    V = avg[quantity].unstack("task")
+    P = avg["position"].unstack("task")
+    if P.isna().any().any():
+        rows.append(_row(*key, quantity, "position_test", n=len(V),
+                         note="the orders hold different task sets: no permutation test"))
+    else:
+        st = PositionStatistic(P.to_numpy(float), V.to_numpy(float))
+        const = st.note.startswith("constant")
+        row = _row(*key, quantity, "position_test", value=pooled["slope"], p=1.0 if const else np.nan,
+                   effect=pooled["r2"], n=len(V), method="scipy.stats.permutation_test of the within-task "
+                   "covariance of value and arrival step (orders permuted)", note=st.note)
+        if st.usable:
+            jobs.add(V.index, st, row)
+        rows.append(row)
+    return rows
+
+
+def statistics_table(summary: pd.DataFrame, matrices: pd.DataFrame | None = None,
+                     difficulty: dict | None = None, metrics: list[str] | None = None) -> pd.DataFrame:
+    """The order-robustness statistics of a study (module docstring), one row per statistic.
+
+    summary: summary.parquet rows; matrices: matrices.parquet rows (per-task statistics are left
+    out without them); difficulty: optional {"values": {task: auroc}, "memory_size": M, "seeds": n}
+    as recorded by the sweep (`difficulty_rows`); metrics: restrict to these metrics.
+    Returns a frame with STATISTICS_COLUMNS, deterministic (fixed resampling seeds).
+    """
+    summary = summary.rename(columns={"trial_id": "run_id"})
+    if metrics is not None:
+        summary = summary[summary["metric"].isin(metrics)]
+    rows: list[dict] = []
+    jobs = PermutationJobs()
+    keys = ["strategy", "memory_size", "metric"]
+    for key, g in summary.groupby(keys, sort=True, observed=True):
+        key = (str(key[0]), int(key[1]), str(key[2]))
+        for q in RUN_QUANTITIES:
+            if q in g.columns:
+                rows += _run_level(key, q, g, jobs)
+    if matrices is not None and len(matrices):
+        mat = matrices
+        if metrics is not None:
+            mat = mat[mat["metric"].isin(metrics)]
+        pt = per_task_values(mat)
+        reb = rebalancing_strategies()
+        for key, g in pt.groupby(keys, sort=True, observed=True):
+            key = (str(key[0]), int(key[1]), str(key[2]))
+            for q in TASK_QUANTITIES:
+                rows += _task_level(key, q, g, key[0] in reb, jobs)
+    jobs.run()  # every permutation test of one set of orders in one pass
+    if difficulty:
+        rows += difficulty_rows(difficulty)
+    out = pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
+    return out.astype({"memory_size": "int64", "n": "int64"})
+
+
+# ----------------------------------------------------------------------------- difficulty
+
+def measure_difficulty(tasks: dict, sc: dict, device=None) -> dict:
+    """Each task's single-task PatchCore image AUROC at the largest memory size, mean over the seeds.
+
+    tasks: {name: TaskFeatures} (or objects with `.open()` giving them); sc: the resolved scenario.
+    Runs Run("multi_model", max M, seed, (task,)) through `pclsim.engine.simulate` (multi_model on
+    one task is plain PatchCore). Returns {"values": {task: auroc}, "memory_size": M, "seeds": [..]}
+    for `difficulty_rows` and `expand_runs(sc, difficulty=result["values"])`.
+    """
+    from .engine import simulate
+    from .scenario import Run
+
+    tasks = {k: (v.open() if hasattr(v, "open") else v) for k, v in tasks.items()}
+    m = max(sc["memory_sizes"])
+    runs = [Run("multi_model", m, seed, (t,)) for seed in sc["seeds"] for t in tasks]
+    per: dict[str, list[float]] = {}
+    for run, res in simulate(runs, tasks, sc, device=device):
+        per.setdefault(run.order[0], []).append(float(res.matrices["image_auroc"][0, 0]))
+    return {"values": {t: float(np.mean(v)) for t, v in per.items()}, "memory_size": m, "seeds": list(sc["seeds"])}
+
+
+def difficulty_rows(difficulty: dict) -> list[dict]:
+    """statistics rows (strategy "single_task", statistic "difficulty") of a measured difficulty."""
+    vals = difficulty["values"]
+    ranked = sorted(vals, key=lambda t: -vals[t])
+    return [_row("single_task", difficulty["memory_size"], "image_auroc", "final_value", "difficulty", task=t,
+                 value=vals[t], n=len(difficulty.get("seeds", [0])),
+                 method="pclsim.engine.simulate, multi_model on the task alone, mean over seeds",
+                 note=f"rank {ranked.index(t) + 1} of {len(vals)} from easiest (highest AUROC): easy_to_hard order")
+            for t in vals]
+
+
+# ----------------------------------------------------------------------------- words
+
+def _fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+
+
+def _pick(stats_df: pd.DataFrame, statistic: str, quantity: str, task=None) -> pd.Series | None:
+    s = stats_df[(stats_df["statistic"] == statistic) & (stats_df["quantity"] == quantity)]
+    s = s[s["task"].isna()] if task is None else s[s["task"] == task]
+    return None if s.empty else s.iloc[0]
+
+
+def order_sentence(stats_df: pd.DataFrame, strategy: str, memory_size: int, metric: str,
+                   label: str | None = None) -> str:
+    """One sentence: does the order matter for this strategy and memory size (from statistics rows)."""
+    s = stats_df[(stats_df["strategy"] == strategy) & (stats_df["memory_size"] == memory_size)
+                 & (stats_df["metric"] == metric)]
+    name = label or f"{strategy}, M={memory_size}"
+    m = metric.replace("_", " ")
+    share, test = _pick(s, "order_share", "final_mean"), _pick(s, "order_test", "final_mean")
+    parts = []
+    if test is None:
+        return f"{name}: no {m} values."
+    if test["note"].startswith("one order"):
+        parts.append(f"{name}: a single order, so the order's effect cannot be measured")
+    elif test["note"].startswith("constant"):
+        parts.append(f"{name}: the final mean {m} is the same for every order (p = 1)")
+    elif "kruskal" in test["method"]:
+        sh = share["value"] if share is not None else np.nan
+        parts.append(f"{name}: order explains {100 * sh:.0f} % of the variance of final mean {m} "
+                     f"(Kruskal-Wallis p = {_fmt_p(test['p_value'])}, epsilon² = {test['effect_size']:.2f})")
+    elif np.isfinite(test["p_value"]):
+        parts.append(f"{name}: with one seed, the tasks' arrival steps explain {100 * test['value']:.0f} % of the "
+                     f"variation of final mean {m} over orders (permutation p = {_fmt_p(test['p_value'])})")
+    else:
+        parts.append(f"{name}: {test['note']}")
+    forget = _pick(s, "order_test", "avg_forgetting_pct")
+    if forget is not None and np.isfinite(forget["p_value"]) and not test["note"].startswith("one order"):
+        parts.append(f"forgetting: p = {_fmt_p(forget['p_value'])}")
+    slope = _pick(s, "position_slope", "final_value")
+    ptest = _pick(s, "position_test", "final_value")
+    if slope is not None and np.isfinite(slope["value"]) and not slope["note"].startswith("constant"):
+        pts = 100 * slope["value"]  # points of the metric: 0.01 of AUROC, F1, ...
+        word = "higher" if pts >= 0 else "lower"
+        extra = f", permutation p = {_fmt_p(ptest['p_value'])}" if ptest is not None else ""
+        parts.append(f"tasks arriving one step later end {abs(pts):.2f} points {word} "
+                     f"(95 % CI {100 * slope['ci_low']:.2f} to {100 * slope['ci_high']:.2f}{extra})")
+    elif slope is not None and slope["note"].startswith("constant"):
+        parts.append("a task's final value does not depend on when it arrived")
+    best, worst = _pick(s, "best_order", "final_mean"), _pick(s, "worst_order", "final_mean")
+    gap = _pick(s, "best_worst_gap", "final_mean")
+    if best is not None and not best["note"]:
+        g = f"{gap['value']:.3f}" + (f" = {gap['effect_size']:.1f} seed std" if np.isfinite(gap["effect_size"]) else "")
+        parts.append(f"best order {best['order']} ({best['value']:.3f}), worst {worst['order']} "
+                     f"({worst['value']:.3f}), gap {g}")
+    return "; ".join(parts) + "."
