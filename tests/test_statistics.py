@@ -418,3 +418,68 @@ def test_routing_table_rows_and_counts():
     res.routing = [(0, "A", "A", -1)]
     with pytest.raises(ValueError, match="negative"):
         routing_table([(run, res)])
+
+
+# ----------------------------------------------------------------------------- with the engine
+
+SC = {"coreset": {"projection": "jl", "projection_dim": 4, "joint": "composable"}, "model": {"reweighting": "paper"},
+      "evaluation": {"pixel_metrics": False}, "memory_sizes": [20, 45], "seeds": [0, 1]}
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    from helpers_features import make_tasks
+
+    return make_tasks(3, seed=5)
+
+
+def test_measure_difficulty_is_single_task_patchcore(tasks):
+    """Against the reference path: each task's own greedy bank at the largest M, plain k-NN, no memo."""
+    from pclsim.protocol import BankSources, evaluate_direct
+    from pclsim.scenario import difficulty_order
+    from pclsim.strategies import BankRef
+
+    d = S.measure_difficulty(tasks, SC)
+    assert d["memory_size"] == 45 and d["seeds"] == [0, 1]
+    for t in tasks:
+        ref = []
+        for seed in (0, 1):
+            src = BankSources(tasks, {"task": {45}}, projection_dim=4, seed=seed)
+            bank = src.vectors(BankRef("task", (t,), 45))
+            ref.append(evaluate_direct(tasks[t], [bank], identify=False)["image_auroc"])
+        assert d["values"][t] == pytest.approx(np.mean(ref))
+    easy = difficulty_order(list(tasks), d["values"], "easy_to_hard")
+    assert easy[0] == max(d["values"], key=d["values"].get)
+    rows = pd.DataFrame(S.difficulty_rows(d))
+    assert set(rows.task) == set(tasks) and (rows.statistic == "difficulty").all()
+    assert rows.set_index("task").value.to_dict() == pytest.approx(d["values"])
+
+
+def test_engine_routing_adds_up_and_matches_task_id_acc(tasks):
+    """The lead's engine fills OrderResult.routing: counts add up to each task's test images, the
+    diagonal share is task_id_acc, and the counts equal a brute-force routing (lowest mean NN distance)."""
+    from pclsim.engine import simulate
+    from pclsim.protocol import BankSources
+    from pclsim.strategies import get_strategy
+
+    orders = list(itertools.permutations(tasks))[:2]
+    runs = [Run("patchcore_cl", 45, 0, o) for o in orders]
+    pairs = simulate(runs, tasks, SC)
+    if not any(res.routing for _, res in pairs):
+        pytest.skip("the engine does not fill OrderResult.routing yet")
+    df = routing_table(pairs).to_pandas()
+    src = BankSources(tasks, {"task": {45, 22, 15}}, projection_dim=4, seed=0)
+    for run, res in pairs:
+        r = df[df.run_id == run.run_id]
+        for s in range(len(run.order)):
+            banks = get_strategy("patchcore_cl", 45).banks(run.order[: s + 1])
+            for j, t in enumerate(run.order):
+                got = r[(r.step == s) & (r.true_task == t)].set_index("chosen_task").images
+                q = tasks[t].test
+                assert got.sum() == q.shape[0]
+                assert got.get(t, 0) / q.shape[0] == pytest.approx(res.matrices["task_id_acc"][s, j])
+                mean_d = np.stack([np.sqrt(((q[:, :, None, :] - src.vectors(b)[None, None]) ** 2).sum(-1)).min(-1).mean(1)
+                                   for b in banks], axis=1)
+                chosen = [banks[k].tasks[0] for k in np.argmin(mean_d, axis=1)]
+                want = pd.Series(chosen).value_counts()
+                assert got.sort_index().to_dict() == want.sort_index().to_dict()
