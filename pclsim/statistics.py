@@ -538,36 +538,47 @@ def _task_level(key, quantity, g_all: pd.DataFrame, rebalancing: bool, jobs: Per
 
 
 def statistics_table(summary: pd.DataFrame, matrices: pd.DataFrame | None = None,
-                     difficulty: dict | None = None, metrics: list[str] | None = None) -> pd.DataFrame:
+                     difficulty: dict | None = None, metrics: list[str] | None = None,
+                     progress: bool = False) -> pd.DataFrame:
     """The order-robustness statistics of a study (module docstring), one row per statistic.
 
     summary: summary.parquet rows; matrices: matrices.parquet rows (per-task statistics are left
-    out without them); difficulty: optional {"values": {task: auroc}, "memory_size": M, "seeds": n}
-    as recorded by the sweep (`difficulty_rows`); metrics: restrict to these metrics.
-    Returns a frame with STATISTICS_COLUMNS, deterministic (fixed resampling seeds).
+    out without them); difficulty: optional {"values": {task: auroc}, "memory_size": M, "seeds": [..]}
+    as recorded by the sweep (`difficulty_rows`); metrics: restrict to these metrics; progress: a
+    tqdm bar on stderr. Returns a frame with STATISTICS_COLUMNS, deterministic (fixed resampling seeds).
     """
+    import sys
+
+    from tqdm import tqdm
+
     summary = summary.rename(columns={"trial_id": "run_id"})
     if metrics is not None:
         summary = summary[summary["metric"].isin(metrics)]
+    pt = None
+    if matrices is not None and len(matrices):
+        mat = matrices if metrics is None else matrices[matrices["metric"].isin(metrics)]
+        pt = per_task_values(mat)
     rows: list[dict] = []
     jobs = PermutationJobs()
     keys = ["strategy", "memory_size", "metric"]
-    for key, g in summary.groupby(keys, sort=True, observed=True):
-        key = (str(key[0]), int(key[1]), str(key[2]))
-        for q in RUN_QUANTITIES:
-            if q in g.columns:
-                rows += _run_level(key, q, g, jobs)
-    if matrices is not None and len(matrices):
-        mat = matrices
-        if metrics is not None:
-            mat = mat[mat["metric"].isin(metrics)]
-        pt = per_task_values(mat)
+    run_groups = list(summary.groupby(keys, sort=True, observed=True))
+    task_groups = list(pt.groupby(keys, sort=True, observed=True)) if pt is not None else []
+    with tqdm(total=len(run_groups) + len(task_groups) + 1, desc="statistics", unit="group", disable=not progress,
+              file=sys.stderr) as bar:
+        for key, g in run_groups:
+            key = (str(key[0]), int(key[1]), str(key[2]))
+            for q in RUN_QUANTITIES:
+                if q in g.columns:
+                    rows += _run_level(key, q, g, jobs)
+            bar.update(1)
         reb = rebalancing_strategies()
-        for key, g in pt.groupby(keys, sort=True, observed=True):
+        for key, g in task_groups:
             key = (str(key[0]), int(key[1]), str(key[2]))
             for q in TASK_QUANTITIES:
                 rows += _task_level(key, q, g, key[0] in reb, jobs)
-    jobs.run()  # every permutation test of one set of orders in one pass
+            bar.update(1)
+        jobs.run()  # every permutation test of one set of orders in a few passes
+        bar.update(1)
     if difficulty:
         rows += difficulty_rows(difficulty)
     out = pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
@@ -653,7 +664,8 @@ def order_sentence(stats_df: pd.DataFrame, strategy: str, memory_size: int, metr
     if slope is not None and np.isfinite(slope["value"]) and not slope["note"].startswith("constant"):
         pts = 100 * slope["value"]  # points of the metric: 0.01 of AUROC, F1, ...
         word = "higher" if pts >= 0 else "lower"
-        extra = f", permutation p = {_fmt_p(ptest['p_value'])}" if ptest is not None else ""
+        extra = (f", permutation p = {_fmt_p(ptest['p_value'])}" if ptest is not None
+                 and np.isfinite(ptest["p_value"]) else "")
         parts.append(f"tasks arriving one step later end {abs(pts):.2f} points {word} "
                      f"(95 % CI {100 * slope['ci_low']:.2f} to {100 * slope['ci_high']:.2f}{extra})")
     elif slope is not None and slope["note"].startswith("constant"):

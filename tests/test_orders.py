@@ -84,3 +84,32 @@ def test_describe_orders_counts_match_the_expansion(tmp_path):
                                             "memory_sizes": [10]}))
         n, _ = describe_orders(sc)
         assert n == len({r.order for r in expand_runs(sc)})
+
+
+def test_sweep_orders_easy_to_hard_by_the_measured_difficulty(tmp_path):
+    """End to end through Ray: the order is decided by each task's single-task image AUROC, which is
+    recorded in tasks.parquet and equals multi_model's own-bank value at the largest M."""
+    import os
+
+    import pandas as pd
+
+    body = {"name": "e2h", "dataset": {"kind": "synthetic", "tasks": ["Brain_AD", "Liver_AD", "Chest_AD"],
+                                       "image_size": 64, "synthetic": {"train": 6, "test": 8, "seed": 0}},
+            "orders": ["easy_to_hard", "hard_to_easy"], "strategies": ["multi_model"], "memory_sizes": [90],
+            "seeds": [0]}
+    out = tmp_path / "out"
+    env = dict(os.environ, RAY_ADDRESS="", PCLSIM_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "pclsim.cli", "sweep", str(write(tmp_path, body)), "--out", str(out),
+                        "--quiet"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tasks = pd.read_parquet(out / "tasks.parquet").set_index("task")
+    diff = tasks["difficulty_image_auroc"].to_dict()
+    easy = tuple(sorted(diff, key=lambda t: (-diff[t], body["dataset"]["tasks"].index(t))))
+    m = pd.read_parquet(out / "matrices.parquet")
+    assert set(m.order) == {" > ".join(easy), " > ".join(reversed(easy))}
+    assert tasks.loc[easy[0], "difficulty_rank"] == 1
+    own = m[(m.metric == "image_auroc") & (m.step == 2) & (m.order == " > ".join(easy))].set_index("eval_task").value
+    assert own.to_dict() == pytest.approx(diff)  # multi_model's final value on a task is its single-task value
+    st = pd.read_parquet(out / "statistics.parquet")
+    d = st[st.statistic == "difficulty"].set_index("task").value
+    assert d.to_dict() == pytest.approx(diff)
