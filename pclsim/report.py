@@ -653,7 +653,7 @@ def _html_table(frame: pd.DataFrame, cell) -> str:
             + "\n</tbody></table></div>")
 
 
-def _page(d: _Data, mean, std, per_task, figs, gallery_note: str) -> str:
+def _page(d: _Data, mean, std, per_task, figs, gallery_note: str, order_html: str = "") -> str:
     sc = d.scenario
     ds = sc.get("dataset") or {}
     model = sc.get("model") or {}
@@ -693,6 +693,7 @@ def _page(d: _Data, mean, std, per_task, figs, gallery_note: str) -> str:
         "<p class=\"note\">Each task's value after the whole stream, mean over orders and seeds. "
         "Also in <a href=\"per_task_final.csv\">per_task_final.csv</a>.</p>",
         _html_table(per_task, lambda r, c: r if c is None else _fmt("", per_task.loc[r, c])),
+        order_html,
         "<h2>Figures</h2>",
     ]
     for name, cap in figs:
@@ -770,6 +771,11 @@ def build_report(results_dir, metric: str = "image_f1", out_dir=None) -> Path:
     if gal:
         figs.append(gal)
     note = f"Gallery files that could not be read and were skipped: {', '.join(bad)}." if bad else ""
+    from .report_order import order_section
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        order_html, _ = order_section(d, out)  # "Does the order matter?" with its own figures
     index = out / "index.html"
-    _write_text(index, _page(d, mean, std, per_task, figs, note))
+    _write_text(index, _page(d, mean, std, per_task, figs, note, order_html))
     return index

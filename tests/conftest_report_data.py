@@ -77,12 +77,37 @@ def _values(strategy, metric, M, base, P, rng):
     return np.clip(a, 0.0, 1.0)
 
 
+TEST_IMAGES = 40  # per task, for the routing counts
+
+
 def _task_id_values(P, rng):
+    """Share of a task's test images routed to its own bank: whole images out of TEST_IMAGES; 1 while
+    one bank exists (nothing to choose), 0 for tasks not seen yet (they have no bank)."""
     n_orders, T = P.shape
     t = np.arange(T)[None, :, None]
     p = np.arange(T)[None, None, :]
     a = np.where(p <= t, 0.97 - 0.02 * t / max(T - 1, 1), 0.0)
-    return np.clip(a + np.where(p <= t, rng.normal(0, 0.01, (n_orders, T, T)), 0.0), 0, 1)
+    a = np.clip(a + np.where(p <= t, rng.normal(0, 0.01, (n_orders, T, T)), 0.0), 0, 1)
+    a = np.round(a * TEST_IMAGES) / TEST_IMAGES
+    a[:, 0, 0] = 1.0
+    return a
+
+
+def _routing_rows(acc, order_list, rid):
+    """routing.parquet rows consistent with task_id_acc `acc` (O, T, T): the wrongly routed images of a
+    seen task go to the first other seen task; a task not seen yet goes to the newest bank."""
+    rows = []
+    for o, order in enumerate(order_list):
+        T = len(order)
+        for t in range(T):
+            for p in range(T):
+                own = int(round(acc[o, t, p] * TEST_IMAGES))
+                if p <= t and own:
+                    rows.append((rid[o], t, order[p], order[p], own))
+                if own < TEST_IMAGES:
+                    other = next(order[k] for k in range(t + 1) if k != p) if p <= t else order[t]
+                    rows.append((rid[o], t, order[p], other, TEST_IMAGES - own))
+    return rows
 
 
 def _summary_rows(a, strategy, M, seed, order_strs, metric, T):
@@ -110,12 +135,13 @@ def _summary_rows(a, strategy, M, seed, order_strs, metric, T):
 def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="all",
                       strategies=STRATEGIES, memory_sizes=(100, 300), seeds=(0,), masked=None,
                       pixel_metrics=True, task_id=True, gallery: int = 0, matrices_as_folder=False,
-                      name="fabricated", legacy_names=False) -> dict:
+                      name="fabricated", legacy_names=False, routing=True) -> dict:
     """Write matrices.parquet, summary.parquet and scenario.yaml (and gallery/*.npz) under `root`.
 
     orders: "all", an int (that many distinct permutations, seeded) or a list of task lists.
     masked: tasks with pixel masks (default: those BMAD ships masks for). legacy_names: name the run
-    column `trial_id`, as 0.1.0 did. Returns a description.
+    column `trial_id`, as 0.1.0 did. routing: also write routing.parquet and routed.parquet for the
+    strategies with task_id_acc, consistent with it. Returns a description.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -147,7 +173,7 @@ def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="
     o_idx, t_idx, p_idx = o_idx.ravel(), t_idx.ravel(), p_idx.ravel()
     eval_task_idx = P[o_idx, p_idx]
     train_task_idx = P[o_idx, t_idx]
-    mat_parts, summ_parts = [], []
+    mat_parts, summ_parts, routing_rows, routed_rows = [], [], [], []
     for seed in seeds:
         for s in strategies:
             for M in memory_sizes:
@@ -161,6 +187,15 @@ def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="
                         a = np.where(has_mask[P][:, None, :], a, np.nan)
                     summ_parts.append(_summary_rows(a, s, M, seed, order_strs, metric, T))
                     tids = np.array([run_id(s, M, seed, o) for o in order_strs], dtype=object)
+                    key = (s, M, seed)
+                    if routing and metric == "task_id_acc":
+                        routing_rows += [key + r for r in _routing_rows(a, order_list, tids)]
+                    if routing and task_id and s == "patchcore_cl" and metric in IMAGE_METRICS:
+                        for o in range(n_orders):  # the correctly routed images score a little higher
+                            for p in range(T):
+                                routed_rows.append(key + (tids[o], T - 1, order_list[o][p], "correct", metric,
+                                                          min(1.0, a[o, -1, p] + 0.01)))
+                                routed_rows.append(key + (tids[o], T - 1, order_list[o][p], "wrong", metric, 0.5))
                     mat_parts.append(pd.DataFrame({
                         "run_id": tids[o_idx[keep]], "strategy": s, "memory_size": M, "seed": seed,
                         "order": order_strs[o_idx[keep]], "step": t_idx[keep],
@@ -189,6 +224,20 @@ def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="
         pq.write_table(pa.Table.from_pandas(mat, schema=mat_schema, preserve_index=False), mat_path)
     pq.write_table(pa.Table.from_pandas(summ, schema=summ_schema, preserve_index=False),
                    root / "summary.parquet")
+    rid_col = "trial_id" if legacy_names else "run_id"
+    order_of = dict(mat.drop_duplicates(rid_col)[[rid_col, "order"]].itertuples(index=False))
+    if routing_rows:
+        r = pd.DataFrame(routing_rows, columns=["strategy", "memory_size", "seed", "run_id", "step", "true_task",
+                                                "chosen_task", "images"])
+        r["order"] = r["run_id"].map(order_of)
+        cols = ["run_id", "strategy", "memory_size", "seed", "order", "step", "true_task", "chosen_task", "images"]
+        pq.write_table(pa.Table.from_pandas(r[cols], preserve_index=False), root / "routing.parquet")
+    if routed_rows:
+        r = pd.DataFrame(routed_rows, columns=["strategy", "memory_size", "seed", "run_id", "step", "eval_task",
+                                               "routed", "metric", "value"])
+        r["order"] = r["run_id"].map(order_of)
+        cols = ["run_id", "strategy", "memory_size", "seed", "order", "step", "eval_task", "routed", "metric", "value"]
+        pq.write_table(pa.Table.from_pandas(r[cols], preserve_index=False), root / "routed.parquet")
     scenario = {
         "name": name,
         "dataset": {"kind": "synthetic", "root": None, "tasks": tasks, "image_size": 224, "protocol": "clean",
