@@ -100,7 +100,8 @@ def _fig_distribution(d, st: pd.DataFrame, out: Path):
         if len(mean):
             r = mean.iloc[0]
             lo, hi = r.ci_low, r.ci_high
-            ax.errorbar([r.value], [k], xerr=[[r.value - lo], [hi - r.value]] if np.isfinite(lo) else None,
+            err = [[max(0.0, r.value - lo)], [max(0.0, hi - r.value)]] if np.isfinite(lo) else None
+            ax.errorbar([r.value], [k], xerr=err,
                         fmt="D", color="black", ms=5, capsize=4, zorder=4)
         for name, marker in (("best_order", "^"), ("worst_order", "v")):
             b = row[row.statistic == name]
@@ -143,7 +144,8 @@ def _fig_slopes(d, st: pd.DataFrame, out: Path):
                 v, lo, hi = 100 * r.value, 100 * r.ci_low, 100 * r.ci_high
                 color = "black" if t is None else d.task_color[t]
                 if np.isfinite(v):
-                    ax.errorbar([v], [y], xerr=[[v - lo], [hi - v]] if np.isfinite(lo) else None,
+                    err = [[max(0.0, v - lo)], [max(0.0, hi - v)]] if np.isfinite(lo) else None
+                    ax.errorbar([v], [y], xerr=err,
                                 fmt="s" if t is None else "o", color=color, ms=5, capsize=3)
                 labels.append("all (within task)" if t is None else _short(t))
                 y += 1

@@ -14,9 +14,9 @@ Quantities
 
 Statistics of a run quantity (task = null)
 - `mean`: mean over all runs (orders x seeds). 95 % interval: scipy.stats.bootstrap (BCa, 4,999
-  resamples, fixed seed) of the mean over ORDERS, each order contributing its mean over seeds
-  (orders are the units the study samples; seeds are replicates within them). With one order the
-  seeds are resampled. Constant values: interval = the value; one value: no interval.
+  resamples, fixed seed) over the runs, sorted by (order, seed), taken as exchangeable. Runs of one
+  seed share that seed's coresets, so with few seeds the interval leaves out most of the seed part
+  of the uncertainty: `seed_std` reports it. Constant values: interval = the value; one run: none.
 - `seed_std`: the seed noise, sqrt of the within-order mean square (pooled standard deviation over
   seeds of one order). Needs >= 2 seeds.
 - `order_share`: the share of the variance of a run's value explained by its order, from the
@@ -422,22 +422,21 @@ def _run_level(key, quantity, g: pd.DataFrame, jobs: PermutationJobs) -> list[di
     if g.empty:
         return []
     rows = []
-    codes, uniq = pd.factorize(g["order"].astype(str), sort=True)
+    g = g.assign(order=g["order"].astype(str)).sort_values(["order", "seed"], kind="stable")
+    codes, uniq = pd.factorize(g["order"], sort=True)
     vals = g[quantity].to_numpy(float)
     srt = np.argsort(codes, kind="stable")
     parts = np.split(vals[srt], np.flatnonzero(np.diff(codes[srt])) + 1)
     by_order = dict(zip(uniq, parts))
     n_orders, n_seeds = len(by_order), int(g["seed"].nunique())
     om = pd.Series({o: v.mean() for o, v in by_order.items()})
-    units = om.to_numpy() if n_orders > 1 else next(iter(by_order.values()))
-    ci, note = bootstrap_mean_ci(units)
-    unit = "orders (each the mean over its seeds)" if n_orders > 1 else "seeds of the one order"
-    rows.append(_row(*key, quantity, "mean", value=g[quantity].mean(), ci=ci, n=len(g),
-                     method=f"scipy.stats.bootstrap BCa over {unit}", note=note))
+    ci, note = bootstrap_mean_ci(vals)   # runs sorted by (order, seed)
+    rows.append(_row(*key, quantity, "mean", value=vals.mean(), ci=ci, n=len(vals),
+                     method="scipy.stats.bootstrap BCa over runs (orders x seeds)", note=note))
     replicated = any(len(v) > 1 for v in by_order.values())
     an = random_effects_anova(list(by_order.values())) if n_orders > 1 and replicated else None
     seed_std = math.sqrt(an["ms_within"]) if an is not None else (
-        float(np.std(units, ddof=1)) if n_orders == 1 and len(units) > 1 else np.nan)
+        float(np.std(vals, ddof=1)) if n_orders == 1 and len(vals) > 1 else np.nan)
     rows.append(_row(*key, quantity, "seed_std", value=seed_std, n=n_seeds,
                      method="sqrt(within-order mean square)",
                      note="" if np.isfinite(seed_std) else "one seed: no seed noise estimate"))

@@ -285,8 +285,8 @@ def test_mean_interval_and_seed_noise(null_study):
     _, summ, st = null_study
     m = _get(st, "mean", "final_mean")
     assert m.value == pytest.approx(summ.final_mean.mean()) and m.n == len(summ)
-    per_order = summ.groupby("order").final_mean.mean().to_numpy()
-    ref = stats.bootstrap((per_order,), np.mean, n_resamples=S.N_RESAMPLES, method="BCa",
+    runs = summ.sort_values(["order", "seed"]).final_mean.to_numpy()
+    ref = stats.bootstrap((runs,), np.mean, n_resamples=S.N_RESAMPLES, method="BCa",
                           rng=np.random.default_rng(S.SEED))
     assert (m.ci_low, m.ci_high) == (pytest.approx(ref.confidence_interval.low), pytest.approx(ref.confidence_interval.high))
     sd = _get(st, "seed_std", "final_mean")
