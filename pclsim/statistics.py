@@ -78,7 +78,8 @@ from scipy import stats
 
 __all__ = ["STATISTICS_SCHEMA", "STATISTICS_COLUMNS", "RUN_QUANTITIES", "TASK_QUANTITIES", "per_task_values",
            "statistics_table", "bootstrap_mean_ci", "random_effects_anova", "kruskal_orders", "pooled_position_slope",
-           "PermutationJobs", "R2Statistic", "PositionStatistic", "r2_permutation_test", "position_permutation_test", "measure_difficulty", "difficulty_rows", "rebalancing_strategies", "order_sentence"]
+           "PermutationJobs", "R2Statistic", "PositionStatistic", "r2_permutation_test", "position_permutation_test",
+           "measure_difficulty", "difficulty_rows", "rebalancing_strategies", "order_sentence"]
 
 STATISTICS_SCHEMA = pa.schema([
     ("strategy", pa.string()), ("memory_size", pa.int64()), ("metric", pa.string()),

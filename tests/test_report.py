@@ -332,7 +332,8 @@ def test_a_0_1_0_folder_with_trial_id_reads_the_same(tmp_path):
     assert "trial_id" in pq.read_schema(old / "matrices.parquet").names
     a, b = build_report(new), build_report(old)
     for name in ("table1.csv", "per_task_final.csv"):
-        pd.testing.assert_frame_equal(pd.read_csv(a.parent / name, index_col=0), pd.read_csv(b.parent / name, index_col=0))
+        pd.testing.assert_frame_equal(pd.read_csv(a.parent / name, index_col=0),
+                                      pd.read_csv(b.parent / name, index_col=0))
     n_runs = pd.read_parquet(old / "summary.parquet")["trial_id"].nunique()
     assert f"<b>{n_runs}</b> runs" in b.read_text()
 

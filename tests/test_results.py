@@ -4,7 +4,6 @@ import itertools
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from helpers_features import make_tasks

@@ -142,7 +142,8 @@ def test_linregress_interval_uses_the_t_quantile():
     beta, rss, *_ = np.linalg.lstsq(X, y, rcond=None)
     se = math.sqrt(rss[0] / (x.size - 2) * np.linalg.inv(X.T @ X)[1, 1])
     q = stats.t.ppf(0.975, x.size - 2)
-    assert slope == pytest.approx(beta[1]) and (lo, hi) == (pytest.approx(beta[1] - q * se), pytest.approx(beta[1] + q * se))
+    assert slope == pytest.approx(beta[1])
+    assert (lo, hi) == (pytest.approx(beta[1] - q * se), pytest.approx(beta[1] + q * se))
     assert p == pytest.approx(2 * stats.t.sf(abs(beta[1] / se), x.size - 2))
     assert n == 30 and lo < 0.03 < hi
 
@@ -288,7 +289,8 @@ def test_mean_interval_and_seed_noise(null_study):
     runs = summ.sort_values(["order", "seed"]).final_mean.to_numpy()
     ref = stats.bootstrap((runs,), np.mean, n_resamples=S.N_RESAMPLES, method="BCa",
                           rng=np.random.default_rng(S.SEED))
-    assert (m.ci_low, m.ci_high) == (pytest.approx(ref.confidence_interval.low), pytest.approx(ref.confidence_interval.high))
+    assert (m.ci_low, m.ci_high) == (pytest.approx(ref.confidence_interval.low),
+                                     pytest.approx(ref.confidence_interval.high))
     sd = _get(st, "seed_std", "final_mean")
     within = summ.groupby("order").final_mean.var(ddof=1).mean()  # balanced: pooled variance = mean of variances
     assert sd.value == pytest.approx(math.sqrt(within))
@@ -478,8 +480,8 @@ def test_engine_routing_adds_up_and_matches_task_id_acc(tasks):
                 q = tasks[t].test
                 assert got.sum() == q.shape[0]
                 assert got.get(t, 0) / q.shape[0] == pytest.approx(res.matrices["task_id_acc"][s, j])
-                mean_d = np.stack([np.sqrt(((q[:, :, None, :] - src.vectors(b)[None, None]) ** 2).sum(-1)).min(-1).mean(1)
-                                   for b in banks], axis=1)
+                dist = [np.sqrt(((q[:, :, None, :] - src.vectors(b)[None, None]) ** 2).sum(-1)) for b in banks]
+                mean_d = np.stack([d.min(-1).mean(1) for d in dist], axis=1)  # (images, banks)
                 chosen = [banks[k].tasks[0] for k in np.argmin(mean_d, axis=1)]
                 want = pd.Series(chosen).value_counts()
                 assert got.sort_index().to_dict() == want.sort_index().to_dict()
