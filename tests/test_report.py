@@ -391,6 +391,14 @@ def test_corrupt_parquet(copy_of):
         build_report(copy_of)
 
 
+@pytest.mark.parametrize("name", ["statistics.parquet", "routing.parquet"])
+def test_corrupt_order_tables_name_the_file(copy_of, name):
+    (copy_of / name).write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(PclsimError) as e:
+        build_report(copy_of)
+    assert name in str(e.value) and "\n" not in str(e.value)
+
+
 def test_unknown_metric_names_the_available_ones(copy_of):
     with pytest.raises(PclsimError) as e:
         build_report(copy_of, metric="image_f2")
