@@ -136,7 +136,7 @@ def test_linregress_interval_uses_the_t_quantile():
     rng = np.random.default_rng(4)
     x = np.repeat(np.arange(5), 6).astype(float)
     y = 0.8 + 0.03 * x + rng.normal(0, 0.02, x.size)
-    slope, (lo, hi), p, n, note = S._linregress_row(x, y)
+    slope, (lo, hi), p, n, note = S.linregress_ci(x, y)
     # by hand: OLS slope, residual variance with n - 2 degrees of freedom, t quantile
     X = np.column_stack([np.ones_like(x), x])
     beta, rss, *_ = np.linalg.lstsq(X, y, rcond=None)
