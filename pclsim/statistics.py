@@ -1,9 +1,9 @@
 """Task-order robustness as a statistical study: does the order matter, by how much, and why.
 
 Every statistic comes from the results tables (summary.parquet, matrices.parquet) and is computed
-with scipy.stats (the tests themselves: `pclsim.order_tests`); `statistics_table` returns them as one frame with STATISTICS_SCHEMA's columns
-(written as statistics.parquet by the sweep). A row is keyed by (strategy, memory_size, metric,
-quantity, statistic, task).
+with scipy.stats (the tests themselves live in `pclsim.order_tests`); `statistics_table` returns
+them as one frame with STATISTICS_SCHEMA's columns (written as statistics.parquet by the sweep). A
+row is keyed by (strategy, memory_size, metric, quantity, statistic, task).
 
 Quantities
 - per run (summary.parquet): `final_mean` (mean over tasks of a[T-1][j]) and `avg_forgetting_pct`
