@@ -1,6 +1,8 @@
 """k-NN queries/s: pclsim's faiss and torch paths vs anomalib's PatchcoreModel.nearest_neighbors.
 
-Default: 40 test images of 784 patches (31,360 queries) x a bank of 3,000 x 152 (lite0), k = 1.
+Default: 40 test images of 784 patches (31,360 queries) x a bank of 3,000 x 152 (lite0), k = 1; and the
+candidate-list shape of the study core (`--k 32` nearest among `--candidates 7,000`), torch against faiss,
+which decides `knn(backend="auto")`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ def main():
     ap.add_argument("--bank", type=int, default=3_000)
     ap.add_argument("--dim", type=int, default=152)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--candidates", type=int, default=7_000)
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     q = rng.normal(size=(a.queries, a.dim)).astype(np.float32)
@@ -32,6 +36,14 @@ def main():
         t_faiss, (d_f, _) = timed(lambda: knn(q, b, 1, backend="faiss"), repeat=3)
         out["faiss_qps"] = a.queries / t_faiss
         out["faiss_vs_torch_max_abs_diff"] = float(np.abs(d_f - d_t).max())
+    c = rng.normal(size=(a.candidates, a.dim)).astype(np.float32)
+    t_tk, (dk_t, _) = timed(lambda: knn(q, c, a.k, backend="torch", device=a.device), repeat=2)
+    out[f"torch_k{a.k}_qps"] = a.queries / t_tk
+    if faiss_available():
+        t_fk, (dk_f, _) = timed(lambda: knn(q, c, a.k, backend="faiss"), repeat=2)
+        out[f"faiss_k{a.k}_qps"] = a.queries / t_fk
+        out[f"faiss_vs_torch_k{a.k}_ratio"] = t_tk / t_fk
+        out[f"faiss_vs_torch_k{a.k}_max_abs_diff"] = float(np.abs(dk_f - dk_t).max())
     model_cls = anomalib_or_none("patchcore")
     if model_cls is not None:
         tq, tb = torch.from_numpy(q).to(a.device), torch.from_numpy(b).to(a.device)

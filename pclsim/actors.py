@@ -144,10 +144,14 @@ class ResultsWriter:
     def __init__(self, out_dir: str):
         self.out = Path(out_dir)
 
-    def write(self, group: str, matrices, steps) -> int:
+    def write(self, group: str, matrices, steps, routing=None, routed=None) -> int:
         from .results import atomic_write_table
 
-        # steps first: a group counts as done only once its matrices part exists too
+        # matrices last: a group counts as done only once every other part exists
         atomic_write_table(steps, self.out / "steps.parquet" / f"part-{group}.parquet")
+        if routing is not None:
+            atomic_write_table(routing, self.out / "routing.parquet" / f"part-{group}.parquet")
+        if routed is not None:
+            atomic_write_table(routed, self.out / "routed.parquet" / f"part-{group}.parquet")
         atomic_write_table(matrices, self.out / "matrices.parquet" / f"part-{group}.parquet")
         return matrices.num_rows

@@ -80,7 +80,7 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
 
     def _run():
         from .data import load_stream
-        from .scenario import expand_runs, group_runs, load_scenario, resolve
+        from .scenario import describe_orders, expand_runs, group_runs, load_scenario, resolve
 
         sc = load_scenario(scenario, data_root=data_root)
         tasks = load_stream(sc["dataset"], sc["dataset"]["root"])
@@ -90,16 +90,19 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
             sc["dataset"]["tasks"] = [t.name for t in tasks]
             sc = resolve(sc, scenario)
         n_files = check_stream(sc, tasks)  # everything the sweep's preflight checks, before any Ray
-        runs = expand_runs(sc)
-        orders = {r.order for r in runs}
+        n_orders, how = describe_orders(sc)
+        n_runs = n_orders * len(sc["strategies"]) * len(sc["memory_sizes"]) * len(sc["seeds"])
+        # group names do not depend on the orders: any stand-in for a difficulty order counts the groups
+        runs = expand_runs(sc, difficulty={t: 0.0 for t in sc["dataset"]["tasks"]})
         print(f"scenario {sc['name']}: ok ({n_files} image and mask files checked)")
         for t in tasks:
             n_anom = sum(s.label for s in t.test)
             print(f"  task {t.name}: {len(t.train)} train, {len(t.test)} test ({n_anom} anomalous), "
                   f"masks: {'yes' if t.has_masks else 'no'}")
-        print(f"tasks: {len(tasks)}  orders: {len(orders)}  strategies: {len(sc['strategies'])}  "
+        print(f"tasks: {len(tasks)}  orders: {n_orders}  strategies: {len(sc['strategies'])}  "
               f"memory sizes: {len(sc['memory_sizes'])}  seeds: {len(sc['seeds'])}  "
-              f"trials: {len(runs)} (in {len(group_runs(runs))} Tune trials)")
+              f"runs: {n_runs} (in {len(group_runs(runs))} Tune trials)")
+        print(f"orders: {how}")
 
     _guard(_run)
 

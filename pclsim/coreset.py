@@ -111,8 +111,10 @@ def greedy_coreset(x, k: int, *, projection_dim: int | str | None = 128, seed: i
     pdim, force = resolve_projection_dim(projection_dim, n)
     with torch.inference_mode():
         z = project(x, pdim, seed=seed, device=device, force=force)
-        # Squared norms in float32; distances via |z|^2 + |c|^2 - 2 z.c (one GEMV per step).
+        # distances are translation invariant: centring keeps |z|^2 small against the cross term
+        z = z - z.float().mean(0).to(z.dtype)
         sq = z.float().pow(2).sum(1)
+        # Squared norms in float32; distances via |z|^2 + |c|^2 - 2 z.c (one GEMV per step).
         selected = torch.empty(k, dtype=torch.int64, device=device)
         selected[0] = start
         idx = torch.tensor(start, device=device)
@@ -125,3 +127,4 @@ def greedy_coreset(x, k: int, *, projection_dim: int | str | None = 128, seed: i
             idx = torch.argmax(mind)
             selected[i] = idx
         return selected.cpu().numpy().astype(np.int64)
+

@@ -232,8 +232,10 @@ class OrderResult:
     matrices: dict[str, np.ndarray]
     bank_vectors: list[int]
     seconds: list[float] = field(default_factory=list)
-    routing: list = field(default_factory=list)
-    routed: list = field(default_factory=list)
+    # strategies that identify the task: (step, eval_task, chosen bank's task, test images routed there)
+    routing: list[tuple[int, str, str, int]] = field(default_factory=list)
+    # (step, eval_task, "correct" | "wrong", metric, value): metrics on the correctly / wrongly routed images
+    routed: list[tuple[int, str, str, str, float]] = field(default_factory=list)
 
     def rows(self):
         """(step, train_task, eval_task, metric, value) for every cell of every matrix."""

@@ -23,9 +23,10 @@ from .errors import PclsimError
 __all__ = ["build_report", "report_command", "MATRIX_COLUMNS", "SUMMARY_COLUMNS", "TABLE1_ROWS",
            "column_label"]
 
-MATRIX_COLUMNS = ["trial_id", "strategy", "memory_size", "seed", "order", "step", "train_task",
+_LEGACY_COLUMNS = {"trial_id": "run_id"}  # 0.1.0's names (results.LEGACY_COLUMNS)
+MATRIX_COLUMNS = ["run_id", "strategy", "memory_size", "seed", "order", "step", "train_task",
                   "eval_task", "metric", "value"]
-SUMMARY_COLUMNS = ["trial_id", "strategy", "memory_size", "seed", "order", "metric", "final_mean",
+SUMMARY_COLUMNS = ["run_id", "strategy", "memory_size", "seed", "order", "metric", "final_mean",
                    "avg_forgetting_pct", "bwt", "fwt", "relative_gap", "bank_mb", "arch_mb"]
 TABLE1_METRICS = ["image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_pr", "pixel_aupro"]
 TABLE1_ROWS = TABLE1_METRICS + ["bank_mb", "relative_gap", "avg_forgetting_pct"]
@@ -80,15 +81,18 @@ def _read(path: Path, columns: list[str], optional: tuple[str, ...] = (), metric
 
     d = _dataset(path)
     names = set(d.schema.names)
-    missing = [c for c in columns if c not in names]
+    # a 0.1.0 folder names the run column trial_id: read it under its new name
+    legacy = {new: old for old, new in _LEGACY_COLUMNS.items() if new not in names and old in names}
+    missing = [c for c in columns if c not in names and c not in legacy]
     if missing:
         raise PclsimError(f"{path}: missing column(s) {', '.join(missing)}")
-    cols = columns + [c for c in optional if c in names]
+    cols = [legacy.get(c, c) for c in columns] + [c for c in optional if c in names]
     try:
         table = d.to_table(columns=cols, filter=None if metric is None else ds.field("metric") == metric)
         df = table.to_pandas(strings_to_categorical=True)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise PclsimError(f"{path}: cannot read as Parquet: {_first_line(e)}") from None
+    df = df.rename(columns={old: new for new, old in legacy.items()})
     for c in cols:
         if c in ("memory_size", "seed", "step", "value", "final_mean", "avg_forgetting_pct", "bwt", "fwt",
                  "relative_gap", "bank_mb", "arch_mb") and not pd.api.types.is_numeric_dtype(df[c]):
@@ -176,7 +180,7 @@ class _Data:
         self.fig_strategies = list(dict.fromkeys(s for s, _ in self.fig_combos))
         self.fig_memory_sizes = sorted({m for _, m in self.fig_combos})
         self.n_orders = int(self.summary["order"].nunique())
-        self.n_trials = int(self.summary["trial_id"].nunique())
+        self.n_runs = int(self.summary["run_id"].nunique())
         self.n_seeds = int(self.summary["seed"].nunique())
         self.first_order = self._first_order(orders)
         # tasks in the scenario's order where known: colours and table rows follow it
@@ -213,7 +217,7 @@ def _table1(d: _Data) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     for m in TABLE1_METRICS:
         if m in per_metric.index.get_level_values("metric"):
             rows[m] = per_metric.xs(m, level="metric")
-    # bank size is per trial; take it from the chosen metric's rows (one per trial)
+    # bank size is per run; take it from the chosen metric's rows (one per run)
     for col in ("bank_mb", "relative_gap", "avg_forgetting_pct"):
         rows[col] = d.summ_m.groupby(keys, observed=True)[col].agg(["mean", "std", "count"])
     labels = [column_label(st, m) for st, m in d.combos]
@@ -456,7 +460,7 @@ def _fig_robustness(d: _Data, out: Path) -> tuple[str, str]:
     fig.suptitle(f"Robustness to task order: distribution over {d.n_orders} order(s)"
                  + (f" and {d.n_seeds} seeds" if d.n_seeds > 1 else ""), fontsize=11)
     name = _save(fig, out, "order_robustness.png")
-    return name, (f"Distribution over task orders of each trial's final mean {d.metric} (left) and average "
+    return name, (f"Distribution over task orders of each run's final mean {d.metric} (left) and average "
                   "forgetting (right), per strategy and memory size. Boxes: quartiles; whiskers: 1.5 IQR.")
 
 
@@ -649,7 +653,7 @@ def _html_table(frame: pd.DataFrame, cell) -> str:
             + "\n</tbody></table></div>")
 
 
-def _page(d: _Data, mean, std, per_task, figs, gallery_note: str) -> str:
+def _page(d: _Data, mean, std, per_task, figs, gallery_note: str, order_html: str = "") -> str:
     sc = d.scenario
     ds = sc.get("dataset") or {}
     model = sc.get("model") or {}
@@ -662,7 +666,7 @@ def _page(d: _Data, mean, std, per_task, figs, gallery_note: str) -> str:
             ("orders", f"{d.n_orders} (first: {' > '.join(d.first_order)})"),
             ("strategies", ", ".join(d.strategies)),
             ("memory sizes", ", ".join(map(str, d.memory_sizes))),
-            ("seeds", str(d.n_seeds)), ("trials (runs)", str(d.n_trials))]
+            ("seeds", str(d.n_seeds)), ("runs", str(d.n_runs))]
     if sc.get("coreset"):
         meta.append(("coreset", ", ".join(f"{k}: {v}" for k, v in sc["coreset"].items())))
     parts = [
@@ -670,14 +674,14 @@ def _page(d: _Data, mean, std, per_task, figs, gallery_note: str) -> str:
         f"<title>pclsim report: {_e(sc.get('name', d.root.name))}</title>", f"<style>{_CSS}</style></head><body>",
         f"<h1>pclsim report: {_e(sc.get('name', d.root.name))}</h1>",
         f"<p>Metric shown in the figures: <b>{_e(d.metric)}</b>. Study: <b>{d.n_orders}</b> task order(s), "
-        f"<b>{d.n_trials}</b> trials, {len(d.strategies)} strategies, {len(d.memory_sizes)} memory size(s), "
+        f"<b>{d.n_runs}</b> runs, {len(d.strategies)} strategies, {len(d.memory_sizes)} memory size(s), "
         f"{d.n_seeds} seed(s).</p>",
         '<table class="meta"><tbody>' + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in meta)
         + "</tbody></table>",
         "<h2>Table 1</h2>",
         "<p class=\"note\">The layout of the paper's Table 1. Metric rows: final mean over tasks (after the whole "
         "stream) of each metric, then the mean over orders and seeds"
-        + (" &plusmn; the standard deviation over trials" if (d.n_trials > len(d.combos)) else "")
+        + (" &plusmn; the standard deviation over runs" if (d.n_runs > len(d.combos)) else "")
         + f". Bank MB: decimal MB of float32 vectors stored after the last task. Relative gap and average "
         f"forgetting are computed on <b>{_e(d.metric)}</b>. Pixel metrics are averaged over the tasks that "
         "have masks; &ldquo;&ndash;&rdquo; marks a value that does not exist (e.g. the gap of joint to itself). "
@@ -689,6 +693,7 @@ def _page(d: _Data, mean, std, per_task, figs, gallery_note: str) -> str:
         "<p class=\"note\">Each task's value after the whole stream, mean over orders and seeds. "
         "Also in <a href=\"per_task_final.csv\">per_task_final.csv</a>.</p>",
         _html_table(per_task, lambda r, c: r if c is None else _fmt("", per_task.loc[r, c])),
+        order_html,
         "<h2>Figures</h2>",
     ]
     for name, cap in figs:
@@ -697,7 +702,7 @@ def _page(d: _Data, mean, std, per_task, figs, gallery_note: str) -> str:
         parts.append(f'<p class="note">{_e(gallery_note)}</p>')
     parts += [
         "<h2>Notes</h2>",
-        "<p class=\"note\">Average forgetting (percent) of a trial with T tasks and accuracy matrix a[t][j] "
+        "<p class=\"note\">Average forgetting (percent) of a run with T tasks and accuracy matrix a[t][j] "
         "(row: after training step t; column: the task trained at step j): 100/(T&minus;1) &middot; "
         "&sum;<sub>i&lt;T&minus;1</sub> (a[i][i] &minus; a[T&minus;1][i]) / a[i][i], i.e. the relative drop of each "
         "task from just after it was learned to the end of the stream. The authors' script divided by 9 "
@@ -766,6 +771,11 @@ def build_report(results_dir, metric: str = "image_f1", out_dir=None) -> Path:
     if gal:
         figs.append(gal)
     note = f"Gallery files that could not be read and were skipped: {', '.join(bad)}." if bad else ""
+    from .report_order import order_section
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        order_html, _ = order_section(d, out)  # "Does the order matter?" with its own figures
     index = out / "index.html"
-    _write_text(index, _page(d, mean, std, per_task, figs, note))
+    _write_text(index, _page(d, mean, std, per_task, figs, note, order_html))
     return index

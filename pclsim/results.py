@@ -1,4 +1,21 @@
-"""The results folder: Parquet tables with the interface.md schema, written atomically, and the summary."""
+"""The results folder: Parquet tables with the interface.md schema, written atomically, and the summary.
+
+Tables (one row per ...):
+- matrices.parquet/ (MATRIX_SCHEMA): (run, step, eval_task, metric), the full T x T matrices.
+- steps.parquet/ (STEPS_SCHEMA): (run, step): bank vectors, bank MB (decimal MB of float32), seconds.
+- summary.parquet (SUMMARY_COLUMNS): (run, metric): continual metrics of the run's matrix.
+- routing.parquet/ (ROUTING_SCHEMA): (run, step, true task, chosen bank's task): test images routed,
+  for strategies that identify the task (method.md section 3). Per (run, step, true task) the
+  counts add up to that task's test images; the diagonal share is `task_id_acc`.
+- routed.parquet/ (ROUTED_SCHEMA): (run, step, eval_task, routed, metric): every image metric on the
+  correctly ("correct") and wrongly ("wrong") routed test images of a task (NaN where undefined,
+  e.g. AUROC over images of one class).
+- statistics.parquet (STATISTICS_SCHEMA, see `pclsim.statistics`): (strategy, memory_size, metric,
+  quantity, statistic[, task]): the order-robustness study.
+
+`run_id` names one simulated run, i.e. one (strategy, memory_size, seed, order). 0.1.0 called it
+`trial_id`; `read_table` accepts both (LEGACY_COLUMNS).
+"""
 
 from __future__ import annotations
 
@@ -14,22 +31,35 @@ import pyarrow.parquet as pq
 from . import metrics as M
 from .protocol import OrderResult
 from .scenario import Run
+from .statistics import STATISTICS_SCHEMA
 
-__all__ = ["MATRIX_SCHEMA", "SUMMARY_COLUMNS", "atomic_write_table", "atomic_write_bytes", "rows_table", "steps_table",
-           "done_groups", "read_matrices", "build_summary", "chance_level"]
+__all__ = ["MATRIX_SCHEMA", "STEPS_SCHEMA", "SUMMARY_COLUMNS", "ROUTING_SCHEMA", "ROUTED_SCHEMA", "STATISTICS_SCHEMA",
+           "LEGACY_COLUMNS", "atomic_write_table", "atomic_write_bytes", "rows_table", "steps_table", "routing_table",
+           "routed_metrics_table", "done_groups", "read_table", "read_matrices", "build_summary", "chance_level"]
 
-MATRIX_SCHEMA = pa.schema([
-    ("trial_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
-    ("order", pa.string()), ("step", pa.int64()), ("train_task", pa.string()), ("eval_task", pa.string()),
+_RUN = [("run_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
+        ("order", pa.string())]
+MATRIX_SCHEMA = pa.schema(_RUN + [
+    ("step", pa.int64()), ("train_task", pa.string()), ("eval_task", pa.string()),
     ("metric", pa.string()), ("value", pa.float64()),
 ])
 STEPS_SCHEMA = pa.schema([
-    ("trial_id", pa.string()), ("step", pa.int64()), ("train_task", pa.string()),
+    ("run_id", pa.string()), ("step", pa.int64()), ("train_task", pa.string()),
     ("bank_vectors", pa.int64()), ("bank_mb", pa.float64()), ("seconds", pa.float64()),
 ])
-SUMMARY_COLUMNS = ["trial_id", "strategy", "memory_size", "seed", "order", "metric", "final_mean",
+SUMMARY_COLUMNS = ["run_id", "strategy", "memory_size", "seed", "order", "metric", "final_mean",
                    "avg_forgetting_pct", "bwt", "fwt", "relative_gap", "bank_mb", "arch_mb",
                    "avg_forgetting_paper_pct", "max_forgetting"]
+ROUTING_SCHEMA = pa.schema(_RUN + [
+    ("step", pa.int64()), ("true_task", pa.string()), ("chosen_task", pa.string()), ("images", pa.int64()),
+])
+ROUTED_SCHEMA = pa.schema(_RUN + [
+    ("step", pa.int64()), ("eval_task", pa.string()), ("routed", pa.string()), ("metric", pa.string()),
+    ("value", pa.float64()),
+])
+# statistics.parquet: one row per (strategy, memory_size, metric, quantity, statistic, task); the
+# schema and what each statistic means (and which test) live in pclsim.statistics.
+LEGACY_COLUMNS = {"trial_id": "run_id"}
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
@@ -70,11 +100,7 @@ def rows_table(pairs: list[tuple[Run, OrderResult]]) -> pa.Table:
     cols = {f.name: [] for f in MATRIX_SCHEMA}
     for run, res in pairs:
         for step, train_task, eval_task, metric, value in res.rows():
-            cols["trial_id"].append(run.trial_id)
-            cols["strategy"].append(run.strategy)
-            cols["memory_size"].append(run.memory_size)
-            cols["seed"].append(run.seed)
-            cols["order"].append(run.order_str)
+            _run_columns(cols, run)
             cols["step"].append(step)
             cols["train_task"].append(train_task)
             cols["eval_task"].append(eval_task)
@@ -87,13 +113,78 @@ def steps_table(pairs: list[tuple[Run, OrderResult]], dim: int) -> pa.Table:
     cols = {f.name: [] for f in STEPS_SCHEMA}
     for run, res in pairs:
         for s, n in enumerate(res.bank_vectors):
-            cols["trial_id"].append(run.trial_id)
+            cols["run_id"].append(run.run_id)
             cols["step"].append(s)
             cols["train_task"].append(run.order[s])
             cols["bank_vectors"].append(int(n))
             cols["bank_mb"].append(M.memory_mb(n, dim))
             cols["seconds"].append(float(res.seconds[s]) if res.seconds else float("nan"))
     return pa.Table.from_pydict(cols, schema=STEPS_SCHEMA)
+
+
+def _run_columns(cols: dict, run: Run) -> None:
+    cols["run_id"].append(run.run_id)
+    cols["strategy"].append(run.strategy)
+    cols["memory_size"].append(run.memory_size)
+    cols["seed"].append(run.seed)
+    cols["order"].append(run.order_str)
+
+
+def routing_table(pairs: list[tuple[Run, OrderResult]]) -> pa.Table:
+    """routing.parquet rows: per run, step, true task and chosen bank's task, the test images routed there.
+
+    Reads `OrderResult.routing` (step, eval_task, chosen_task, n_images); runs of strategies that do
+    not identify the task have none and give no rows. Raises ValueError on a negative count.
+    """
+    cols = {f.name: [] for f in ROUTING_SCHEMA}
+    for run, res in pairs:
+        for step, true_task, chosen_task, n in res.routing:
+            if int(n) < 0:
+                raise ValueError(f"run {run.run_id}: negative routing count {n} at step {step} for {true_task}")
+            _run_columns(cols, run)
+            cols["step"].append(int(step))
+            cols["true_task"].append(true_task)
+            cols["chosen_task"].append(chosen_task)
+            cols["images"].append(int(n))
+    return pa.Table.from_pydict(cols, schema=ROUTING_SCHEMA)
+
+
+def routed_metrics_table(pairs: list[tuple[Run, OrderResult]]) -> pa.Table:
+    """routed.parquet rows: image metrics on the correctly / wrongly routed test images of a task.
+
+    Reads `OrderResult.routed` (step, eval_task, "correct" | "wrong", metric, value); NaN values are
+    kept (a metric undefined on that subset, e.g. AUROC when it holds one class only).
+    Raises ValueError on a routed label other than "correct" or "wrong".
+    """
+    cols = {f.name: [] for f in ROUTED_SCHEMA}
+    for run, res in pairs:
+        for step, eval_task, routed, metric, value in res.routed:
+            if routed not in ("correct", "wrong"):
+                raise ValueError(f"run {run.run_id}: routed must be 'correct' or 'wrong', got {routed!r}")
+            _run_columns(cols, run)
+            cols["step"].append(int(step))
+            cols["eval_task"].append(eval_task)
+            cols["routed"].append(routed)
+            cols["metric"].append(metric)
+            cols["value"].append(float(value))
+    return pa.Table.from_pydict(cols, schema=ROUTED_SCHEMA)
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """A results table (a Parquet file or a folder of part files) as one frame, old names renamed.
+
+    0.1.0 folders name the run column `trial_id`; it comes back as `run_id`. `columns` may use
+    the new names. Raises FileNotFoundError when the path does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    if columns is not None:
+        have = set(pq.ParquetDataset(path).schema.names)
+        old = {v: k for k, v in LEGACY_COLUMNS.items()}
+        columns = [old[c] if c not in have and old.get(c) in have else c for c in columns]
+    df = pd.read_parquet(path, columns=columns)
+    return df.rename(columns={k: v for k, v in LEGACY_COLUMNS.items() if k in df.columns and v not in df.columns})
 
 
 def done_groups(out: Path) -> set[str]:
@@ -105,7 +196,7 @@ def done_groups(out: Path) -> set[str]:
 
 
 def read_matrices(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(out / "matrices.parquet")
+    return read_table(Path(out) / "matrices.parquet")
 
 
 def chance_level(metric: str, labels: np.ndarray | None = None, masks: np.ndarray | None = None,
@@ -125,12 +216,17 @@ def chance_level(metric: str, labels: np.ndarray | None = None, masks: np.ndarra
 
 def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[str, str], float],
                   arch_mb: float) -> pd.DataFrame:
-    """One row per (trial, metric): continual metrics of its T x T matrix; relative gap against joint."""
+    """One row per (run, metric): continual metrics of its T x T matrix; relative gap against joint.
+
+    mat: matrices.parquet rows; steps: steps.parquet rows (either may use 0.1.0's `trial_id`).
+    """
     out = []
-    final_bank = steps.sort_values("step").groupby("trial_id")["bank_mb"].last()
-    keys = ["trial_id", "strategy", "memory_size", "seed", "order", "metric"]
+    mat = mat.rename(columns=LEGACY_COLUMNS)
+    steps = steps.rename(columns=LEGACY_COLUMNS)
+    final_bank = steps.sort_values("step").groupby("run_id")["bank_mb"].last()
+    keys = ["run_id", "strategy", "memory_size", "seed", "order", "metric"]
     for key, g in mat.groupby(keys, sort=True):
-        trial_id, strategy, msize, seed, order, metric = key
+        run_id, strategy, msize, seed, order, metric = key
         tasks = order.split(" > ")
         T = len(tasks)
         pos = {t: i for i, t in enumerate(tasks)}
@@ -148,7 +244,7 @@ def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[
         row["bwt"] = M.bwt(a) if full else np.nan
         base = np.array([baselines.get((t, metric), np.nan) for t in tasks])
         row["fwt"] = M.fwt(a, base) if full and not np.isnan(base).any() else np.nan
-        row["bank_mb"] = float(final_bank.get(trial_id, np.nan))
+        row["bank_mb"] = float(final_bank.get(run_id, np.nan))
         row["arch_mb"] = arch_mb
         out.append(row)
     df = pd.DataFrame(out, columns=[c for c in SUMMARY_COLUMNS if c != "relative_gap"])

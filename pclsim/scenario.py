@@ -17,7 +17,8 @@ import yaml
 from .errors import ScenarioError
 from .strategies import REBALANCES, STRATEGIES
 
-__all__ = ["DEFAULTS", "load_scenario", "resolve", "Run", "expand_runs", "group_runs", "scenario_hash"]
+__all__ = ["DEFAULTS", "load_scenario", "resolve", "Run", "expand_runs", "group_runs", "scenario_hash",
+           "DIFFICULTY_ORDERS", "needs_difficulty", "difficulty_order", "describe_orders"]
 
 BMAD_ORDER = ["Brain_AD", "Liver_AD", "Retina_RESC_AD", "Chest_AD", "Histopathology_AD", "Retina_OCT2017_AD"]
 
@@ -41,6 +42,8 @@ DEFAULTS = {
         "reweighting": "paper",
         "batch_size": 32,
     },
+    # all | {sample: N, seed: S} | easy_to_hard | hard_to_easy | a list of orders (task lists or either keyword);
+    # easy_to_hard: by each task's single-task image AUROC at the largest memory size, measured in the study
     "orders": "all",
     "strategies": ["patchcore_cl", "multi_model", "joint", "finetune"],
     "memory_sizes": [1000, 3000],
@@ -173,15 +176,72 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
     _int(src, "evaluation.gallery", sc["evaluation"]["gallery"], lo=0)
     if tasks is not None:
         _check_orders(sc, src)
-        n_max = max(len(o) for o in _orders(sc))
+        n_max = max(len(tasks) if o in DIFFICULTY_ORDERS else len(o) for o in _order_entries(sc))
         if min(ms) < n_max:
             _fail(src, "memory_sizes", f"memory size {min(ms)} is smaller than the number of tasks ({n_max})")
     return sc
 
 
+DIFFICULTY_ORDERS = ("easy_to_hard", "hard_to_easy")
+
+
+def needs_difficulty(sc: dict) -> bool:
+    """Whether the scenario's orders are decided by each task's measured difficulty (easy_to_hard, hard_to_easy)."""
+    o = sc["orders"]
+    return o in DIFFICULTY_ORDERS or (isinstance(o, list) and any(x in DIFFICULTY_ORDERS for x in o
+                                                                  if isinstance(x, str)))
+
+
+def _order_entries(sc: dict) -> list:
+    """The orders as listed (a difficulty keyword stands for its order); 'all' and sample expanded."""
+    o = sc["orders"]
+    if o in DIFFICULTY_ORDERS:
+        return [o]
+    if isinstance(o, list):
+        return [x if isinstance(x, str) else tuple(x) for x in o]
+    return _orders(sc)
+
+
+def difficulty_order(tasks: list[str] | tuple[str, ...], difficulty: dict[str, float], kind: str) -> tuple[str, ...]:
+    """Tasks sorted by measured difficulty: easy_to_hard = highest single-task image AUROC first.
+
+    difficulty: {task: single-task PatchCore image AUROC} (see statistics.measure_difficulty).
+    Ties keep the scenario's task order; hard_to_easy is the exact reverse of easy_to_hard.
+    Raises ScenarioError when a task has no (finite) difficulty.
+    """
+    missing = [t for t in tasks if t not in difficulty or not np.isfinite(difficulty[t])]
+    if missing:
+        raise ScenarioError(f"orders: '{kind}' needs the measured difficulty of every task; missing for "
+                            f"{', '.join(missing)}")
+    easy = sorted(tasks, key=lambda t: (-float(difficulty[t]), list(tasks).index(t)))
+    return tuple(easy) if kind == "easy_to_hard" else tuple(reversed(easy))
+
+
+def describe_orders(sc: dict) -> tuple[int, str]:
+    """(number of orders, how they are chosen) of a resolved scenario, without measuring anything.
+
+    For easy_to_hard / hard_to_easy the count is an upper bound: an order that coincides with
+    another one once the difficulty is measured is run once.
+    """
+    o = sc["orders"]
+    if needs_difficulty(sc):
+        entries = [o] if isinstance(o, str) else o
+        kinds = sorted({x for x in entries if isinstance(x, str)})
+        return len(entries), (f"{' and '.join(kinds)}: decided by each task's measured difficulty (single-task "
+                              f"PatchCore image AUROC at M={max(sc['memory_sizes'])}), measured when the sweep runs")
+    n = len(_orders(sc))
+    if o == "all":
+        return n, "every permutation of the tasks"
+    if isinstance(o, dict):
+        return n, f"a seeded sample of permutations (seed {o.get('seed', 0)})"
+    return n, "listed in the scenario"
+
+
 def _check_orders(sc: dict, src: str) -> None:
     o = sc["orders"]
     tasks = sc["dataset"]["tasks"]
+    if o in DIFFICULTY_ORDERS:
+        return
     if o == "all":
         if len(tasks) > 8:
             _fail(src, "orders", f"'all' over {len(tasks)} tasks is {math.factorial(len(tasks))} orders; use sample")
@@ -195,10 +255,12 @@ def _check_orders(sc: dict, src: str) -> None:
             _fail(src, "orders.sample", f"{o['sample']} exceeds the {math.factorial(len(tasks))} possible orders")
         return
     if not isinstance(o, list) or not o:
-        _fail(src, "orders", "expected 'all', {sample: N, seed: S} or a list of orders")
+        _fail(src, "orders", "expected 'all', {sample: N, seed: S}, easy_to_hard, hard_to_easy or a list of orders")
     for n, order in enumerate(o):
+        if order in DIFFICULTY_ORDERS:
+            continue
         if not isinstance(order, list) or not order:
-            _fail(src, f"orders[{n}]", "expected a list of task names")
+            _fail(src, f"orders[{n}]", "expected a list of task names, easy_to_hard or hard_to_easy")
         for t in order:
             if t not in tasks:
                 _fail(src, f"orders[{n}]", f"unknown task {t!r} (tasks: {', '.join(tasks)})")
@@ -207,9 +269,19 @@ def _check_orders(sc: dict, src: str) -> None:
             _fail(src, f"orders[{n}]", f"duplicate task {dup!r}")
 
 
-def _orders(sc: dict) -> list[tuple[str, ...]]:
+def _orders(sc: dict, difficulty: dict[str, float] | None = None) -> list[tuple[str, ...]]:
     o = sc["orders"]
     tasks = tuple(sc["dataset"]["tasks"])
+    if needs_difficulty(sc):
+        if difficulty is None:
+            raise ScenarioError("orders: easy_to_hard / hard_to_easy are decided by each task's measured "
+                                "difficulty, which is not known yet (it is measured once the features exist)")
+        out = []
+        for x in (o if isinstance(o, list) else [o]):
+            order = difficulty_order(tasks, difficulty, x) if isinstance(x, str) else tuple(x)
+            if order not in out:  # e.g. an explicit list equal to easy_to_hard: run it once
+                out.append(order)
+        return out
     if o == "all":
         return list(itertools.permutations(tasks))
     if isinstance(o, dict):
@@ -273,14 +345,26 @@ class Run:
         return " > ".join(self.order)
 
     @property
-    def trial_id(self) -> str:
+    def run_id(self) -> str:
+        """The `run_id` column of the results (interface.md): names this (strategy, memory size, seed, order)."""
         h = hashlib.sha1(self.order_str.encode()).hexdigest()[:10]
         return f"{self.strategy}-M{self.memory_size}-s{self.seed}-{h}"
 
+    @property
+    def trial_id(self) -> str:
+        """Deprecated alias of `run_id` (0.1.0's name; a Tune trial carries a group of runs)."""
+        return self.run_id
 
-def expand_runs(sc: dict) -> list[Run]:
+
+def expand_runs(sc: dict, difficulty: dict[str, float] | None = None) -> list[Run]:
+    """Every (strategy, memory size, seed, order) of a resolved scenario.
+
+    difficulty: {task: single-task image AUROC}, needed (and only used) when the orders are
+    easy_to_hard / hard_to_easy; ScenarioError when it is needed but missing or incomplete.
+    """
+    orders = _orders(sc, difficulty)
     return [Run(s, m, seed, o) for seed in sc["seeds"] for s in sc["strategies"]
-            for m in sc["memory_sizes"] for o in _orders(sc)]
+            for m in sc["memory_sizes"] for o in orders]
 
 
 def group_runs(runs: list[Run], max_orders: int = 720) -> dict[str, list[Run]]:

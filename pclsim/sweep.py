@@ -14,7 +14,7 @@ import yaml
 
 from . import __version__
 from .errors import Interrupted, PclsimError
-from .scenario import expand_runs, group_runs, load_scenario, scenario_hash
+from .scenario import expand_runs, group_runs, load_scenario, needs_difficulty, scenario_hash
 
 __all__ = ["run_sweep", "prepare_output"]
 
@@ -51,7 +51,7 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
     shutil.rmtree(out / ".tune", ignore_errors=True)
     if fresh:
         for name in ("matrices.parquet", "steps.parquet", "summary.parquet", "tasks.parquet", "run_info.json",
-                     "report", "gallery"):
+                     "report", "gallery", "statistics.parquet", "routing.parquet", "routed.parquet"):
             p = out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -91,7 +91,9 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
         sc = resolve(sc, scenario_path)
     cache_root = Path(cache_dir).resolve() if cache_dir else None
     check_stream(sc, streams, cache_dir=cache_root)  # all that can fail before the sweep fails here, before Ray
-    runs = expand_runs(sc)
+    # easy_to_hard / hard_to_easy: the orders are set once the features exist (_run_ray); group
+    # names and counts do not depend on them, so a stand-in difficulty plans the groups
+    runs = expand_runs(sc, difficulty=_stand_in_difficulty(sc) if needs_difficulty(sc) else None)
     groups = group_runs(runs)
     prepare_output(sc, out_dir, fresh, data_fingerprint(sc, streams))
     _write_json(out_dir / "data.json", _data_record(streams))
@@ -225,7 +227,10 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
     try:
         cache = str(cache_root or _default_cache())
         task_refs, feature_keys, dim = _extract_features(ray, sc, streams, out_dir, cache, quiet, debug)
-        gallery_run = _gallery_run(sc) if want_gallery else None
+        difficulty = None
+        if needs_difficulty(sc):
+            difficulty, todo = _order_by_difficulty(ray, sc, task_refs, todo, out_dir, quiet)
+        gallery_run = _gallery_run(sc, difficulty) if want_gallery else None
         runs = [r for rs in todo.values() for r in rs] + ([gallery_run] if gallery_run else [])
         prepared = _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet)
         _stage(debug, "banks done")
@@ -406,15 +411,50 @@ def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, 
         raise Interrupted(f"interrupted after {total - len(left)} of {total} trials; rerun the same command to resume")
 
 
-def _gallery_run(sc):
+def _gallery_run(sc, difficulty=None):
     """The state the gallery shows: PatchCoreCL (else the first strategy) at the largest memory size,
     after every task of the first order."""
     from .scenario import expand_runs
 
-    runs = expand_runs(sc)
+    runs = expand_runs(sc, difficulty)
     strat = "patchcore_cl" if "patchcore_cl" in sc["strategies"] else sc["strategies"][0]
     m = max(sc["memory_sizes"])
     return next(r for r in runs if r.strategy == strat and r.memory_size == m)
+
+
+def _stand_in_difficulty(sc) -> dict:
+    """Any difficulty plans the groups of a difficulty-decided scenario: names and counts do not depend on it."""
+    return {t: 0.0 for t in sc["dataset"]["tasks"]}
+
+
+def _order_by_difficulty(ray, sc, task_refs, todo, out_dir, quiet):
+    """easy_to_hard / hard_to_easy: measure every task's single-task image AUROC at the largest
+    memory size (statistics.measure_difficulty, in a Ray task next to the features), record it in
+    tasks.parquet (columns difficulty_image_auroc, difficulty_rank: 1 = easiest) and give the groups
+    still to run their real orders. Returns (difficulty, todo)."""
+    import pyarrow as pa
+
+    from .results import atomic_write_table
+
+    names = list(task_refs)
+
+    @ray.remote(num_cpus=1)
+    def measure(scenario, *features):
+        from .statistics import measure_difficulty
+
+        return measure_difficulty(dict(zip(names, features)), scenario)
+
+    _say(quiet, "measuring each task's single-task difficulty for the order")
+    measured = ray.get(measure.remote(sc, *[task_refs[n] for n in names]))
+    values = measured["values"]
+    path = out_dir / "tasks.parquet"
+    tasks = pd.read_parquet(path)
+    ranked = sorted(values, key=lambda t: -values[t])
+    tasks["difficulty_image_auroc"] = tasks["task"].map(values).astype(float)
+    tasks["difficulty_rank"] = tasks["task"].map({t: i + 1 for i, t in enumerate(ranked)}).astype("int64")
+    atomic_write_table(pa.Table.from_pandas(tasks, preserve_index=False), path)
+    real = group_runs(expand_runs(sc, difficulty=values))
+    return values, {g: real[g] for g in todo}
 
 
 def _root_cause(e: BaseException) -> BaseException:
@@ -454,7 +494,7 @@ def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_k
     import ray
     from ray import tune
 
-    from .results import rows_table, steps_table
+    from .results import routed_metrics_table, routing_table, rows_table, steps_table
 
     t0 = time.perf_counter()
     group = config["group"]
@@ -464,7 +504,8 @@ def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_k
                                             lambda: [_from_cache(*feature_keys[n]) for n in names])))
     pairs = _run_prepared(ray, runs, tasks, prepared, scenario)
     t1 = time.perf_counter()
-    ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim)))
+    ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim), routing_table(pairs),
+                                routed_metrics_table(pairs)))
     print(f"trial {group}: {len(runs)} runs, compute {t1 - t0:.1f} s, write {time.perf_counter() - t1:.1f} s",
           file=sys.stderr, flush=True)
     tune.report({"runs": len(runs)})
@@ -521,8 +562,10 @@ def _finish(sc, out_dir: Path, streams, quiet, cache_root):
 
     from .results import atomic_write_table, build_summary, chance_level
 
-    mat = pd.read_parquet(out_dir / "matrices.parquet")
-    steps = pd.read_parquet(out_dir / "steps.parquet")
+    from .results import read_table
+
+    mat = read_table(out_dir / "matrices.parquet")
+    steps = read_table(out_dir / "steps.parquet")
     tasks = pd.read_parquet(out_dir / "tasks.parquet").set_index("task")
     baselines = {}
     for t, row in tasks.iterrows():
@@ -533,15 +576,40 @@ def _finish(sc, out_dir: Path, streams, quiet, cache_root):
             baselines[(t, metric)] = chance_level(metric, np.array([row.image_prevalence]), pix, n_tasks=len(tasks))
     summary = build_summary(mat, steps, baselines, float(tasks["arch_mb"].iloc[0]))
     atomic_write_table(pa.Table.from_pandas(summary, preserve_index=False), out_dir / "summary.parquet")
+    stats = _write_statistics(sc, out_dir, summary, mat, tasks, quiet)
     if not quiet:
-        _print_table(summary, sc)
+        _print_table(summary, sc, stats)
 
 
-def _print_table(summary: pd.DataFrame, sc) -> None:
+def _write_statistics(sc, out_dir: Path, summary: pd.DataFrame, mat: pd.DataFrame, tasks: pd.DataFrame, quiet):
+    """statistics.parquet: the order-robustness study of everything in the folder (pclsim.statistics)."""
+    import pyarrow as pa
+
+    from .results import STATISTICS_SCHEMA, atomic_write_table
+    from .statistics import statistics_table
+
+    difficulty = None
+    if "difficulty_image_auroc" in tasks.columns and tasks["difficulty_image_auroc"].notna().all():
+        difficulty = {"values": tasks["difficulty_image_auroc"].astype(float).to_dict(),
+                      "memory_size": max(sc["memory_sizes"]), "seeds": list(sc["seeds"])}
+    _say(quiet, "order statistics ...")
+    stats = statistics_table(summary, mat, difficulty=difficulty, progress=not quiet)
+    atomic_write_table(pa.Table.from_pandas(stats, schema=STATISTICS_SCHEMA, preserve_index=False),
+                       out_dir / "statistics.parquet")
+    return stats
+
+
+def _print_table(summary: pd.DataFrame, sc, stats: pd.DataFrame | None = None) -> None:
+    from .statistics import order_sentence
+
     key = "image_f1" if "image_f1" in set(summary.metric) else summary.metric.iloc[0]
     s = summary[summary.metric == key]
     t = s.groupby(["strategy", "memory_size"]).agg(final_mean=("final_mean", "mean"),
                                                     forgetting_pct=("avg_forgetting_pct", "mean"),
-                                                    bank_mb=("bank_mb", "mean"), runs=("trial_id", "count"))
+                                                    bank_mb=("bank_mb", "mean"), runs=("run_id", "count"))
     print(f"\n{key}: mean over orders and seeds", file=sys.stderr)
     print(t.round(3).to_string(), file=sys.stderr)
+    if stats is not None and s["order"].nunique() > 1:
+        print("\nDoes the order matter? (statistics.parquet)", file=sys.stderr)
+        for strategy, m in t.index:
+            print("  " + order_sentence(stats, strategy, int(m), key), file=sys.stderr)

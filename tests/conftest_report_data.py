@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 import yaml
 
 MATRIX_SCHEMA = pa.schema([
-    ("trial_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
+    ("run_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
     ("order", pa.string()), ("step", pa.int64()), ("train_task", pa.string()), ("eval_task", pa.string()),
     ("metric", pa.string()), ("value", pa.float64()),
 ])
 SUMMARY_SCHEMA = pa.schema([
-    ("trial_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
+    ("run_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
     ("order", pa.string()), ("metric", pa.string()), ("final_mean", pa.float64()),
     ("avg_forgetting_pct", pa.float64()), ("bwt", pa.float64()), ("fwt", pa.float64()),
     ("relative_gap", pa.float64()), ("bank_mb", pa.float64()), ("arch_mb", pa.float64()),
@@ -42,7 +42,7 @@ ARCH_MB = 18.6
 NO_MASK_HINTS = ("Chest", "Histopathology", "OCT2017")
 
 
-def trial_id(strategy: str, memory_size: int, seed: int, order: str) -> str:
+def run_id(strategy: str, memory_size: int, seed: int, order: str) -> str:
     return f"{strategy}-M{memory_size}-s{seed}-{hashlib.sha1(order.encode()).hexdigest()[:10]}"
 
 
@@ -77,12 +77,37 @@ def _values(strategy, metric, M, base, P, rng):
     return np.clip(a, 0.0, 1.0)
 
 
+TEST_IMAGES = 40  # per task, for the routing counts
+
+
 def _task_id_values(P, rng):
+    """Share of a task's test images routed to its own bank: whole images out of TEST_IMAGES; 1 while
+    one bank exists (nothing to choose), 0 for tasks not seen yet (they have no bank)."""
     n_orders, T = P.shape
     t = np.arange(T)[None, :, None]
     p = np.arange(T)[None, None, :]
     a = np.where(p <= t, 0.97 - 0.02 * t / max(T - 1, 1), 0.0)
-    return np.clip(a + np.where(p <= t, rng.normal(0, 0.01, (n_orders, T, T)), 0.0), 0, 1)
+    a = np.clip(a + np.where(p <= t, rng.normal(0, 0.01, (n_orders, T, T)), 0.0), 0, 1)
+    a = np.round(a * TEST_IMAGES) / TEST_IMAGES
+    a[:, 0, 0] = 1.0
+    return a
+
+
+def _routing_rows(acc, order_list, rid):
+    """routing.parquet rows consistent with task_id_acc `acc` (O, T, T): the wrongly routed images of a
+    seen task go to the first other seen task; a task not seen yet goes to the newest bank."""
+    rows = []
+    for o, order in enumerate(order_list):
+        T = len(order)
+        for t in range(T):
+            for p in range(T):
+                own = int(round(acc[o, t, p] * TEST_IMAGES))
+                if p <= t and own:
+                    rows.append((rid[o], t, order[p], order[p], own))
+                if own < TEST_IMAGES:
+                    other = next(order[k] for k in range(t + 1) if k != p) if p <= t else order[t]
+                    rows.append((rid[o], t, order[p], other, TEST_IMAGES - own))
+    return rows
 
 
 def _summary_rows(a, strategy, M, seed, order_strs, metric, T):
@@ -100,7 +125,7 @@ def _summary_rows(a, strategy, M, seed, order_strs, metric, T):
         chance = _METRIC_SHAPE.get(metric, (0.0, 1.0 / T))[1]
         fwt = (a[:, j - 1, j] - chance).mean(1) if T > 1 else np.zeros(len(a))
     return pd.DataFrame({
-        "trial_id": [trial_id(strategy, M, seed, o) for o in order_strs],
+        "run_id": [run_id(strategy, M, seed, o) for o in order_strs],
         "strategy": strategy, "memory_size": M, "seed": seed, "order": order_strs, "metric": metric,
         "final_mean": final, "avg_forgetting_pct": np.where(full, forget, np.nan),
         "bwt": np.where(full, bwt, np.nan), "fwt": np.where(full, fwt, np.nan),
@@ -110,11 +135,13 @@ def _summary_rows(a, strategy, M, seed, order_strs, metric, T):
 def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="all",
                       strategies=STRATEGIES, memory_sizes=(100, 300), seeds=(0,), masked=None,
                       pixel_metrics=True, task_id=True, gallery: int = 0, matrices_as_folder=False,
-                      name="fabricated") -> dict:
+                      name="fabricated", legacy_names=False, routing=True) -> dict:
     """Write matrices.parquet, summary.parquet and scenario.yaml (and gallery/*.npz) under `root`.
 
     orders: "all", an int (that many distinct permutations, seeded) or a list of task lists.
-    masked: tasks with pixel masks (default: those BMAD ships masks for). Returns a description.
+    masked: tasks with pixel masks (default: those BMAD ships masks for). legacy_names: name the run
+    column `trial_id`, as 0.1.0 did. routing: also write routing.parquet and routed.parquet for the
+    strategies with task_id_acc, consistent with it. Returns a description.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -146,7 +173,7 @@ def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="
     o_idx, t_idx, p_idx = o_idx.ravel(), t_idx.ravel(), p_idx.ravel()
     eval_task_idx = P[o_idx, p_idx]
     train_task_idx = P[o_idx, t_idx]
-    mat_parts, summ_parts = [], []
+    mat_parts, summ_parts, routing_rows, routed_rows = [], [], [], []
     for seed in seeds:
         for s in strategies:
             for M in memory_sizes:
@@ -159,9 +186,18 @@ def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="
                         keep = has_mask[eval_task_idx]
                         a = np.where(has_mask[P][:, None, :], a, np.nan)
                     summ_parts.append(_summary_rows(a, s, M, seed, order_strs, metric, T))
-                    tids = np.array([trial_id(s, M, seed, o) for o in order_strs], dtype=object)
+                    tids = np.array([run_id(s, M, seed, o) for o in order_strs], dtype=object)
+                    key = (s, M, seed)
+                    if routing and metric == "task_id_acc":
+                        routing_rows += [key + r for r in _routing_rows(a, order_list, tids)]
+                    if routing and task_id and s == "patchcore_cl" and metric in IMAGE_METRICS:
+                        for o in range(n_orders):  # the correctly routed images score a little higher
+                            for p in range(T):
+                                routed_rows.append(key + (tids[o], T - 1, order_list[o][p], "correct", metric,
+                                                          min(1.0, a[o, -1, p] + 0.01)))
+                                routed_rows.append(key + (tids[o], T - 1, order_list[o][p], "wrong", metric, 0.5))
                     mat_parts.append(pd.DataFrame({
-                        "trial_id": tids[o_idx[keep]], "strategy": s, "memory_size": M, "seed": seed,
+                        "run_id": tids[o_idx[keep]], "strategy": s, "memory_size": M, "seed": seed,
                         "order": order_strs[o_idx[keep]], "step": t_idx[keep],
                         "train_task": task_arr[train_task_idx[keep]], "eval_task": task_arr[eval_task_idx[keep]],
                         "metric": metric, "value": a.ravel()[keep]}))
@@ -173,16 +209,35 @@ def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="
     summ.loc[summ.strategy == "joint", "relative_gap"] = np.nan
     summ = summ[[f.name for f in SUMMARY_SCHEMA]]
 
+    mat_schema, summ_schema = MATRIX_SCHEMA, SUMMARY_SCHEMA
+    if legacy_names:
+        mat, summ = mat.rename(columns={"run_id": "trial_id"}), summ.rename(columns={"run_id": "trial_id"})
+        mat_schema = pa.schema([f.with_name("trial_id") if f.name == "run_id" else f for f in MATRIX_SCHEMA])
+        summ_schema = pa.schema([f.with_name("trial_id") if f.name == "run_id" else f for f in SUMMARY_SCHEMA])
     mat_path = root / "matrices.parquet"
     if matrices_as_folder:
         mat_path.mkdir(exist_ok=True)
         for k, (s, part) in enumerate(mat.groupby("strategy", sort=True)):
-            pq.write_table(pa.Table.from_pandas(part, schema=MATRIX_SCHEMA, preserve_index=False),
+            pq.write_table(pa.Table.from_pandas(part, schema=mat_schema, preserve_index=False),
                            mat_path / f"part-{k:03d}.parquet")
     else:
-        pq.write_table(pa.Table.from_pandas(mat, schema=MATRIX_SCHEMA, preserve_index=False), mat_path)
-    pq.write_table(pa.Table.from_pandas(summ, schema=SUMMARY_SCHEMA, preserve_index=False),
+        pq.write_table(pa.Table.from_pandas(mat, schema=mat_schema, preserve_index=False), mat_path)
+    pq.write_table(pa.Table.from_pandas(summ, schema=summ_schema, preserve_index=False),
                    root / "summary.parquet")
+    rid_col = "trial_id" if legacy_names else "run_id"
+    order_of = dict(mat.drop_duplicates(rid_col)[[rid_col, "order"]].itertuples(index=False))
+    if routing_rows:
+        r = pd.DataFrame(routing_rows, columns=["strategy", "memory_size", "seed", "run_id", "step", "true_task",
+                                                "chosen_task", "images"])
+        r["order"] = r["run_id"].map(order_of)
+        cols = ["run_id", "strategy", "memory_size", "seed", "order", "step", "true_task", "chosen_task", "images"]
+        pq.write_table(pa.Table.from_pandas(r[cols], preserve_index=False), root / "routing.parquet")
+    if routed_rows:
+        r = pd.DataFrame(routed_rows, columns=["strategy", "memory_size", "seed", "run_id", "step", "eval_task",
+                                               "routed", "metric", "value"])
+        r["order"] = r["run_id"].map(order_of)
+        cols = ["run_id", "strategy", "memory_size", "seed", "order", "step", "eval_task", "routed", "metric", "value"]
+        pq.write_table(pa.Table.from_pandas(r[cols], preserve_index=False), root / "routed.parquet")
     scenario = {
         "name": name,
         "dataset": {"kind": "synthetic", "root": None, "tasks": tasks, "image_size": 224, "protocol": "clean",

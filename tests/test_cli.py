@@ -84,7 +84,7 @@ def test_version():
 def test_validate_prints_counts():
     r = cli("validate", "scenarios/orders.yaml")
     assert r.returncode == 0, r.stderr
-    assert "orders: 720" in r.stdout and "trials: 5760" in r.stdout and "strategies: 4" in r.stdout
+    assert "orders: 720" in r.stdout and "runs: 5760" in r.stdout and "strategies: 4" in r.stdout
 
 
 def test_data_synth_writes_bmad_layout(tmp_path):

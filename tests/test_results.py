@@ -4,13 +4,13 @@ import itertools
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from helpers_features import make_tasks
 from pclsim import metrics as M
 from pclsim.engine import simulate
-from pclsim.results import MATRIX_SCHEMA, SUMMARY_COLUMNS, atomic_write_table, build_summary, rows_table, steps_table
+from pclsim.results import (MATRIX_SCHEMA, SUMMARY_COLUMNS, atomic_write_table, build_summary, read_table,
+                            rows_table, steps_table)
 from pclsim.scenario import Run
 
 SC = {"coreset": {"projection": "jl", "projection_dim": 4, "joint": "composable"},
@@ -31,9 +31,9 @@ def test_matrix_rows_hold_every_cell(pairs, tmp_path):
     atomic_write_table(t, tmp_path / "matrices.parquet" / "part-a.parquet")
     df = pd.read_parquet(tmp_path / "matrices.parquet")
     assert not list(tmp_path.joinpath("matrices.parquet").glob(".tmp-*"))
-    one = df[(df.trial_id == pairs[0][0].trial_id) & (df.metric == "image_auroc")]
+    one = df[(df.run_id == pairs[0][0].run_id) & (df.metric == "image_auroc")]
     assert len(one) == 9  # 3 steps x 3 evaluated tasks, seen or not
-    pix = df[(df.trial_id == pairs[0][0].trial_id) & (df.metric == "pixel_auroc")]
+    pix = df[(df.run_id == pairs[0][0].run_id) & (df.metric == "pixel_auroc")]
     assert set(pix.eval_task) == {"T0"}  # only the task with masks
     run, res = pairs[0]
     mat = res.matrices["image_auroc"]
@@ -48,11 +48,11 @@ def test_summary_equals_metrics_of_each_matrix(pairs):
     base = {(t, m): 0.5 for t in ("T0", "T1", "T2") for m in df.metric.unique()}
     s = build_summary(df, steps, base, arch_mb=12.5)
     assert list(s.columns) == SUMMARY_COLUMNS
-    by = {(r.trial_id, r.metric): r for r in s.itertuples()}
+    by = {(r.run_id, r.metric): r for r in s.itertuples()}
     finals = {}
     for run, res in pairs:
         a = res.matrices["image_f1"]
-        r = by[(run.trial_id, "image_f1")]
+        r = by[(run.run_id, "image_f1")]
         assert r.final_mean == pytest.approx(M.final_mean(a))
         assert r.avg_forgetting_pct == pytest.approx(M.average_forgetting(a))
         assert r.avg_forgetting_paper_pct == pytest.approx(M.average_forgetting(a, paper_compatible=True))
@@ -61,7 +61,7 @@ def test_summary_equals_metrics_of_each_matrix(pairs):
         assert r.bank_mb == pytest.approx(M.memory_mb(res.bank_vectors[-1], 8))
         finals[(run.strategy, run.order)] = M.final_mean(a)
     for run, res in pairs:
-        gap = by[(run.trial_id, "image_f1")].relative_gap
+        gap = by[(run.run_id, "image_f1")].relative_gap
         if run.strategy == "joint":
             assert np.isnan(gap)
         else:
@@ -70,6 +70,24 @@ def test_summary_equals_metrics_of_each_matrix(pairs):
 
 def test_steps_table_bank_sizes(pairs):
     st = steps_table(pairs, dim=8).to_pandas()
-    cl = st[st.trial_id == next(r.trial_id for r, _ in pairs if r.strategy == "patchcore_cl")]
+    cl = st[st.run_id == next(r.run_id for r, _ in pairs if r.strategy == "patchcore_cl")]
     assert cl.bank_vectors.tolist() == [45, 44, 45]  # floor(45/1), 2*floor(45/2), 3*floor(45/3)
     assert cl.bank_mb.tolist() == pytest.approx([n * 8 * 4 / 1e6 for n in (45, 44, 45)])
+
+
+def test_old_trial_id_column_is_read_as_run_id(pairs, tmp_path):
+    """0.1.0 folders name the run column trial_id: read_table and build_summary accept it."""
+    new = rows_table(pairs)
+    old = new.rename_columns(["trial_id" if c == "run_id" else c for c in new.column_names])
+    atomic_write_table(old, tmp_path / "matrices.parquet" / "part-x.parquet")
+    df = read_table(tmp_path / "matrices.parquet")
+    assert "trial_id" not in df.columns
+    pd.testing.assert_frame_equal(df, new.to_pandas())
+    sub = read_table(tmp_path / "matrices.parquet", columns=["run_id", "value"])
+    assert list(sub.columns) == ["run_id", "value"] and sub.run_id.tolist() == df.run_id.tolist()
+    steps = steps_table(pairs, dim=8).to_pandas()
+    base = {(t, m): 0.5 for t in ("T0", "T1", "T2") for m in df.metric.unique()}
+    want = build_summary(new.to_pandas(), steps, base, arch_mb=1.0)
+    got = build_summary(old.to_pandas(), steps.rename(columns={"run_id": "trial_id"}), base, arch_mb=1.0)
+    pd.testing.assert_frame_equal(want, got)
+    assert pairs[0][0].trial_id == pairs[0][0].run_id  # the deprecated alias

@@ -39,7 +39,7 @@ def run(cmd, e, timeout=600):
 
 def table(out: Path, name: str) -> pd.DataFrame:
     df = pd.read_parquet(out / name)
-    keys = [c for c in ("trial_id", "step", "eval_task", "metric") if c in df.columns]
+    keys = [c for c in ("run_id", "step", "eval_task", "metric") if c in df.columns]
     return df.sort_values(keys).reset_index(drop=True)
 
 
@@ -57,16 +57,16 @@ def test_tables_hold_full_matrices(reference):
     assert sc["pclsim_version"] and sc["scenario_hash"] and sc["model"]["reweighting"] == "paper"
     m = table(out, "matrices.parquet")
     assert list(pd.read_parquet(out / "matrices.parquet").columns) == [
-        "trial_id", "strategy", "memory_size", "seed", "order", "step", "train_task", "eval_task", "metric", "value"]
-    assert m.trial_id.nunique() == 6 * 4 * 2  # 3! orders x 4 strategies x 2 memory sizes
+        "run_id", "strategy", "memory_size", "seed", "order", "step", "train_task", "eval_task", "metric", "value"]
+    assert m.run_id.nunique() == 6 * 4 * 2  # 3! orders x 4 strategies x 2 memory sizes
     img = m[m.metric == "image_auroc"]
-    assert (img.groupby("trial_id").size() == 9).all()  # full 3 x 3 after every step
+    assert (img.groupby("run_id").size() == 9).all()  # full 3 x 3 after every step
     pix = m[m.metric == "pixel_auroc"]
     assert set(pix.eval_task) == {"Brain_AD", "Liver_AD"}  # masks only for those
     assert set(m[m.metric == "task_id_acc"].strategy) == {"patchcore_cl"}
     assert m.value.between(0, 1).all()
     s = pd.read_parquet(out / "summary.parquet")
-    assert len(s) == m.groupby(["trial_id", "metric"]).ngroups
+    assert len(s) == m.groupby(["run_id", "metric"]).ngroups
     cl = s[(s.strategy == "patchcore_cl") & (s.metric == "image_f1")]
     assert cl.relative_gap.notna().all()
     assert (s[s.strategy == "joint"].relative_gap.isna()).all()
@@ -120,7 +120,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference, tmp_path):
     assert f"({done} already done)" in r.stderr or f"({done + 1} already done)" in r.stderr
     for name in ("matrices.parquet", "summary.parquet"):
         a, b = table(ref_out, name), table(out, name)
-        assert not b.duplicated(subset=[c for c in ("trial_id", "step", "eval_task", "metric") if c in b]).any()
+        assert not b.duplicated(subset=[c for c in ("run_id", "step", "eval_task", "metric") if c in b]).any()
         pd.testing.assert_frame_equal(a, b)  # identical values: determinism across runs, no duplicates
 
 
