@@ -93,7 +93,7 @@ def test_serial_simulate_equals_ray_sweep(reference):
                           image_size=sc["dataset"]["image_size"])
     tasks = {t.name: load_or_extract(t, fx, cache_root=cache) for t in streams}
     serial = rows_table(simulate(expand_runs(sc), tasks, sc)).to_pandas()
-    keys = ["trial_id", "step", "eval_task", "metric"]
+    keys = ["run_id", "step", "eval_task", "metric"]
     serial = serial.sort_values(keys).reset_index(drop=True)
     swept = table(out, "matrices.parquet")
     assert len(serial) == len(swept)
