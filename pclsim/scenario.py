@@ -40,6 +40,7 @@ DEFAULTS = {
         "layers": None,
         "reweighting": "paper",
         "batch_size": 32,
+        "feature_dtype": "float16",  # the on-disk feature store: float16 (half the disk) | float32 (exact)
     },
     "orders": "all",
     "strategies": ["patchcore_cl", "multi_model", "joint", "finetune"],
@@ -53,6 +54,7 @@ _CHOICES = {
     "dataset.kind": ("synthetic", "bmad", "mvtec", "folder"),
     "dataset.protocol": ("clean", "paper"),
     "model.reweighting": ("paper", "anomalib", "none"),
+    "model.feature_dtype": ("float16", "float32"),
     "coreset.projection": ("jl", "none"),
     "coreset.rebalance": ("truncate", "recompute"),
     "coreset.joint": ("composable", "exact"),
