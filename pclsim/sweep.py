@@ -123,13 +123,13 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
     _stage(debug, "ray started")
     try:
         cache = str(cache_root or _default_cache())
-        task_refs, feature_keys, dim = _extract_features(ray, sc, streams, out_dir, cache, quiet, debug)
+        task_refs, handles, dim = _extract_features(ray, sc, streams, out_dir, cache, quiet, debug)
         gallery_run = _gallery_run(sc) if want_gallery else None
         runs = [r for rs in todo.values() for r in rs] + ([gallery_run] if gallery_run else [])
         p, prepared = _prepare_banks(ray, sc, task_refs, runs, quiet)
         _stage(debug, "banks done")
         if todo:
-            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, p.sizes, dim, feature_keys, max_concurrent, quiet)
+            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, p.sizes, dim, handles, max_concurrent, quiet)
             _stage(debug, "trials done")
         if gallery_run is not None:
             from .actors import write_gallery
@@ -148,22 +148,32 @@ def _default_cache():
     return default_cache_dir()
 
 
-def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
-    """Fill the feature cache: one extractor actor per GPU, else CPU workers spread over the nodes.
+CHUNK_BATCHES = 4  # images per extraction chunk = this many batches: chunk edges fall on batch edges,
+                   # so every image meets the same batch as in a one-piece extraction, whatever the cluster
 
-    Returns the object refs of every task's features, their cache keys (a lost node's objects come
-    back from the shared cache) and the feature dimension; writes tasks.parquet and run_info.json.
+
+def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
+    """Fill the feature store: chunks of images handed to whichever extractor actor is free.
+
+    One extractor actor per GPU, else one per CPU, spread over the nodes. Each chunk (CHUNK_BATCHES
+    batches of one split of one task) is written by its actor into the store under `cache`; once a
+    task's chunks are all in, the next free actor assembles its entry. Returns (task_refs: ObjectRefs
+    of the tasks' store handles, handles: {task: FeatureRef}, feature dimension); writes
+    tasks.parquet and run_info.json. No feature array ever enters Ray's object store.
     """
+    from collections import deque
+
     import pyarrow as pa
     from tqdm import tqdm
 
     from .actors import FeatureExtractorActor, task_stats
-    from .cache import task_key
     from .results import atomic_write_table
+    from .store import lookup, plan_chunks, store_key
 
     res = ray.cluster_resources()
     cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
-    n_act = min(len(streams), gpus if gpus else max(1, cpus))
+    dtype = sc["model"].get("feature_dtype", "float16")
+    n_act = max(1, gpus if gpus else cpus)
     opts = dict(num_gpus=1, num_cpus=1) if gpus else dict(num_cpus=1)
     actors = [FeatureExtractorActor.options(scheduling_strategy="SPREAD", max_restarts=2, max_task_retries=2,
                                             **opts).remote(sc["model"], sc["dataset"]["image_size"], cache,
@@ -171,29 +181,56 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
               for _ in range(n_act)]
     infos = ray.get([a.info.remote() for a in actors])
     _stage(debug, "extractors ready")
-    pending = {actors[i % n_act].extract.remote(t): t.name for i, t in enumerate(streams)}
-    task_refs = {t.name: None for t in streams}
-    with tqdm(total=len(streams), desc="features", unit="task", disable=quiet, file=sys.stderr) as bar:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+    keys = {t.name: store_key(infos[0]["cache_key"], t, dtype) for t in streams}
+    handles = {t.name: lookup(cache, keys[t.name]) for t in streams}
+    todo = [t for t in streams if handles[t.name] is None]
+    chunk_images = CHUNK_BATCHES * infos[0]["batch_size"]
+    jobs = deque(("chunk", t, c) for t in todo for c in plan_chunks(t, chunk_images))
+    left = {t.name: {c for _, tt, c in jobs if tt.name == t.name} for t in todo}
+    all_chunks = {n: sorted(v, key=lambda c: (c.split, c.start)) for n, v in left.items()}
+    task_obj = {t.name: ray.put(t) for t in todo}  # the sample lists, shipped once per task
+    free, busy, chunk_nodes = deque(actors), {}, {}
+    with tqdm(total=sum(len(t.train) + len(t.test) for t in todo), desc="features", unit="img", disable=quiet,
+              file=sys.stderr) as bar:
+        while jobs or busy:
+            while free and jobs:
+                kind, t, c = jobs.popleft()
+                a = free.popleft()
+                if kind == "chunk":
+                    r = a.extract_chunk.remote(keys[t.name], task_obj[t.name], c)
+                else:
+                    r = a.finalise.remote(keys[t.name], task_obj[t.name], all_chunks[t.name])
+                busy[r] = (a, kind, t, c)
+            ready, _ = ray.wait(list(busy), num_returns=1)
             for r in ready:
-                ray.get(r)  # a data error surfaces here, naming its file
-                task_refs[pending.pop(r)] = r
-                bar.update(1)
+                a, kind, t, c = busy.pop(r)
+                got = ray.get(r)  # a data error surfaces here, naming its file
+                free.append(a)
+                if kind == "chunk":
+                    chunk_nodes[got["node"]] = chunk_nodes.get(got["node"], 0) + 1
+                    bar.update(got["images"])
+                    left[t.name].discard(c)
+                    if not left[t.name]:
+                        jobs.appendleft(("finalise", t, None))  # before further chunks: frees disk and memory
+                else:
+                    handles[t.name] = got
     for a in actors:
         ray.kill(a)
     _stage(debug, "features done")
     _write_json(out_dir / "run_info.json", {
         "ray_nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cluster_resources": res,
         "extractors": [{k: v for k, v in i.items() if k != "cache_key"} for i in infos],
-        "extractor_nodes": sorted({i["node"] for i in infos})})
-    stats = pd.DataFrame(ray.get([task_stats.remote(task_refs[n]) for n in task_refs]))
+        "extractor_nodes": sorted({i["node"] for i in infos}),
+        "feature_store": {"root": str(cache), "dtype": dtype, "chunk_images": chunk_images,
+                          "chunks_by_node": chunk_nodes, "extracted_tasks": [t.name for t in todo],
+                          "float32_gb": sum(h.float32_bytes for h in handles.values()) / 1e9,
+                          "stored_gb": sum(h.nbytes for h in handles.values()) / 1e9}})
+    task_refs = {t.name: ray.put(handles[t.name]) for t in streams}  # small handles, not arrays
+    stats = pd.DataFrame(ray.get([task_stats.remote(handles[t.name]) for t in streams]))
     stats["arch_mb"] = infos[0]["arch_mb"]
     stats["backbone_device"] = infos[0]["device"]
     atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
-    feature_keys = {t.name: (cache, task_key(infos[0]["cache_key"], t), t.name, sc["dataset"]["image_size"])
-                    for t in streams}
-    return task_refs, feature_keys, infos[0]["dim"]
+    return task_refs, handles, infos[0]["dim"]
 
 
 def _prepare_banks(ray, sc, task_refs, runs, quiet):
@@ -281,8 +318,8 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, fe
     group = config["group"]
     runs = groups[group]
     names = list(task_refs)
-    tasks = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
-                                            lambda: [_from_cache(*feature_keys[n]) for n in names])))
+    # feature_keys: {task: FeatureRef}; the features come memory-mapped from the shared store
+    tasks = {n: feature_keys[n].open() for n in names}
     pairs = []
     trial_plan = plan(runs)
     for seed in trial_plan.sizes:
@@ -325,15 +362,6 @@ def _get_or_recover(ray, refs, recover):
     except (ray.exceptions.ObjectLostError, ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError,
             ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
         return recover()
-
-
-def _from_cache(root, key, name, image_size):
-    from .cache import load_cached
-
-    tf = load_cached(Path(root), key, name, image_size)
-    if tf is None:
-        raise RuntimeError(f"features of task {name} were lost with their node and are not in the cache {root}")
-    return tf
 
 
 def _finish(sc, out_dir: Path, streams, quiet, cache_root):
