@@ -189,7 +189,7 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
     left = {t.name: {c for _, tt, c in jobs if tt.name == t.name} for t in todo}
     all_chunks = {n: sorted(v, key=lambda c: (c.split, c.start)) for n, v in left.items()}
     task_obj = {t.name: ray.put(t) for t in todo}  # the sample lists, shipped once per task
-    free, busy, chunk_nodes = deque(actors), {}, {}
+    free, busy, chunk_nodes, writers, finalisers = deque(actors), {}, {}, {}, {}
     with tqdm(total=sum(len(t.train) + len(t.test) for t in todo), desc="features", unit="img", disable=quiet,
               file=sys.stderr) as bar:
         while jobs or busy:
@@ -208,12 +208,14 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
                 free.append(a)
                 if kind == "chunk":
                     chunk_nodes[got["node"]] = chunk_nodes.get(got["node"], 0) + 1
+                    writers.setdefault(t.name, set()).add(got["node"])
                     bar.update(got["images"])
                     left[t.name].discard(c)
                     if not left[t.name]:
                         jobs.appendleft(("finalise", t, None))  # before further chunks: frees disk and memory
                 else:
                     handles[t.name] = got
+                    finalisers[t.name] = infos[actors.index(a)]["node"]  # it reads every chunk of the task
     for a in actors:
         ray.kill(a)
     _stage(debug, "features done")
@@ -223,6 +225,7 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
         "extractor_nodes": sorted({i["node"] for i in infos}),
         "feature_store": {"root": str(cache), "dtype": dtype, "chunk_images": chunk_images,
                           "chunks_by_node": chunk_nodes, "extracted_tasks": [t.name for t in todo],
+                          "chunk_writers": {n: sorted(v) for n, v in writers.items()}, "finalisers": finalisers,
                           "float32_gb": sum(h.float32_bytes for h in handles.values()) / 1e9,
                           "stored_gb": sum(h.nbytes for h in handles.values()) / 1e9}})
     task_refs = {t.name: ray.put(handles[t.name]) for t in streams}  # small handles, not arrays
