@@ -235,8 +235,11 @@ def _embed_into(f, extractor, samples, dtype: np.dtype, workers: int, progress=N
 
     S = extractor.image_size
     masks, labels = [], []
+    import torch
+
+    tdt = torch.float16 if dtype == np.float16 else torch.float32
     for images, m, y in iter_batches(samples, S, extractor.batch_size, workers):
-        feats = extractor.embed(images).numpy()
+        feats = extractor.embed(images, dtype=tdt).numpy()  # rounded to float16 on the device, if asked
         f.write(np.ascontiguousarray(feats, dtype=dtype).tobytes())
         b = feats.shape[0]
         masks.append(np.asarray(m, dtype=bool).reshape(b, S, S))
