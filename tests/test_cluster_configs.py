@@ -325,6 +325,26 @@ def test_rayjob_mounts_one_shared_claim_at_the_same_path_everywhere():
     assert runtime_env["env_vars"]["PCLSIM_CACHE_DIR"].startswith(SHARED + "/")
 
 
+def _gib(quantity: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?", str(quantity))
+    assert m, quantity
+    unit = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, None: 1}
+    return float(m[1]) * unit[m[2]] / 2**30
+
+
+def test_shared_claim_holds_the_paper_feature_store():
+    """The claim every pod mounts fits the paper study's float16 feature store (pclsim.store sizes it):
+    six BMAD tasks of 2,000 + 2,000 images, 784 patches, D = 1,536, plus one task's chunk files."""
+    from pclsim.store import feature_bytes
+
+    per_task = feature_bytes(2000 + 2000, 28 * 28, 1536, itemsize=2)
+    need_gib = (6 * per_task + per_task) / 2**30
+    claim = next(d for d in rayjob_docs() if d.get("kind") == "PersistentVolumeClaim")
+    assert _gib(claim["spec"]["resources"]["requests"]["storage"]) >= need_gib
+    # and the store sits on that claim (PCLSIM_CACHE_DIR under /shared), not in a pod's own disk
+    assert yaml.safe_load(rayjob()["spec"]["runtimeEnvYAML"])["env_vars"]["PCLSIM_CACHE_DIR"].startswith(SHARED)
+
+
 # ---- the RayJob image ---------------------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
