@@ -7,9 +7,9 @@ from pathlib import Path
 
 import ray
 
+from .cache import load_or_extract
 from .engine import make_sources
 from .protocol import Evaluator
-from .store import open_features
 
 __all__ = ["FeatureExtractorActor", "BankManagerActor", "ResultsWriter", "prepare_source", "task_stats"]
 
@@ -55,15 +55,14 @@ class FeatureExtractorActor:
 
     def extract(self, task):
         """A whole task in this actor; returns its store handle."""
-        from .store import extract_task
-
-        return extract_task(task, self.extractor, self.cache_root, self.dtype, workers=max(2, self.threads))
+        return load_or_extract(task, self.extractor, cache_root=self.cache_root, workers=max(2, self.threads),
+                               dtype=self.dtype).ref
 
 
 @ray.remote(num_cpus=1, num_returns=2, max_retries=2)
 def prepare_source(kind, src, sizes, coreset, seed, names, dep_keys, *args):
     """Selection order and prefix-NN tables of one bank source. args: task features, then dep orders."""
-    tasks = {n: open_features(a) for n, a in zip(names, args[: len(names)])}  # store handles -> memmaps
+    tasks = dict(zip(names, args[: len(names)]))
     sources = make_sources(tasks, sizes, coreset, seed)
     for k, order in zip(dep_keys, args[len(names):]):
         sources.set_order(k[0], k[1], order)
@@ -77,7 +76,7 @@ def write_gallery(out_dir, run, streams, task_refs, prepared, sizes, scenario):
     from .gallery import gallery_files
 
     names = list(task_refs)
-    tasks = {n: open_features(a) for n, a in zip(names, ray.get([task_refs[n] for n in names]))}
+    tasks = dict(zip(names, ray.get([task_refs[n] for n in names])))
     keys = list(prepared)
     orders = ray.get([prepared[k][0] for k in keys])
     tables = ray.get([prepared[k][1] for k in keys])
@@ -91,6 +90,8 @@ def task_stats(tf) -> dict:
 
     tf: a store handle (FeatureRef) or TaskFeatures; only the labels and masks are read."""
     import numpy as np
+
+    from .store import open_features
 
     tf = open_features(tf)
     return {"task": tf.name, "train_patches": int(tf.train.shape[0]), "test_images": int(tf.test.shape[0]),

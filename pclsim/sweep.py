@@ -123,13 +123,13 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
     _stage(debug, "ray started")
     try:
         cache = str(cache_root or _default_cache())
-        task_refs, handles, dim = _extract_features(ray, sc, streams, out_dir, cache, quiet, debug)
+        task_refs, feature_keys, dim = _extract_features(ray, sc, streams, out_dir, cache, quiet, debug)
         gallery_run = _gallery_run(sc) if want_gallery else None
         runs = [r for rs in todo.values() for r in rs] + ([gallery_run] if gallery_run else [])
         p, prepared = _prepare_banks(ray, sc, task_refs, runs, quiet)
         _stage(debug, "banks done")
         if todo:
-            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, p.sizes, dim, handles, max_concurrent, quiet)
+            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, p.sizes, dim, feature_keys, max_concurrent, quiet)
             _stage(debug, "trials done")
         if gallery_run is not None:
             from .actors import write_gallery
@@ -158,8 +158,9 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
     One extractor actor per GPU, else one per CPU, spread over the nodes. Each chunk (CHUNK_BATCHES
     batches of one split of one task) is written by its actor into the store under `cache`; once a
     task's chunks are all in, the next free actor assembles its entry. Returns (task_refs: ObjectRefs
-    of the tasks' store handles, handles: {task: FeatureRef}, feature dimension); writes
-    tasks.parquet and run_info.json. No feature array ever enters Ray's object store.
+    of each task's TaskFeatures, which Ray stores as the small store handle and maps again wherever
+    it is fetched; feature_keys: {task: (cache root, store key, name, image size)}; feature
+    dimension); writes tasks.parquet and run_info.json. No feature array enters Ray's object store.
     """
     from collections import deque
 
@@ -228,12 +229,16 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
                           "chunk_writers": {n: sorted(v) for n, v in writers.items()}, "finalisers": finalisers,
                           "float32_gb": sum(h.float32_bytes for h in handles.values()) / 1e9,
                           "stored_gb": sum(h.nbytes for h in handles.values()) / 1e9}})
-    task_refs = {t.name: ray.put(handles[t.name]) for t in streams}  # small handles, not arrays
+    # TaskFeatures pickle as their store handle: each object is a few hundred bytes, and ray.get (or a
+    # task argument) maps the entry again on whichever node it lands
+    task_refs = {t.name: ray.put(handles[t.name].open()) for t in streams}
     stats = pd.DataFrame(ray.get([task_stats.remote(handles[t.name]) for t in streams]))
     stats["arch_mb"] = infos[0]["arch_mb"]
     stats["backbone_device"] = infos[0]["device"]
     atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
-    return task_refs, handles, infos[0]["dim"]
+    # (root, store key, name, image size): cache.load_cached / store.lookup(root, key) give them back
+    feature_keys = {t.name: (cache, keys[t.name], t.name, sc["dataset"]["image_size"]) for t in streams}
+    return task_refs, feature_keys, infos[0]["dim"]
 
 
 def _prepare_banks(ray, sc, task_refs, runs, quiet):
@@ -321,8 +326,8 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, fe
     group = config["group"]
     runs = groups[group]
     names = list(task_refs)
-    # feature_keys: {task: FeatureRef}; the features come memory-mapped from the shared store
-    tasks = {n: feature_keys[n].open() for n in names}
+    tasks = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
+                                            lambda: [_from_cache(*feature_keys[n]) for n in names])))
     pairs = []
     trial_plan = plan(runs)
     for seed in trial_plan.sizes:
@@ -365,6 +370,15 @@ def _get_or_recover(ray, refs, recover):
     except (ray.exceptions.ObjectLostError, ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError,
             ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
         return recover()
+
+
+def _from_cache(root, key, name, image_size):
+    from .cache import load_cached
+
+    tf = load_cached(Path(root), key, name, image_size)
+    if tf is None:
+        raise RuntimeError(f"features of task {name} were lost with their node and are not in the cache {root}")
+    return tf
 
 
 def _finish(sc, out_dir: Path, streams, quiet, cache_root):

@@ -165,3 +165,26 @@ def test_load_or_extract_goes_through_the_store(ex, task, tmp_path):
     key = store.store_key(ex.cache_key(), task, "float32")
     np.testing.assert_array_equal(load_cached(tmp_path, key).test, tf.test)
     assert load_cached(tmp_path, store.store_key(ex.cache_key(), task, "float16")) is None
+
+
+def test_ray_stores_the_handle_and_workers_map_the_entry(ex, task, tmp_path):
+    """ray.put of store-backed TaskFeatures costs a few hundred bytes of object store; a worker that gets
+    it maps the same entry (np.memmap on the store's file), on whatever node it runs."""
+    ray = pytest.importorskip("ray")
+    tf = store.extract_task(task, ex, tmp_path, "float16", workers=0).open()
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        before = ray.available_resources()["object_store_memory"]
+        ref = ray.put(tf)
+        used = before - ray.available_resources()["object_store_memory"]
+        assert used < 4096 < tf.train.nbytes
+
+        @ray.remote
+        def probe(x):
+            return isinstance(x.train, np.memmap), str(x.test.filename), float(x.test.astype(np.float32).sum())
+
+        is_map, fn, total = ray.get(probe.remote(ref))
+        assert is_map and fn == str(tf.ref.path / "test.npy")
+        assert total == float(tf.test.astype(np.float32).sum())
+    finally:
+        ray.shutdown()
