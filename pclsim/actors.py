@@ -16,7 +16,9 @@ __all__ = ["FeatureExtractorActor", "BankManagerActor", "ResultsWriter", "select
 
 @ray.remote
 class FeatureExtractorActor:
-    """One backbone per GPU (or per CPU slot); fills the feature cache once per task."""
+    """One backbone per GPU (or per CPU slot). Takes chunks of images from the driver's queue and
+    writes each into the feature store (pclsim.store); finalises a task once all its chunks are in.
+    Returns store handles (FeatureRef), never arrays."""
 
     def __init__(self, model: dict, image_size: int, cache_root: str, threads: int = 1):
         import torch
@@ -25,6 +27,7 @@ class FeatureExtractorActor:
         from .features import FeatureExtractor
 
         self.cache_root = Path(cache_root)
+        self.dtype = model.get("feature_dtype", "float16")
         self.extractor = FeatureExtractor(model["backbone"], model["weights"], model["layers"], image_size=image_size,
                                           batch_size=model.get("batch_size", 32))
         self.threads = threads
@@ -33,11 +36,27 @@ class FeatureExtractorActor:
         from .backbones import architecture_mb
 
         return {"node": ray.get_runtime_context().get_node_id(), "dim": self.extractor.dim,
+                "grid": list(self.extractor.grid), "batch_size": self.extractor.batch_size,
                 "arch_mb": architecture_mb(self.extractor.model), "device": str(self.extractor.device),
                 "pid": os.getpid(), "cache_key": self.extractor.cache_key()}
 
+    def extract_chunk(self, key: str, task, chunk) -> dict:
+        from .store import write_chunk
+
+        write_chunk(self.cache_root, key, task, chunk, self.extractor, self.dtype, workers=max(2, self.threads))
+        return {"node": ray.get_runtime_context().get_node_id(), "images": chunk.stop - chunk.start}
+
+    def finalise(self, key: str, task, chunks):
+        from .store import finalise
+
+        ex = self.extractor
+        return finalise(self.cache_root, key, task, chunks, image_size=ex.image_size, grid=ex.grid, dim=ex.dim,
+                        dtype=self.dtype)
+
     def extract(self, task):
-        return load_or_extract(task, self.extractor, cache_root=self.cache_root, workers=max(2, self.threads))
+        """A whole task in this actor; returns its store handle."""
+        return load_or_extract(task, self.extractor, cache_root=self.cache_root, workers=max(2, self.threads),
+                               dtype=self.dtype).ref
 
 
 def _tasks(names, feats) -> dict:
@@ -80,9 +99,14 @@ def write_gallery(out_dir, run, streams, task_refs, prepared, scenario):
 
 @ray.remote(num_cpus=0)
 def task_stats(tf) -> dict:
-    """Sizes and label prevalences of one task (chance-level baselines, the report's task table)."""
+    """Sizes and label prevalences of one task (chance-level baselines, the report's task table).
+
+    tf: a store handle (FeatureRef) or TaskFeatures; only the labels and masks are read."""
     import numpy as np
 
+    from .store import open_features
+
+    tf = open_features(tf)
     return {"task": tf.name, "train_patches": int(tf.train.shape[0]), "test_images": int(tf.test.shape[0]),
             "dim": int(tf.dim), "image_prevalence": float(np.mean(tf.labels)),
             "pixel_prevalence": float(np.mean(tf.masks)) if tf.masks is not None else float("nan")}

@@ -1,7 +1,8 @@
 """Content-addressed feature cache: a task's frozen-backbone features are extracted once.
 
 Key = the extractor's identity (backbone, weights, layers, size) + the task's sample keys (file
-path, size, mtime, or the synthetic generator's parameters) + labels. Entries are written
+path, size, mtime, or the synthetic generator's parameters) + labels. The entries themselves live
+in the on-disk feature store (pclsim.store: chunked, memory-mapped, float16 by default), written
 atomically, so a crash never leaves one that a later run would trust.
 """
 
@@ -9,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from .protocol import TaskFeatures
 
@@ -43,53 +41,22 @@ def task_key(extractor_key: str, task) -> str:
     return h.hexdigest()[:32]
 
 
-def _path(root: Path, key: str) -> Path:
-    return root / "features" / f"{key}.npz"
+def load_cached(root: Path, key: str, name: str | None = None, image_size: int | None = None) -> TaskFeatures | None:
+    """The stored features under `key` (a store key, see store.store_key), memory-mapped, or None."""
+    from .store import lookup
 
-
-def load_cached(root: Path, key: str, name: str, image_size: int) -> TaskFeatures | None:
-    p = _path(root, key)
-    if not p.exists():
-        return None
-    try:
-        with np.load(p) as z:
-            masks = z["masks"] if bool(z["has_masks"]) else None
-            return TaskFeatures(name, z["train"], z["test"], z["labels"], masks, tuple(int(v) for v in z["grid"]),
-                                image_size)
-    except Exception:
-        return None  # unreadable entry: extract again and overwrite it
+    ref = lookup(root, key)
+    return ref.open() if ref is not None else None
 
 
 def load_or_extract(task, extractor, *, cache_root: Path | None = None, workers: int = 2,
-                    progress=None) -> TaskFeatures:
-    """TaskFeatures of one task (pclsim.data.TaskData), from the cache or by running `extractor`."""
-    from .data import iter_batches
+                    progress=None, dtype: str = "float16") -> TaskFeatures:
+    """TaskFeatures of one task (pclsim.data.TaskData), from the store or by running `extractor` into it.
+
+    train (N*P, D) and test (N, P, D) are read-only memmaps in `dtype` ("float16" | "float32");
+    see pclsim.store. progress, if given, is called with the number of images of every batch.
+    """
+    from .store import extract_task
 
     root = Path(cache_root) if cache_root is not None else default_cache_dir()
-    key = task_key(extractor.cache_key(), task)
-    hit = load_cached(root, key, task.name, extractor.image_size)
-    if hit is not None:
-        return hit
-    bs = extractor.batch_size
-    tr, _, _ = extractor.extract(iter_batches(task.train, extractor.image_size, bs, workers), total=len(task.train))
-    if progress:
-        progress()
-    te, masks, labels = extractor.extract(iter_batches(task.test, extractor.image_size, bs, workers),
-                                         total=len(task.test))
-    feats = TaskFeatures(task.name, np.ascontiguousarray(tr.reshape(-1, tr.shape[-1]), dtype=np.float32),
-                         np.ascontiguousarray(te, dtype=np.float32), np.asarray(labels, dtype=np.int64),
-                         np.asarray(masks, dtype=bool) if task.has_masks else None, tuple(extractor.grid),
-                         extractor.image_size)
-    p = _path(root, key)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=p.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, train=feats.train, test=feats.test, labels=feats.labels,
-                 masks=feats.masks if feats.masks is not None else np.zeros(0, bool),
-                 has_masks=np.array(feats.masks is not None), grid=np.array(feats.grid))
-        os.replace(tmp, p)
-    except OSError:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return feats
+    return extract_task(task, extractor, root, dtype, workers=workers, progress=progress).open()

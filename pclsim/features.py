@@ -160,22 +160,28 @@ class FeatureExtractor:
             levels.append(m)
         return levels
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised images -> (B, h*w, D) float32 on the CPU, patches row-major."""
+    def embed(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, h*w, D) on the CPU in `dtype`, patches row-major.
+
+        Features are computed in float32; dtype float16 rounds them on the device (round to nearest
+        even, as numpy's astype), which halves the device-to-host copy of the feature store's default.
+        """
         images = torch.as_tensor(images)
         S = self.image_size
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (S, S):
             raise ValueError(f"expected images of shape (B, 3, {S}, {S}), got {tuple(images.shape)}")
         # Allocated outside inference mode so callers get an ordinary tensor; filled in place.
-        result = torch.empty(images.shape[0], self.num_patches, self.dim, dtype=torch.float32)
+        result = torch.empty(images.shape[0], self.num_patches, self.dim, dtype=dtype, pin_memory=self._cuda)
         with torch.inference_mode():
             for start in range(0, images.shape[0], self.batch_size):
                 x = images[start:start + self.batch_size].float()
                 dst = result[start:start + x.shape[0]]
                 if self._cuda:
-                    dst.copy_(aggregate(self._levels(x), self.grid))
-                else:
+                    dst.copy_(aggregate(self._levels(x), self.grid).to(dtype))
+                elif dtype == torch.float32:
                     aggregate(self._levels(x), self.grid, out=dst)
+                else:
+                    dst.copy_(aggregate(self._levels(x), self.grid))
         return result
 
     def extract(self, batches, total: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -41,6 +41,7 @@ DEFAULTS = {
         "layers": None,
         "reweighting": "paper",
         "batch_size": 32,
+        "feature_dtype": "float16",  # the on-disk feature store: float16 (half the disk) | float32 (exact)
     },
     # all | {sample: N, seed: S} | easy_to_hard | hard_to_easy | a list of orders (task lists or either keyword);
     # easy_to_hard: by each task's single-task image AUROC at the largest memory size, measured in the study
@@ -59,6 +60,7 @@ _CHOICES = {
     "dataset.kind": ("synthetic", "bmad", "mvtec", "folder"),
     "dataset.protocol": ("clean", "paper"),
     "model.reweighting": ("paper", "anomalib", "none"),
+    "model.feature_dtype": ("float16", "float32"),
     "coreset.projection": ("jl", "none"),
     "coreset.rebalance": REBALANCES,
     "coreset.joint": ("composable", "exact"),

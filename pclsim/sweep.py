@@ -253,22 +253,33 @@ def _default_cache():
     return default_cache_dir()
 
 
-def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
-    """Fill the feature cache: one extractor actor per GPU, else CPU workers spread over the nodes.
+CHUNK_BATCHES = 4  # images per extraction chunk = this many batches: chunk edges fall on batch edges,
+                   # so every image meets the same batch as in a one-piece extraction, whatever the cluster
 
-    Returns the object refs of every task's features, their cache keys (a lost node's objects come
-    back from the shared cache) and the feature dimension; writes tasks.parquet and run_info.json.
+
+def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
+    """Fill the feature store: chunks of images handed to whichever extractor actor is free.
+
+    One extractor actor per GPU, else one per CPU, spread over the nodes. Each chunk (CHUNK_BATCHES
+    batches of one split of one task) is written by its actor into the store under `cache`; once a
+    task's chunks are all in, the next free actor assembles its entry. Returns (task_refs: ObjectRefs
+    of each task's TaskFeatures, which Ray stores as the small store handle and maps again wherever
+    it is fetched; feature_keys: {task: (cache root, store key, name, image size)}; feature
+    dimension); writes tasks.parquet and run_info.json. No feature array enters Ray's object store.
     """
+    from collections import deque
+
     import pyarrow as pa
     from tqdm import tqdm
 
     from .actors import FeatureExtractorActor, task_stats
-    from .cache import task_key
     from .results import atomic_write_table
+    from .store import lookup, plan_chunks, store_key
 
     res = ray.cluster_resources()
     cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
-    n_act = min(len(streams), gpus if gpus else max(1, cpus))
+    dtype = sc["model"].get("feature_dtype", "float16")
+    n_act = max(1, gpus if gpus else cpus)
     opts = dict(num_gpus=1, num_cpus=1) if gpus else dict(num_cpus=1)
     actors = [FeatureExtractorActor.options(scheduling_strategy="SPREAD", max_restarts=2, max_task_retries=2,
                                             **opts).remote(sc["model"], sc["dataset"]["image_size"], cache,
@@ -276,28 +287,62 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
               for _ in range(n_act)]
     infos = ray.get([a.info.remote() for a in actors])
     _stage(debug, "extractors ready")
-    pending = {actors[i % n_act].extract.remote(t): t.name for i, t in enumerate(streams)}
-    task_refs = {t.name: None for t in streams}
-    with tqdm(total=len(streams), desc="features", unit="task", disable=quiet, file=sys.stderr) as bar:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+    keys = {t.name: store_key(infos[0]["cache_key"], t, dtype) for t in streams}
+    handles = {t.name: lookup(cache, keys[t.name]) for t in streams}
+    todo = [t for t in streams if handles[t.name] is None]
+    chunk_images = CHUNK_BATCHES * infos[0]["batch_size"]
+    jobs = deque(("chunk", t, c) for t in todo for c in plan_chunks(t, chunk_images))
+    left = {t.name: {c for _, tt, c in jobs if tt.name == t.name} for t in todo}
+    all_chunks = {n: sorted(v, key=lambda c: (c.split, c.start)) for n, v in left.items()}
+    task_obj = {t.name: ray.put(t) for t in todo}  # the sample lists, shipped once per task
+    free, busy, chunk_nodes, writers, finalisers = deque(actors), {}, {}, {}, {}
+    with tqdm(total=sum(len(t.train) + len(t.test) for t in todo), desc="features", unit="img", disable=quiet,
+              file=sys.stderr) as bar:
+        while jobs or busy:
+            while free and jobs:
+                kind, t, c = jobs.popleft()
+                a = free.popleft()
+                if kind == "chunk":
+                    r = a.extract_chunk.remote(keys[t.name], task_obj[t.name], c)
+                else:
+                    r = a.finalise.remote(keys[t.name], task_obj[t.name], all_chunks[t.name])
+                busy[r] = (a, kind, t, c)
+            ready, _ = ray.wait(list(busy), num_returns=1)
             for r in ready:
-                ray.get(r)  # a data error surfaces here, naming its file
-                task_refs[pending.pop(r)] = r
-                bar.update(1)
+                a, kind, t, c = busy.pop(r)
+                got = ray.get(r)  # a data error surfaces here, naming its file
+                free.append(a)
+                if kind == "chunk":
+                    chunk_nodes[got["node"]] = chunk_nodes.get(got["node"], 0) + 1
+                    writers.setdefault(t.name, set()).add(got["node"])
+                    bar.update(got["images"])
+                    left[t.name].discard(c)
+                    if not left[t.name]:
+                        jobs.appendleft(("finalise", t, None))  # before further chunks: frees disk and memory
+                else:
+                    handles[t.name] = got
+                    finalisers[t.name] = infos[actors.index(a)]["node"]  # it reads every chunk of the task
     for a in actors:
         ray.kill(a)
     _stage(debug, "features done")
     _write_json(out_dir / "run_info.json", {
         "ray_nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cluster_resources": res,
         "extractors": [{k: v for k, v in i.items() if k != "cache_key"} for i in infos],
-        "extractor_nodes": sorted({i["node"] for i in infos})})
-    stats = pd.DataFrame(ray.get([task_stats.remote(task_refs[n]) for n in task_refs]))
+        "extractor_nodes": sorted({i["node"] for i in infos}),
+        "feature_store": {"root": str(cache), "dtype": dtype, "chunk_images": chunk_images,
+                          "chunks_by_node": chunk_nodes, "extracted_tasks": [t.name for t in todo],
+                          "chunk_writers": {n: sorted(v) for n, v in writers.items()}, "finalisers": finalisers,
+                          "float32_gb": sum(h.float32_bytes for h in handles.values()) / 1e9,
+                          "stored_gb": sum(h.nbytes for h in handles.values()) / 1e9}})
+    # TaskFeatures pickle as their store handle: each object is a few hundred bytes, and ray.get (or a
+    # task argument) maps the entry again on whichever node it lands
+    task_refs = {t.name: ray.put(handles[t.name].open()) for t in streams}
+    stats = pd.DataFrame(ray.get([task_stats.remote(handles[t.name]) for t in streams]))
     stats["arch_mb"] = infos[0]["arch_mb"]
     stats["backbone_device"] = infos[0]["device"]
     atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
-    feature_keys = {t.name: (cache, task_key(infos[0]["cache_key"], t), t.name, sc["dataset"]["image_size"])
-                    for t in streams}
+    # (root, store key, name, image size): cache.load_cached / store.lookup(root, key) give them back
+    feature_keys = {t.name: (cache, keys[t.name], t.name, sc["dataset"]["image_size"]) for t in streams}
     return task_refs, feature_keys, infos[0]["dim"]
 
 

@@ -325,6 +325,26 @@ def test_rayjob_mounts_one_shared_claim_at_the_same_path_everywhere():
     assert runtime_env["env_vars"]["PCLSIM_CACHE_DIR"].startswith(SHARED + "/")
 
 
+def _gib(quantity: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?", str(quantity))
+    assert m, quantity
+    unit = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, None: 1}
+    return float(m[1]) * unit[m[2]] / 2**30
+
+
+def test_shared_claim_holds_the_paper_feature_store():
+    """The claim every pod mounts fits the paper study's float16 feature store (pclsim.store sizes it):
+    six BMAD tasks of 2,000 + 2,000 images, 784 patches, D = 1,536, plus one task's chunk files."""
+    from pclsim.store import feature_bytes
+
+    per_task = feature_bytes(2000 + 2000, 28 * 28, 1536, itemsize=2)
+    need_gib = (6 * per_task + per_task) / 2**30
+    claim = next(d for d in rayjob_docs() if d.get("kind") == "PersistentVolumeClaim")
+    assert _gib(claim["spec"]["resources"]["requests"]["storage"]) >= need_gib
+    # and the store sits on that claim (PCLSIM_CACHE_DIR under /shared), not in a pod's own disk
+    assert yaml.safe_load(rayjob()["spec"]["runtimeEnvYAML"])["env_vars"]["PCLSIM_CACHE_DIR"].startswith(SHARED)
+
+
 # ---- the RayJob image ---------------------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -395,7 +415,8 @@ def test_gpu_check_runs_every_step_after_failures_and_timeouts(tmp_path):
     """Stub benchmarks: one fails, one hangs; the script runs them all, logs to $OUT, summarises, exits != 0."""
     (tmp_path / "benchmarks").mkdir()
     shutil.copy(GPU_CHECK, tmp_path / "benchmarks" / "gpu_check.sh")
-    for name, mode in [("bench_features.py", "fail_bundled"), ("bench_coreset.py", "ok"), ("bench_knn.py", "hang")]:
+    for name, mode in [("bench_features.py", "fail_bundled"), ("bench_coreset.py", "ok"), ("bench_knn.py", "hang"),
+                       ("bench_paper_task.py", "ok")]:
         (tmp_path / "benchmarks" / name).write_text(STUB.format(mode=mode))
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, GPU_CHECK_SKIP_INSTALL="1",
@@ -410,6 +431,7 @@ def test_gpu_check_runs_every_step_after_failures_and_timeouts(tmp_path):
         ["bench_features.py", "--device", "cuda", "--backbone", "efficientnet_lite0", "--weights", "bundled"],
         ["bench_coreset.py", "--device", "cuda", "--n", "1570000", "--dim", "1536", "--k", "30000"],
         ["bench_knn.py", "--device", "cuda"],
+        ["bench_paper_task.py", "--device", "cuda"],
     ]
     log = (out / "gpu_check.log").read_text()
     assert log == r.stdout
@@ -418,6 +440,7 @@ def test_gpu_check_runs_every_step_after_failures_and_timeouts(tmp_path):
     assert re.search(r"features_lite0_bundled\s+FAIL\(3\)", summary)
     assert re.search(r"coreset\S*\s+ok", summary)
     assert re.search(r"knn\s+TIMEOUT", summary)
+    assert re.search(r"paper_task\s+ok", summary)
     assert "2 not ok" in summary
     assert "boom" in log  # stderr is logged too
 
@@ -433,11 +456,27 @@ def argparse_options(script: Path) -> set[str]:
     return opts
 
 
+def test_gpu_check_runs_only_the_chosen_steps_on_the_chosen_device(tmp_path):
+    """GPU_CHECK_STEPS picks steps, GPU_CHECK_DEVICE replaces cuda (a CPU check of the script itself)."""
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(GPU_CHECK, tmp_path / "benchmarks" / "gpu_check.sh")
+    for name in ("bench_features.py", "bench_coreset.py", "bench_knn.py", "bench_paper_task.py"):
+        (tmp_path / "benchmarks" / name).write_text(STUB.format(mode="ok"))
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_SKIP_INSTALL="1", GPU_CHECK_STEPS="knn paper_task",
+               GPU_CHECK_DEVICE="cpu")
+    env.pop("OUT", None)
+    r = subprocess.run(["bash", str(tmp_path / "benchmarks" / "gpu_check.sh")], cwd="/", env=env,
+                       capture_output=True, text=True, timeout=55)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = [json.loads(line) for line in (tmp_path / "benchmarks" / "calls.jsonl").read_text().splitlines()]
+    assert calls == [["bench_knn.py", "--device", "cpu"], ["bench_paper_task.py", "--device", "cpu"]]
+
+
 def test_gpu_check_benchmark_options_exist():
     """Every option gpu_check.sh passes to a benchmark script is one that script's parser defines."""
     calls = re.findall(r'"\$PY" (benchmarks/\S+\.py)([^\n]*)', GPU_CHECK.read_text())
     assert {c[0] for c in calls} == {"benchmarks/bench_features.py", "benchmarks/bench_coreset.py",
-                                     "benchmarks/bench_knn.py"}
+                                     "benchmarks/bench_knn.py", "benchmarks/bench_paper_task.py"}
     for script, args in calls:
         defined = argparse_options(REPO / script)
         assert "--device" in defined

@@ -159,7 +159,15 @@ def test_two_node_cluster_spreads_extractors(reference, tmp_path):
         info = json.loads((out / "run_info.json").read_text())
         assert info["ray_nodes"] == 2
         assert len(info["extractor_nodes"]) == 2  # one extractor actor on each node
-        pd.testing.assert_frame_equal(table(ref_out, "summary.parquet"), table(out, "summary.parquet"))
+        # both nodes wrote chunks into the shared store, and a task written by both was assembled on one
+        # of them from the other's chunk files: features travel through the store, not the object store
+        fs = info["feature_store"]
+        assert set(fs["chunks_by_node"]) == set(info["extractor_nodes"])
+        assert any(len(w) == 2 and fs["finalisers"][t] in w for t, w in fs["chunk_writers"].items())
+        entries = [d for d in (tmp_path / "cache" / "features").iterdir()]
+        assert len(entries) == 3 and all((d / "meta.json").is_file() for d in entries)  # no chunk folders left
+        for name in ("matrices.parquet", "summary.parquet"):
+            pd.testing.assert_frame_equal(table(ref_out, name), table(out, name))
 
 
 def test_report_of_a_real_sweep(reference, tmp_path):
