@@ -18,7 +18,7 @@ __all__ = ["FeatureExtractorActor", "BankManagerActor", "ResultsWriter", "prepar
 class FeatureExtractorActor:
     """One backbone per GPU (or per CPU slot); fills the feature cache once per task."""
 
-    def __init__(self, model: dict, image_size: int, cache_root: str, threads: int = 1):
+    def __init__(self, model: dict, image_size: int, cache_root: str, threads: int = 1, resize: str = "crop"):
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -26,7 +26,7 @@ class FeatureExtractorActor:
 
         self.cache_root = Path(cache_root)
         self.extractor = FeatureExtractor(model["backbone"], model["weights"], model["layers"], image_size=image_size,
-                                          batch_size=model.get("batch_size", 32))
+                                          batch_size=model.get("batch_size", 32), resize=resize)
         self.threads = threads
 
     def info(self) -> dict:

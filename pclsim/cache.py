@@ -71,10 +71,12 @@ def load_or_extract(task, extractor, *, cache_root: Path | None = None, workers:
     if hit is not None:
         return hit
     bs = extractor.batch_size
-    tr, _, _ = extractor.extract(iter_batches(task.train, extractor.image_size, bs, workers), total=len(task.train))
+    resize = getattr(extractor, "resize", "crop")
+    tr, _, _ = extractor.extract(iter_batches(task.train, extractor.image_size, bs, workers, resize=resize),
+                                 total=len(task.train))
     if progress:
         progress()
-    te, masks, labels = extractor.extract(iter_batches(task.test, extractor.image_size, bs, workers),
+    te, masks, labels = extractor.extract(iter_batches(task.test, extractor.image_size, bs, workers, resize=resize),
                                          total=len(task.test))
     feats = TaskFeatures(task.name, np.ascontiguousarray(tr.reshape(-1, tr.shape[-1]), dtype=np.float32),
                          np.ascontiguousarray(te, dtype=np.float32), np.asarray(labels, dtype=np.int64),

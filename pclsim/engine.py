@@ -73,6 +73,10 @@ def run_group(runs: list[Run], sources: BankSources, tables: dict, *, reweightin
 
 def simulate(runs: list[Run], tasks: dict[str, TaskFeatures], scenario: dict, device=None):
     """The whole study in this process, one seed after another."""
+    from .maskless import apply_maskless_policy
+
+    tasks = apply_maskless_policy(tasks, scenario.get("evaluation", {}).get("maskless_pixels", "skip"),
+                                  scenario.get("dataset", {}).get("seed", 0))
     p = plan(runs)
     out = []
     for seed, sizes in p.sizes.items():

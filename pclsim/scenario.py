@@ -28,6 +28,7 @@ DEFAULTS = {
         "root": None,
         "tasks": list(BMAD_ORDER),
         "image_size": 224,
+        "resize": "crop",  # crop: shorter side + centre crop (the authors') | full: whole image (anomalib's)
         "protocol": "clean",
         "max_train": 2000,
         "max_test": 2000,
@@ -36,7 +37,7 @@ DEFAULTS = {
     },
     "model": {
         "backbone": "efficientnet_lite0",
-        "weights": "bundled",
+        "weights": "bundled",  # bundled | pretrained (timm, by name) | none | path to a checkpoint
         "layers": None,
         "reweighting": "paper",
         "batch_size": 32,
@@ -45,13 +46,16 @@ DEFAULTS = {
     "strategies": ["patchcore_cl", "multi_model", "joint", "finetune"],
     "memory_sizes": [1000, 3000],
     "coreset": {"projection": "jl", "projection_dim": 128, "rebalance": "truncate", "joint": "composable"},
-    "evaluation": {"pixel_metrics": True, "gallery": 0},  # gallery: anomaly maps stored per task for the report
+    "evaluation": {"pixel_metrics": True, "gallery": 0,  # gallery: anomaly maps stored per task for the report
+                   "maskless_pixels": "skip"},  # skip | paper: the authors' random all-0/all-1 masks (method.md 5)
     "seeds": [0],
 }
 
 _CHOICES = {
     "dataset.kind": ("synthetic", "bmad", "mvtec", "folder"),
     "dataset.protocol": ("clean", "paper"),
+    "dataset.resize": ("crop", "full"),
+    "evaluation.maskless_pixels": ("skip", "paper"),
     "model.reweighting": ("paper", "anomalib", "none"),
     "coreset.projection": ("jl", "none"),
     "coreset.rebalance": ("truncate", "recompute"),
@@ -142,7 +146,7 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
     if not isinstance(m["backbone"], str):
         _fail(src, "model.backbone", "expected a timm model name")
     w = m["weights"]
-    if w not in ("bundled", "none"):
+    if w not in ("bundled", "none", "pretrained"):
         wp = Path(os.path.expanduser(str(w)))
         if not wp.is_absolute():
             wp = Path(base_dir or ".") / wp
@@ -274,8 +278,15 @@ def group_runs(runs: list[Run], max_orders: int = 720) -> dict[str, list[Run]]:
     return out
 
 
+_NEW_KEYS = (("dataset", "resize", "crop"), ("evaluation", "maskless_pixels", "skip"))
+
+
 def scenario_hash(sc: dict) -> str:
     """Content hash of everything that changes results (not the name or output folder)."""
     body = {k: v for k, v in sc.items() if k not in ("name", "pclsim_version", "scenario_hash")}
     body["evaluation"] = {k: v for k, v in body.get("evaluation", {}).items() if k != "gallery"}  # output only
+    # keys added after 0.1.0 leave the hash of a scenario at their default unchanged (old folders still resume)
+    for sect, k, default in _NEW_KEYS:
+        if isinstance(body.get(sect), dict) and body[sect].get(k) == default:
+            body[sect] = {kk: vv for kk, vv in body[sect].items() if kk != k}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -167,7 +167,8 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
     opts = dict(num_gpus=1, num_cpus=1) if gpus else dict(num_cpus=1)
     actors = [FeatureExtractorActor.options(scheduling_strategy="SPREAD", max_restarts=2, max_task_retries=2,
                                             **opts).remote(sc["model"], sc["dataset"]["image_size"], cache,
-                                                           threads=1 if not gpus else 4)
+                                                           threads=1 if not gpus else 4,
+                                                           resize=sc["dataset"].get("resize", "crop"))
               for _ in range(n_act)]
     infos = ray.get([a.info.remote() for a in actors])
     _stage(debug, "extractors ready")
