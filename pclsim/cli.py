@@ -98,6 +98,10 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
         print(f"tasks: {len(tasks)}  orders: {len(orders)}  strategies: {len(sc['strategies'])}  "
               f"memory sizes: {len(sc['memory_sizes'])}  seeds: {len(sc['seeds'])}  "
               f"trials: {len(runs)} (in {len(group_runs(runs))} Tune trials)")
+        ds, ev = sc["dataset"], sc["evaluation"]
+        print(f"resize: {ds.get('resize', 'crop')} ({'whole image to' if ds.get('resize') == 'full' else 'shorter side, centre crop'} "
+              f"{ds['image_size']} px)  reweighting: {sc['model']['reweighting']}  "
+              f"maskless pixels: {ev.get('maskless_pixels', 'skip')}  weights: {sc['model']['weights']}")
 
     _guard(_run)
 
