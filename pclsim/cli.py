@@ -60,13 +60,15 @@ def sweep(scenario: str = typer.Argument(..., help="Scenario YAML file."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary table."),
           gallery: Optional[int] = typer.Option(None, "--gallery", min=0,
                                                 help="Store N anomaly maps per task for the report."),
-          debug: bool = typer.Option(False, "--debug", help="Full tracebacks and Ray worker logs.")):
+          debug: bool = typer.Option(False, "--debug", help="Full tracebacks and Ray worker logs."),
+          track: Optional[list[str]] = typer.Option(None, "--track", help="Log each trial to an experiment "
+                                                    "tracker: mlflow[=URI] (default <out>/mlruns) or wandb.")):
     """Run every (order x strategy x memory size x seed) of a scenario; write Parquet results."""
     _DEBUG["on"] = debug
     from .sweep import run_sweep
 
     _guard(run_sweep, scenario, out=out, data_root=data_root, address=address, fresh=fresh,
-           max_concurrent=max_concurrent, quiet=quiet, debug=debug, gallery=gallery)
+           max_concurrent=max_concurrent, quiet=quiet, debug=debug, gallery=gallery, track=track)
 
 
 @app.command()

@@ -60,11 +60,14 @@ def _say(quiet: bool, msg: str) -> None:
 
 def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None = None, address: str | None = None,
               fresh: bool = False, max_concurrent: int | None = None, quiet: bool = False, debug: bool = False,
-              cache_dir: str | None = None, gallery: int | None = None) -> Path:
+              cache_dir: str | None = None, gallery: int | None = None, track: list[str] | None = None) -> Path:
     from .data import load_stream
     from .data.preflight import preflight
 
     t_start = _T0[0] = time.perf_counter()
+    from .tracking import parse_track
+
+    parse_track(track)  # a bad --track fails before any work
     sc = load_scenario(scenario_path, data_root=data_root)
     if gallery is not None:
         sc["evaluation"]["gallery"] = int(gallery)
@@ -88,7 +91,7 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
     cache_root = Path(cache_dir).resolve() if cache_dir else None
     want_gallery = sc["evaluation"]["gallery"] > 0 and not (out_dir / "gallery").is_dir()
     if todo or want_gallery:
-        _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery)
+        _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery, track)
     _finish(sc, out_dir, streams, quiet, cache_root)
     _say(quiet, f"done in {time.perf_counter() - t_start:.1f} s: {out_dir}")
     return out_dir
@@ -118,7 +121,8 @@ def _ray_init(address, debug):
     return ray
 
 
-def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False):
+def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False,
+             track=None):
     ray = _ray_init(address, debug)
     _stage(debug, "ray started")
     try:
@@ -129,7 +133,8 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
         p, prepared = _prepare_banks(ray, sc, task_refs, runs, quiet)
         _stage(debug, "banks done")
         if todo:
-            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, p.sizes, dim, feature_keys, max_concurrent, quiet)
+            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, p.sizes, dim, feature_keys, max_concurrent, quiet,
+                        track)
             _stage(debug, "trials done")
         if gallery_run is not None:
             from .actors import write_gallery
@@ -215,13 +220,15 @@ def _prepare_banks(ray, sc, task_refs, runs, quiet):
     return p, prepared
 
 
-def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, sizes, dim, feature_keys, max_concurrent, quiet):
+def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, sizes, dim, feature_keys, max_concurrent, quiet,
+                track=None):
     """One Tune trial per group of orders; each hands its tables to a writer on this node."""
     from ray import tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     from tqdm import tqdm
 
     from .actors import ResultsWriter
+    from .tracking import tracker_callbacks
 
     writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
@@ -240,7 +247,8 @@ def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, sizes, dim, feature
         # reused trial actors: a new one per trial re-imports torch (seconds each on 2 cores)
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus), reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0,
-                                  callbacks=[_Progress()], failure_config=tune.FailureConfig(max_failures=3)),
+                                  callbacks=[_Progress(), *tracker_callbacks(track, out_dir, sc, todo)],
+                                  failure_config=tune.FailureConfig(max_failures=3)),
     )
     grid = tuner.fit()
     bar.close()

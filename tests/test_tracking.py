@@ -1,0 +1,105 @@
+"""`pclsim sweep --track`: a real local MLflow file store and wandb in offline mode, through a real sweep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pclsim.errors import PclsimError
+from pclsim.tracking import flat_params, parse_track
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "scenarios" / "smoke.yaml"
+
+
+def _have(mod: str) -> bool:
+    try:
+        __import__(mod)
+        return True
+    except Exception:
+        return False
+
+
+def test_track_specs():
+    assert parse_track(["mlflow", "wandb"]) == [("mlflow", None), ("wandb", None)]
+    assert parse_track(["mlflow=sqlite:///x.db"]) == [("mlflow", "sqlite:///x.db")]
+    assert parse_track(None) == []
+    for bad in (["tensorboard"], ["mlflow", "mlflow=x"], ["wandb=x"]):
+        with pytest.raises(PclsimError, match="--track"):
+            parse_track(bad)
+    assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
+
+
+def test_bad_track_is_one_error_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pclsim.cli", "sweep", str(SMOKE), "--out", str(tmp_path / "o"),
+                        "--track", "tensorboard"], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: --track: unknown tracker") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    if not _have("mlflow"):
+        pytest.skip("mlflow is not installed (pip install -e '.[track]')")
+    d = tmp_path_factory.mktemp("track")
+    cmd = [sys.executable, "-m", "pclsim.cli", "sweep", str(SMOKE), "--out", str(d / "out"), "--quiet", "--fresh",
+           "--track", f"mlflow={d / 'mlruns'}"]
+    if _have("wandb"):
+        cmd += ["--track", "wandb"]
+    env = dict(os.environ, PCLSIM_CACHE_DIR=str(d / "cache"), RAY_ADDRESS="", PYTHONPATH=str(ROOT),
+               WANDB_MODE="offline", WANDB_DIR=str(d / "wandb"), WANDB_SILENT="true")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d
+
+
+def test_mlflow_store_holds_one_run_per_trial_with_its_summary(tracked):
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient(tracking_uri=(tracked / "mlruns").as_uri())
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id])
+    summary = pd.read_parquet(tracked / "out" / "summary.parquet")
+    mat = pd.read_parquet(tracked / "out" / "matrices.parquet")
+    groups = sorted(p.name[5:-8] for p in (tracked / "out" / "matrices.parquet").glob("part-*.parquet"))
+    assert len(groups) == 8  # 4 strategies x 2 memory sizes
+    assert sorted(r.data.params["group"] for r in runs) == groups
+    id_col = "run_id" if "run_id" in summary.columns else "trial_id"
+    for r in runs:
+        p = r.data.params
+        assert r.info.status == "FINISHED"
+        assert p["dataset.resize"] == "crop" and p["model.reweighting"] == "paper"
+        assert p["evaluation.maskless_pixels"] == "skip" and p["name"] == "smoke"
+        # the group's runs, found from the matrices part it wrote
+        part = pd.read_parquet(tracked / "out" / "matrices.parquet" / f"part-{p['group']}.parquet")
+        ids = set(part[id_col])
+        s = summary[summary[id_col].isin(ids)]
+        assert set(s.strategy) == {p["strategy"]} and set(s.memory_size) == {int(p["memory_size"])}
+        for metric in ("image_auroc", "image_f1", "pixel_auroc"):
+            want = s[s.metric == metric].final_mean.mean()
+            assert r.data.metrics[f"{metric}/final_mean"] == pytest.approx(want, rel=1e-9)
+        want = s[s.metric == "image_auroc"].avg_forgetting_pct.mean()
+        assert r.data.metrics["image_auroc/avg_forgetting_pct"] == pytest.approx(want, rel=1e-9)
+    assert len(mat) > 0
+
+
+def test_wandb_offline_writes_its_files(tracked):
+    if not _have("wandb"):
+        pytest.skip("wandb is not installed (pip install -e '.[track]')")
+    runs = sorted((tracked / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 8, list((tracked / "wandb").rglob("*"))[:20]
+    for r in runs:
+        files = {p.name for p in r.rglob("*") if p.is_file()}
+        assert any(f.endswith(".wandb") for f in files), files
+        cfg = next(r.rglob("config.yaml"), None)
+        if cfg is not None:
+            assert "dataset.resize" in cfg.read_text()
