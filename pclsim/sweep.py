@@ -375,3 +375,15 @@ def _print_table(summary: pd.DataFrame, sc) -> None:
                                                     bank_mb=("bank_mb", "mean"), runs=("trial_id", "count"))
     print(f"\n{key}: mean over orders and seeds", file=sys.stderr)
     print(t.round(3).to_string(), file=sys.stderr)
+
+
+class _CallableModule(type(sys)):
+    """`pclsim.sweep(...)` (the Python API, pclsim.api.sweep) while `pclsim.sweep.run_sweep` stays this module's."""
+
+    def __call__(self, *args, **kwargs):
+        from .api import sweep
+
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

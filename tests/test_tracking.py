@@ -103,3 +103,47 @@ def test_wandb_offline_writes_its_files(tracked):
         cfg = next(r.rglob("config.yaml"), None)
         if cfg is not None:
             assert "dataset.resize" in cfg.read_text()
+
+
+# ---------------------------------------------------------------- the Python API on the same folder
+
+def test_load_results_gives_the_documented_frames(tracked):
+    import pclsim
+
+    res = pclsim.load_results(tracked / "out")
+    raw = pd.read_parquet(tracked / "out" / "matrices.parquet")
+    assert list(res.matrices.columns) == ["run_id", "strategy", "memory_size", "seed", "order", "step", "train_task",
+                                          "eval_task", "metric", "value"]
+    assert len(res.matrices) == len(raw)
+    old = "trial_id" in raw.columns  # a 0.1.0-style folder is read with run_id
+    np.testing.assert_array_equal(res.matrices["run_id"], raw["trial_id" if old else "run_id"])
+    for col in ("run_id", "strategy", "memory_size", "seed", "order", "metric", "final_mean", "avg_forgetting_pct",
+                "bwt", "fwt", "relative_gap", "bank_mb", "arch_mb"):
+        assert col in res.summary.columns
+    assert res.scenario["name"] == "smoke" and res.tasks is not None and res.steps is not None
+    run = res.runs()[0]
+    a = res.matrix(run, "image_auroc")
+    order = res.matrices[res.matrices.run_id == run].order.iloc[0].split(" > ")
+    assert list(a.index) == order and list(a.columns) == order and not a.isna().any().any()
+    g = raw[(raw["trial_id" if old else "run_id"] == run) & (raw.metric == "image_auroc")]
+    last = g[g.step == len(order) - 1].set_index("eval_task").value
+    np.testing.assert_allclose(a.iloc[-1].to_numpy(), last.reindex(order).to_numpy())
+    with pytest.raises(PclsimError, match="no matrices.parquet"):
+        pclsim.load_results(tracked)
+
+
+def test_sweep_from_python_resumes_the_finished_folder(tracked, monkeypatch):
+    import yaml
+
+    import pclsim
+
+    monkeypatch.setenv("PCLSIM_CACHE_DIR", str(tracked / "cache"))
+    before = pd.read_parquet(tracked / "out" / "summary.parquet")
+    # a finished folder: nothing left to run, so no Ray; the mapping form is the same scenario (same hash)
+    for sc in (SMOKE, yaml.safe_load(SMOKE.read_text())):
+        res = pclsim.sweep(sc, out=tracked / "out")
+        assert isinstance(res, pclsim.Results)
+        assert len(res.summary) == len(before)
+        np.testing.assert_array_equal(np.sort(res.summary.final_mean.to_numpy()), np.sort(before.final_mean.to_numpy()))
+    with pytest.raises(PclsimError, match="different scenario"):
+        pclsim.sweep(dict(yaml.safe_load(SMOKE.read_text()), memory_sizes=[40]), out=tracked / "out")
