@@ -71,8 +71,12 @@ def run_group(runs: list[Run], sources: BankSources, tables: dict, *, reweightin
     return out, dict(ev.stats)
 
 
-def simulate(runs: list[Run], tasks: dict[str, TaskFeatures], scenario: dict, device=None):
-    """The whole study in this process, one seed after another."""
+def simulate(runs: list[Run], tasks: dict[str, TaskFeatures], scenario: dict, device=None, categories=None):
+    """The whole study in this process, one seed after another.
+
+    categories: {merged task: [(category, n_test), ...]} (pclsim.data.merge.category_parts); each result
+    then carries `.categories`, a CategoryResult of per-category values.
+    """
     from .maskless import apply_maskless_policy
 
     tasks = apply_maskless_policy(tasks, scenario.get("evaluation", {}).get("maskless_pixels", "skip"),
@@ -80,10 +84,18 @@ def simulate(runs: list[Run], tasks: dict[str, TaskFeatures], scenario: dict, de
     p = plan(runs)
     out = []
     for seed, sizes in p.sizes.items():
-        sources = make_sources(tasks, sizes, scenario["coreset"], seed, device)
+        sources = make_sources(dict(tasks), sizes, scenario["coreset"], seed, device)
         ev = Evaluator(sources, reweighting=scenario["model"]["reweighting"],
                        pixel=scenario["evaluation"]["pixel_metrics"], device=device)
+        if categories:
+            from .data.merge import add_category_views, run_categories
+
+            add_category_views(ev, categories, p.sources[seed])
         for r in runs:
             if r.seed == seed:
-                out.append((r, run_order(get_strategy(r.strategy, r.memory_size), r.order, ev)))
+                strat = get_strategy(r.strategy, r.memory_size)
+                res = run_order(strat, r.order, ev)
+                if categories:
+                    res.categories = run_categories(strat, r.order, ev, categories)
+                out.append((r, res))
     return out

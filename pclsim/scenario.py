@@ -52,7 +52,7 @@ DEFAULTS = {
 }
 
 _CHOICES = {
-    "dataset.kind": ("synthetic", "bmad", "mvtec", "folder"),
+    "dataset.kind": ("synthetic", "bmad", "mvtec", "visa", "folder"),
     "dataset.protocol": ("clean", "paper"),
     "dataset.resize": ("crop", "full"),
     "evaluation.maskless_pixels": ("skip", "paper"),
@@ -129,7 +129,15 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
             root = Path(base_dir or ".") / root
         ds["root"] = str(root.resolve())
     tasks = ds["tasks"]
-    if tasks is not None:
+    if isinstance(tasks, dict):  # multi-category steps {merged: [categories]}: orders run over the merged names
+        from .data.merge import parse_task_spec
+        from .errors import DataError
+
+        try:
+            ds["tasks"] = parse_task_spec(tasks)
+        except DataError as e:
+            raise ScenarioError(f"{src}: {e}") from None
+    elif tasks is not None:
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
             _fail(src, "dataset.tasks", "expected a non-empty list of task names")
         if len(set(tasks)) != len(tasks):
