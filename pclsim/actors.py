@@ -113,9 +113,11 @@ class ResultsWriter:
     def __init__(self, out_dir: str):
         self.out = Path(out_dir)
 
-    def write(self, group: str, matrices, steps) -> int:
+    def write(self, group: str, matrices, steps, categories=None) -> int:
         from .results import atomic_write_table
 
+        if categories is not None:  # per-category values of merged tasks (pclsim.data.merge)
+            atomic_write_table(categories, self.out / "categories.parquet" / f"part-{group}.parquet")
         # steps first: a group counts as done only once its matrices part exists too
         atomic_write_table(steps, self.out / "steps.parquet" / f"part-{group}.parquet")
         atomic_write_table(matrices, self.out / "matrices.parquet" / f"part-{group}.parquet")

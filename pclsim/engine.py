@@ -60,14 +60,26 @@ def source_tables(sources: BankSources, kind: str, src: tuple[str, ...], device=
 
 
 def run_group(runs: list[Run], sources: BankSources, tables: dict, *, reweighting: str = "paper",
-              pixel: bool = True, device=None) -> tuple[list[tuple[Run, OrderResult]], dict]:
-    """Run every order of a group with one shared, memoized evaluator."""
+              pixel: bool = True, device=None, categories=None) -> tuple[list[tuple[Run, OrderResult]], dict]:
+    """Run every order of a group with one shared, memoized evaluator (categories: as in `simulate`)."""
+    if categories:
+        sources.tasks = dict(sources.tasks)  # the category views go into this group's own mapping
     ev = Evaluator(sources, reweighting=reweighting, pixel=pixel, device=device)
     for (kind, src), tb in tables.items():
         ev.put_tables(kind, src, tb)
+    if categories:
+        from .data.merge import add_category_views
+
+        add_category_views(ev, categories, plan(runs).sources.get(sources.seed, []))
     out = []
     for r in runs:
-        out.append((r, run_order(get_strategy(r.strategy, r.memory_size), r.order, ev)))
+        strat = get_strategy(r.strategy, r.memory_size)
+        res = run_order(strat, r.order, ev)
+        if categories:
+            from .data.merge import run_categories
+
+            res.categories = run_categories(strat, r.order, ev, categories)
+        out.append((r, res))
     return out, dict(ev.stats)
 
 

@@ -41,7 +41,7 @@ def prepare_output(sc: dict, out: Path, fresh: bool) -> None:
     shutil.rmtree(out / ".tune", ignore_errors=True)
     if fresh:
         for name in ("matrices.parquet", "steps.parquet", "summary.parquet", "tasks.parquet", "run_info.json",
-                     "report", "gallery"):
+                     "report", "gallery", "categories.parquet"):
             p = out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -133,8 +133,10 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
         p, prepared = _prepare_banks(ray, sc, task_refs, runs, quiet)
         _stage(debug, "banks done")
         if todo:
+            from .data.merge import category_parts
+
             _run_trials(ray, sc, todo, out_dir, task_refs, prepared, p.sizes, dim, feature_keys, max_concurrent, quiet,
-                        track)
+                        track, category_parts(streams))
             _stage(debug, "trials done")
         if gallery_run is not None:
             from .actors import write_gallery
@@ -195,6 +197,13 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
         "extractor_nodes": sorted({i["node"] for i in infos})})
     stats = pd.DataFrame(ray.get([task_stats.remote(task_refs[n]) for n in task_refs]))
     stats["arch_mb"] = infos[0]["arch_mb"]
+    from .maskless import maskless_all_ones
+
+    policy = sc["evaluation"].get("maskless_pixels", "skip")  # labelled, with the images that got all-1 masks
+    stats["maskless_pixels"] = policy
+    stats["maskless_all_ones"] = [
+        [int(i) for i in np.flatnonzero(maskless_all_ones([s.label for s in t.test], t.name, sc["dataset"]["seed"]))]
+        if policy == "paper" and not t.has_masks else [] for t in streams]
     stats["backbone_device"] = infos[0]["device"]
     atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
     feature_keys = {t.name: (cache, task_key(infos[0]["cache_key"], t), t.name, sc["dataset"]["image_size"])
@@ -221,7 +230,7 @@ def _prepare_banks(ray, sc, task_refs, runs, quiet):
 
 
 def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, sizes, dim, feature_keys, max_concurrent, quiet,
-                track=None):
+                track=None, categories=None):
     """One Tune trial per group of orders; each hands its tables to a writer on this node."""
     from ray import tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -233,7 +242,8 @@ def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, sizes, dim, feature
     writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
     trainable = tune.with_parameters(_trial, groups=todo, task_refs=task_refs, prepared=prepared, sizes=sizes,
-                                     scenario=sc, writer=writer, dim=dim, feature_keys=feature_keys)
+                                     scenario=sc, writer=writer, dim=dim, feature_keys=feature_keys,
+                                     categories=categories or None)
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="runs", unit="run", disable=quiet, file=sys.stderr)
 
     class _Progress(tune.Callback):
@@ -279,7 +289,7 @@ def _unwrap(e: BaseException) -> BaseException:
     return e if e is not None else RuntimeError("sweep failed")
 
 
-def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, feature_keys):
+def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, feature_keys, categories=None):
     import ray
     from ray import tune
 
@@ -292,6 +302,10 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, fe
     names = list(task_refs)
     tasks = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
                                             lambda: [_from_cache(*feature_keys[n]) for n in names])))
+    from .maskless import apply_maskless_policy
+
+    tasks = apply_maskless_policy(tasks, scenario["evaluation"].get("maskless_pixels", "skip"),
+                                  scenario["dataset"].get("seed", 0))
     pairs = []
     trial_plan = plan(runs)
     for seed in trial_plan.sizes:
@@ -309,10 +323,15 @@ def _trial(config, groups, task_refs, prepared, sizes, scenario, writer, dim, fe
             tables = dict(zip(need, got)) if got is not None else {}
         got, _ = run_group([r for r in runs if r.seed == seed], sources, tables,
                            reweighting=scenario["model"]["reweighting"],
-                           pixel=scenario["evaluation"]["pixel_metrics"])
+                           pixel=scenario["evaluation"]["pixel_metrics"], categories=categories)
         pairs.extend(got)
     t1 = time.perf_counter()
-    ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim)))
+    cats = None
+    if categories:
+        from .data.merge import categories_table
+
+        cats = categories_table([(r, res, res.categories) for r, res in pairs])
+    ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim), cats))
     print(f"trial {group}: {len(runs)} runs, compute {t1 - t0:.1f} s, write {time.perf_counter() - t1:.1f} s",
           file=sys.stderr, flush=True)
     tune.report({"runs": len(runs)})
@@ -362,6 +381,7 @@ def _finish(sc, out_dir: Path, streams, quiet, cache_root):
                 continue
             baselines[(t, metric)] = chance_level(metric, np.array([row.image_prevalence]), pix, n_tasks=len(tasks))
     summary = build_summary(mat, steps, baselines, float(tasks["arch_mb"].iloc[0]))
+    summary["maskless_pixels"] = sc["evaluation"].get("maskless_pixels", "skip")  # what pixel means run over
     atomic_write_table(pa.Table.from_pandas(summary, preserve_index=False), out_dir / "summary.parquet")
     if not quiet:
         _print_table(summary, sc)

@@ -183,3 +183,53 @@ def test_visa_and_merged_tasks_through_validate(visa, tmp_path):
                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     assert "task step0: 3 train, 4 test (2 anomalous)" in r.stdout and "orders: 2" in r.stdout
+
+
+# ---------------------------------------------------------------- end to end through the Ray sweep
+
+def test_merged_scenario_sweeps_end_to_end_with_categories_and_paper_masks(tmp_path):
+    import pandas as pd
+
+    from pclsim.maskless import maskless_record
+
+    sc = {"name": "merged", "dataset": {"kind": "synthetic", "tasks": {"A": ["Brain_AD", "Liver_AD"], "B": ["Chest_AD"]},
+                                        "image_size": 64, "synthetic": {"train": 6, "test": 8, "seed": 0}},
+          "strategies": ["patchcore_cl", "multi_model"], "memory_sizes": [30],
+          "evaluation": {"maskless_pixels": "paper"}}
+    p = tmp_path / "merged.yaml"
+    p.write_text(yaml.safe_dump(sc))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    r = subprocess.run([sys.executable, "-m", "pclsim.cli", "sweep", str(p), "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), PCLSIM_CACHE_DIR=str(cache), RAY_ADDRESS=""))
+    assert r.returncode == 0, r.stderr[-3000:]
+    mat = pd.read_parquet(out / "matrices.parquet")
+    cats = pd.read_parquet(out / "categories.parquet")
+    id_col = "run_id" if "run_id" in mat.columns else "trial_id"
+    assert set(mat.eval_task) == {"A", "B"}  # one matrix column per merged task
+    assert {"pixel_auroc", "pixel_f1"} <= set(mat[mat.eval_task == "B"].metric)  # paper masks for mask-less B
+    assert set(zip(cats.eval_task, cats.category)) == {("A", "Brain_AD"), ("A", "Liver_AD"), ("B", "Chest_AD")}
+    tasks_pq = pd.read_parquet(out / "tasks.parquet").set_index("task")
+    assert set(tasks_pq.maskless_pixels) == {"paper"}
+    assert set(pd.read_parquet(out / "summary.parquet").maskless_pixels) == {"paper"}
+    # the Ray executor and the in-process one agree exactly, categories included
+    feats, streams = _features(dict(sc["dataset"]), cache)
+    rec = maskless_record(feats, "paper", 0)
+    assert list(tasks_pq.loc["B", "maskless_all_ones"]) == rec["B"] and list(tasks_pq.loc["A", "maskless_all_ones"]) == []
+    full = resolve(dict(sc))
+    from pclsim.scenario import expand_runs
+
+    for run, res in simulate(expand_runs(full), feats, full, device="cpu", categories=category_parts(streams)):
+        got = mat[mat[id_col] == run.trial_id]
+        for metric, a in res.matrices.items():
+            for s in range(2):
+                for j, t in enumerate(run.order):
+                    v = got[(got.metric == metric) & (got.step == s) & (got.eval_task == t)].value
+                    assert len(v) == 1 and v.iloc[0] == a[s, j], (run, metric, s, t)
+        c = cats[cats[id_col] == run.trial_id]
+        for metric, a in res.categories.matrices.items():
+            for s in range(2):
+                for k, name in enumerate(res.categories.names):
+                    m, cat = name.split("/")
+                    v = c[(c.metric == metric) & (c.step == s) & (c.category == cat)].value
+                    assert len(v) == 1 and v.iloc[0] == a[s, k], (run, metric, s, name)
