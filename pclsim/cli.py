@@ -96,14 +96,17 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
         for t in tasks:
             n_anom = sum(s.label for s in t.test)
             print(f"  task {t.name}: {len(t.train)} train, {len(t.test)} test ({n_anom} anomalous), "
-                  f"masks: {'yes' if t.has_masks else 'no'}")
+                  f"masks: {'yes' if t.has_masks else 'no'}"
+                  + (f", categories: {', '.join(c for c, _, _ in t.categories)}" if getattr(t, "categories", None)
+                     else ""))
         print(f"tasks: {len(tasks)}  orders: {len(orders)}  strategies: {len(sc['strategies'])}  "
               f"memory sizes: {len(sc['memory_sizes'])}  seeds: {len(sc['seeds'])}  "
               f"trials: {len(runs)} (in {len(group_runs(runs))} Tune trials)")
-        ds, ev = sc["dataset"], sc["evaluation"]
-        print(f"resize: {ds.get('resize', 'crop')} ({'whole image to' if ds.get('resize') == 'full' else 'shorter side, centre crop'} "
-              f"{ds['image_size']} px)  reweighting: {sc['model']['reweighting']}  "
-              f"maskless pixels: {ev.get('maskless_pixels', 'skip')}  weights: {sc['model']['weights']}")
+        resize = sc["dataset"].get("resize", "crop")
+        geometry = "whole image to" if resize == "full" else "shorter side, centre crop"
+        print(f"resize: {resize} ({geometry} {sc['dataset']['image_size']} px)  "
+              f"reweighting: {sc['model']['reweighting']}  "
+              f"maskless pixels: {sc['evaluation'].get('maskless_pixels', 'skip')}  weights: {sc['model']['weights']}")
 
     _guard(_run)
 
