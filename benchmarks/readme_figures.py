@@ -46,6 +46,8 @@ def figures_markdown(res, seconds: float | None = None) -> str:
     """The README's table of a results folder (pclsim.api.Results) and the line saying how it was made."""
     sc = res.scenario
     s = res.summary
+    if s is None:
+        raise SystemExit(f"{res.folder}: no summary.parquet (the sweep did not finish)")
     ds, model, ev, cs = sc.get("dataset", {}), sc.get("model", {}), sc.get("evaluation", {}), sc.get("coreset", {})
     runs = s.groupby(["strategy", "memory_size"])["run_id"].nunique()
     n_orders = s["order"].nunique()

@@ -147,3 +147,46 @@ def test_sweep_from_python_resumes_the_finished_folder(tracked, monkeypatch):
         np.testing.assert_array_equal(np.sort(res.summary.final_mean.to_numpy()), np.sort(before.final_mean.to_numpy()))
     with pytest.raises(PclsimError, match="different scenario"):
         pclsim.sweep(dict(yaml.safe_load(SMOKE.read_text()), memory_sizes=[40]), out=tracked / "out")
+
+
+def test_readme_figures_table_from_a_results_folder(tmp_path):
+    """benchmarks/readme_figures.py: the table holds the runs' means and names resize and reweighting."""
+    import importlib.util
+    import itertools
+
+    import pyarrow as pa
+
+    from helpers_features import make_tasks
+    from pclsim.api import load_results
+    from pclsim.engine import simulate
+    from pclsim.results import atomic_write_table, build_summary, rows_table, steps_table
+    from pclsim.scenario import Run
+
+    spec = importlib.util.spec_from_file_location("readme_figures", ROOT / "benchmarks" / "readme_figures.py")
+    rf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rf)
+    tasks = make_tasks(3, seed=2)
+    sc = {"name": "t", "coreset": {"projection": "jl", "projection_dim": 4, "joint": "composable",
+                                   "rebalance": "truncate"},
+          "model": {"reweighting": "anomalib", "backbone": "b", "weights": "bundled"},
+          "evaluation": {"pixel_metrics": True, "maskless_pixels": "skip"},
+          "dataset": {"kind": "synthetic", "resize": "full", "tasks": list(tasks), "image_size": 32}, "seeds": [0]}
+    orders = list(itertools.permutations(tasks))[:3]
+    pairs = simulate([Run(s, 45, 0, o) for s in ("patchcore_cl", "finetune") for o in orders], tasks, sc, device="cpu")
+    out = tmp_path / "res"
+    atomic_write_table(rows_table(pairs), out / "matrices.parquet" / "part-a.parquet")
+    atomic_write_table(steps_table(pairs, 8), out / "steps.parquet" / "part-a.parquet")
+    summary = build_summary(pd.read_parquet(out / "matrices.parquet"), pd.read_parquet(out / "steps.parquet"), {}, 1.0)
+    atomic_write_table(pa.Table.from_pandas(summary, preserve_index=False), out / "summary.parquet")
+    (out / "scenario.yaml").write_text(__import__("yaml").safe_dump(sc))
+    md = rf.figures_markdown(load_results(out))
+    assert "**resize `full`**" in md and "**reweighting `anomalib`**" in md and "3 orders" in md
+    row = next(line for line in md.splitlines() if line.startswith("| patchcore_cl | 45 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    v = summary[(summary.strategy == "patchcore_cl") & (summary.metric == "image_auroc")].final_mean
+    assert cells[2] == "3" and cells[3].split(" ± ")[0] == f"{v.mean():.3f}"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{rf.BEGIN}\nold\n{rf.END}\nrest\n")
+    rf.update_readme(readme, md)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text and md in text
