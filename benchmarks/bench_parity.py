@@ -1,8 +1,11 @@
 """Parity with a peer: single-task PatchCore in pclsim vs anomalib's PatchcoreModel (oracle only).
 
-Same synthetic task, same backbone (efficientnet_lite0, bundled ImageNet weights), same layers
-(blocks.2 + blocks.4), same bank size. Prints image and pixel AUROC of both and their gaps;
-the target is |gap| <= 0.02. Run with anomalib installed: pip install -e '.[bench]'.
+Every synthetic domain (generated at --native px), same backbone (efficientnet_lite0, bundled
+ImageNet weights), same layers (blocks.2 + blocks.4), same bank size. anomalib gets the whole
+images resized to --size (its geometry); pclsim runs with `resize: full` (the same inputs) and
+with `resize: crop` (the authors' shorter-side resize + centre crop), each with both reweightings.
+One JSON line per domain: AUROCs and gaps; the target is |gap| <= 0.02 with resize full and
+reweighting anomalib. Run with anomalib installed: pip install -e '.[bench]'.
 """
 
 from __future__ import annotations
@@ -15,65 +18,122 @@ from sklearn.metrics import roc_auc_score
 
 from _common import anomalib_or_none, emit
 from pclsim.backbones import load_backbone
-from pclsim.data import iter_batches, synthetic_stream
+from pclsim.data import BMAD_TASKS, iter_batches, synthetic_stream
 from pclsim.features import FeatureExtractor
 from pclsim.engine import single_task_metrics
 from pclsim.protocol import TaskFeatures
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--task", default="Brain_AD")
-    ap.add_argument("--train", type=int, default=60)
-    ap.add_argument("--test", type=int, default=100)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--bank", type=int, default=1000)
-    a = ap.parse_args()
-    torch.manual_seed(0)
-    task = synthetic_stream((a.task,), train=a.train, test=a.test, size=a.size, seed=0)[0]
-    train = list(iter_batches(task.train, a.size, 16, 2))
-    test = list(iter_batches(task.test, a.size, 16, 2))
-    masks = torch.cat([m for _, m, _ in test]).numpy()
-    labels = torch.cat([y for _, _, y in test]).numpy()
-
-    ex = FeatureExtractor("efficientnet_lite0", "bundled", image_size=a.size, device="cpu")
+def _pclsim(task, train, test, labels, masks, size, bank, resize):
+    """pclsim's single-task PatchCore on batches decoded with `resize`: image AUROC per reweighting, pixel AUROC."""
+    ex = FeatureExtractor("efficientnet_lite0", "bundled", image_size=size, device="cpu", resize=resize)
     tr, _, _ = ex.extract(train)
     te, _, _ = ex.extract(test)
-    out = {"task": a.task, "train": a.train, "test": a.test, "bank": a.bank}
+    out = {}
     for rw in ("paper", "anomalib"):
-        tf = TaskFeatures(a.task, tr.reshape(-1, ex.dim), te, labels, masks, ex.grid, a.size)
-        res = single_task_metrics(tf, a.bank, reweighting=rw)
-        out[f"pclsim_{rw}_image_auroc"] = res["image_auroc"]
-        out["pclsim_pixel_auroc"] = res["pixel_auroc"]
+        tf = TaskFeatures(task.name, tr.reshape(-1, ex.dim), te, labels, masks, ex.grid, size)
+        res = single_task_metrics(tf, bank, reweighting=rw)
+        out[f"image_auroc_{rw}"] = res["image_auroc"]
+        out["pixel_auroc"] = res["pixel_auroc"]
+    return out, ex
 
+
+def _anomalib(Model, layers, train, test, labels, masks, size, bank):
+    """anomalib's PatchcoreModel on the whole images (its geometry), same backbone, weights, layers, bank size."""
+    model = Model(layers=list(layers), backbone="efficientnet_lite0", pre_trained=False)
+    timm_model, _ = load_backbone("efficientnet_lite0", "bundled")
+    missing = model.feature_extractor.feature_extractor.load_state_dict(timm_model.state_dict(), strict=False)
+    assert not missing.missing_keys, missing.missing_keys
+    model.train()
+    for x, _, _ in train:
+        model(x)
+    n = sum(e.shape[0] for e in model.embedding_store)
+    model.subsample_embedding(bank / n)
+    model.eval()
+    scores, maps = [], []
+    with torch.inference_mode():
+        for x, _, _ in test:
+            r = model(x)
+            scores.append(r.pred_score.reshape(-1))
+            maps.append(r.anomaly_map.reshape(x.shape[0], size, size))
+    s = torch.cat(scores).numpy()
+    m = torch.cat(maps).numpy()
+    return {"bank": int(model.memory_bank.shape[0]), "image_auroc": float(roc_auc_score(labels, s)),
+            "pixel_auroc": float(roc_auc_score(masks.reshape(-1), m.reshape(-1)))}
+
+
+def readme_table(lines: list[dict]) -> str:
+    """The README's parity table (between <!-- parity:begin/end -->) from this benchmark's JSON lines."""
+    out = ["| domain | image, full + anomalib rw | pixel, full | image, crop + anomalib rw | pixel, crop "
+           "| image, full + paper rw |", "|---|---|---|---|---|---|"]
+    for d in lines:
+        if "gap_full_image_auroc" not in d:
+            continue
+        cells = [d["gap_full_image_auroc"], d["gap_full_pixel_auroc"], d["gap_crop_image_auroc"],
+                 d["gap_crop_pixel_auroc"], d["gap_full_image_auroc_paper_reweighting"]]
+        out.append(f"| {d['task']} | " + " | ".join(f"{v:+.4f}" for v in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def update_readme(jsonl: list[str], readme: str) -> None:
+    import json
+    import os
+
+    lines = [json.loads(x) for f in jsonl for x in open(f) if x.strip().startswith("{")]
+    text = open(readme).read()
+    head, rest = text.split("<!-- parity:begin -->", 1)
+    _, tail = rest.split("<!-- parity:end -->", 1)
+    with open(readme + ".tmp", "w") as fh:
+        fh.write(f"{head}<!-- parity:begin -->\n{readme_table(lines)}<!-- parity:end -->{tail}")
+    os.replace(readme + ".tmp", readme)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--readme-from", nargs="+", metavar="JSONL",
+                    help="write the README's parity table from saved output lines instead of running")
+    ap.add_argument("--tasks", default=",".join(BMAD_TASKS), help="comma-separated synthetic domains")
+    ap.add_argument("--train", type=int, default=60)
+    ap.add_argument("--test", type=int, default=100)
+    ap.add_argument("--size", type=int, default=224, help="model input (dataset.image_size)")
+    ap.add_argument("--native", type=int, default=256, help="side of the generated images before resizing")
+    ap.add_argument("--bank", type=int, default=1000)
+    a = ap.parse_args()
+    if a.readme_from:
+        import os
+
+        update_readme(a.readme_from, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"))
+        return
     Model = anomalib_or_none("patchcore")
-    if Model is not None:
-        model = Model(layers=list(ex.layers), backbone="efficientnet_lite0", pre_trained=False)
-        timm_model, _ = load_backbone("efficientnet_lite0", "bundled")
-        missing = model.feature_extractor.feature_extractor.load_state_dict(timm_model.state_dict(), strict=False)
-        assert not missing.missing_keys, missing.missing_keys
-        model.train()
-        for x, _, _ in train:
-            model(x)
-        n = sum(e.shape[0] for e in model.embedding_store)
-        model.subsample_embedding(a.bank / n)
-        model.eval()
-        scores, maps = [], []
-        with torch.inference_mode():
-            for x, _, _ in test:
-                r = model(x)
-                scores.append(r.pred_score.reshape(-1))
-                maps.append(r.anomaly_map.reshape(x.shape[0], a.size, a.size))
-        s = torch.cat(scores).numpy()
-        m = torch.cat(maps).numpy()
-        out["anomalib_bank"] = int(model.memory_bank.shape[0])
-        out["anomalib_image_auroc"] = float(roc_auc_score(labels, s))
-        out["anomalib_pixel_auroc"] = float(roc_auc_score(masks.reshape(-1), m.reshape(-1)))
-        out["gap_image_auroc"] = out["pclsim_anomalib_image_auroc"] - out["anomalib_image_auroc"]
-        out["gap_image_auroc_paper_reweighting"] = out["pclsim_paper_image_auroc"] - out["anomalib_image_auroc"]
-        out["gap_pixel_auroc"] = out["pclsim_pixel_auroc"] - out["anomalib_pixel_auroc"]
-        out["within_0.02"] = bool(abs(out["gap_image_auroc"]) <= 0.02 and abs(out["gap_pixel_auroc"]) <= 0.02)
-    emit("parity", out)
+    for name in a.tasks.split(","):
+        torch.manual_seed(0)
+        task = synthetic_stream((name,), train=a.train, test=a.test, size=a.native, seed=0)[0]
+        out = {"task": name, "train": a.train, "test": a.test, "bank": a.bank, "native_px": a.native,
+               "image_size": a.size, "anomalib_geometry": "full"}
+        batches = {}
+        for resize in ("full", "crop"):
+            train = list(iter_batches(task.train, a.size, 16, 2, resize=resize))
+            test = list(iter_batches(task.test, a.size, 16, 2, resize=resize))
+            masks = torch.cat([m for _, m, _ in test]).numpy()
+            labels = torch.cat([y for _, _, y in test]).numpy()
+            batches[resize] = (train, test, labels, masks)
+            res, ex = _pclsim(task, train, test, labels, masks, a.size, a.bank, resize)
+            for k, v in res.items():
+                out[f"pclsim_{resize}_{k}"] = v
+        if Model is not None:
+            train, test, labels, masks = batches["full"]  # anomalib resizes the whole image
+            ref = _anomalib(Model, ex.layers, train, test, labels, masks, a.size, a.bank)
+            out["anomalib_bank"] = ref["bank"]
+            out["anomalib_image_auroc"] = ref["image_auroc"]
+            out["anomalib_pixel_auroc"] = ref["pixel_auroc"]
+            for resize in ("full", "crop"):
+                out[f"gap_{resize}_image_auroc"] = out[f"pclsim_{resize}_image_auroc_anomalib"] - ref["image_auroc"]
+                out[f"gap_{resize}_image_auroc_paper_reweighting"] = (out[f"pclsim_{resize}_image_auroc_paper"]
+                                                                      - ref["image_auroc"])
+                out[f"gap_{resize}_pixel_auroc"] = out[f"pclsim_{resize}_pixel_auroc"] - ref["pixel_auroc"]
+            out["within_0.02"] = bool(abs(out["gap_full_image_auroc"]) <= 0.02
+                                      and abs(out["gap_full_pixel_auroc"]) <= 0.02)
+        emit("parity", out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ class FeatureExtractorActor:
     writes each into the feature store (pclsim.store); finalises a task once all its chunks are in.
     Returns store handles (FeatureRef), never arrays."""
 
-    def __init__(self, model: dict, image_size: int, cache_root: str, threads: int = 1):
+    def __init__(self, model: dict, image_size: int, cache_root: str, threads: int = 1, resize: str = "crop"):
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -29,7 +29,7 @@ class FeatureExtractorActor:
         self.cache_root = Path(cache_root)
         self.dtype = model.get("feature_dtype", "float16")
         self.extractor = FeatureExtractor(model["backbone"], model["weights"], model["layers"], image_size=image_size,
-                                          batch_size=model.get("batch_size", 32))
+                                          batch_size=model.get("batch_size", 32), resize=resize)
         self.threads = threads
 
     def info(self) -> dict:
@@ -168,9 +168,11 @@ class ResultsWriter:
     def __init__(self, out_dir: str):
         self.out = Path(out_dir)
 
-    def write(self, group: str, matrices, steps, routing=None, routed=None) -> int:
+    def write(self, group: str, matrices, steps, routing=None, routed=None, categories=None) -> int:
         from .results import atomic_write_table
 
+        if categories is not None:  # per-category values of merged tasks (pclsim.data.merge)
+            atomic_write_table(categories, self.out / "categories.parquet" / f"part-{group}.parquet")
         # matrices last: a group counts as done only once every other part exists
         atomic_write_table(steps, self.out / "steps.parquet" / f"part-{group}.parquet")
         if routing is not None:

@@ -1,7 +1,9 @@
 """Frozen timm backbones: offline creation, weight loading and the choice of feature levels.
 
-Nothing is ever downloaded: models are built with pretrained=False and weights come from the
-bundled EfficientNet-Lite0 checkpoint, a local file, or a seeded random init.
+Weights come from the bundled EfficientNet-Lite0 checkpoint, a local file, a seeded random init
+('none'), or, with 'pretrained', timm's own pretrained weights for the model's name: the only
+case that may download (once, into the usual Hugging Face / torch cache); offline and without a
+cached copy it is a ModelError that says how to use a local file instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from .errors import ModelError
 
 __all__ = ["DEFAULT_LAYERS", "bundled_weights_path", "load_backbone", "load_state_dict_file", "resolve_layers",
-           "layer_candidates", "architecture_mb"]
+           "layer_candidates", "architecture_mb", "pretrained_id"]
 
 # Last block at stride 8 and at stride 16 (PatchCore's layer2 + layer3 for ResNets).
 DEFAULT_LAYERS: dict[str, tuple[str, str]] = {
@@ -66,6 +68,38 @@ def _create(name: str) -> torch.nn.Module:
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False)
     return model.eval()
+
+
+def _create_pretrained(name: str) -> torch.nn.Module:
+    """timm.create_model(name, pretrained=True): from the HF / torch cache, or downloaded once into it."""
+    import timm
+
+    if not timm.is_model(name):
+        _create(name)  # raises the unknown-backbone error with its hints
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ModelError(f"timm has no pretrained weights for {name}; use weights: none or a path to a checkpoint")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(name, pretrained=True)
+    except Exception as e:  # offline (HF_HUB_OFFLINE, no network), blocked host, broken cache entry
+        where = cfg.hf_hub_id or cfg.url or cfg.file
+        raise ModelError(f"cannot get pretrained weights for {name} ({where}): {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e).strip() else 'no detail'}; without internet, "
+                         f"download the checkpoint elsewhere and set model.weights to its local path "
+                         f"(e.g. weights: /path/to/{name}.safetensors)") from None
+    return model.eval()
+
+
+def pretrained_id(name: str) -> str:
+    """What 'pretrained' means for `name`, for the feature cache key: timm's weight tag (e.g. hub id)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return f"pretrained:{name}"
+    return f"pretrained:{name}:{cfg.hf_hub_id or cfg.url or cfg.file}:{cfg.tag or ''}"
 
 
 def load_state_dict_file(path: str) -> "OrderedDict[str, torch.Tensor]":
@@ -184,10 +218,11 @@ def load_backbone(name: str, weights: str = "bundled", layers=None) -> tuple[tor
     if weights == "bundled" and name != _BUNDLED_FOR:
         raise ModelError(f"weights 'bundled' exist only for {_BUNDLED_FOR}; for {name} use weights: none or a path "
                          "to a checkpoint file")
-    if weights not in ("bundled", "none") and not os.path.isfile(weights):
-        raise ModelError(f"weights file not found: {weights} (use 'bundled', 'none' or a path to a checkpoint file)")
-    model = _create(name)
-    if weights != "none":
+    if weights not in ("bundled", "none", "pretrained") and not os.path.isfile(weights):
+        raise ModelError(f"weights file not found: {weights} (use 'bundled', 'pretrained', 'none' or a path to a "
+                         "checkpoint file)")
+    model = _create_pretrained(name) if weights == "pretrained" else _create(name)
+    if weights not in ("none", "pretrained"):
         path = bundled_weights_path() if weights == "bundled" else weights
         matched = _match(model, load_state_dict_file(path), name, path)
         model.load_state_dict(matched, strict=False)

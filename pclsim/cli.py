@@ -62,13 +62,15 @@ def sweep(scenario: str = typer.Argument(..., help="Scenario YAML file."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary table."),
           gallery: Optional[int] = typer.Option(None, "--gallery", min=0,
                                                 help="Store N anomaly maps per task for the report."),
-          debug: bool = typer.Option(False, "--debug", help="Full tracebacks and Ray worker logs.")):
+          debug: bool = typer.Option(False, "--debug", help="Full tracebacks and Ray worker logs."),
+          track: Optional[list[str]] = typer.Option(None, "--track", help="Log each trial to an experiment "
+                                                    "tracker: mlflow[=URI] (default <out>/mlruns) or wandb.")):
     """Run every (order x strategy x memory size x seed) of a scenario; write Parquet results."""
     _DEBUG["on"] = debug
     from .sweep import run_sweep
 
     _guard(run_sweep, scenario, out=out, data_root=data_root, address=address, fresh=fresh,
-           max_concurrent=max_concurrent, quiet=quiet, debug=debug, gallery=gallery)
+           max_concurrent=max_concurrent, quiet=quiet, debug=debug, gallery=gallery, track=track)
 
 
 @app.command()
@@ -98,11 +100,19 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
         for t in tasks:
             n_anom = sum(s.label for s in t.test)
             print(f"  task {t.name}: {len(t.train)} train, {len(t.test)} test ({n_anom} anomalous), "
-                  f"masks: {'yes' if t.has_masks else 'no'}")
+                  f"masks: {'yes' if t.has_masks else 'no'}"
+                  + (f", categories: {', '.join(c for c, _, _ in t.categories)}" if getattr(t, "categories", None)
+                     else ""))
         print(f"tasks: {len(tasks)}  orders: {n_orders}  strategies: {len(sc['strategies'])}  "
               f"memory sizes: {len(sc['memory_sizes'])}  seeds: {len(sc['seeds'])}  "
               f"runs: {n_runs} (in {len(group_runs(runs))} Tune trials)")
         print(f"orders: {how}")
+        resize = sc["dataset"].get("resize", "crop")
+        geometry = "whole image to" if resize == "full" else "shorter side, centre crop"
+        print(f"resize: {resize} ({geometry} {sc['dataset']['image_size']} px)  "
+              f"reweighting: {sc['model']['reweighting']}  "
+              f"maskless pixels: {sc['evaluation'].get('maskless_pixels', 'skip')}  weights: {sc['model']['weights']}  "
+              f"rebalance: {sc['coreset']['rebalance']}")
 
     _guard(_run)
 

@@ -125,9 +125,23 @@ def restore_evaluator(tasks: dict, sp: SeedPlan, coreset: dict, orders: dict, ba
     return Evaluator(tasks, bb, tables, reweighting=reweighting, pixel=pixel, device=device)
 
 
-def run_group(runs: list[Run], ev: Evaluator, coreset: dict) -> list[tuple[Run, OrderResult]]:
-    """Every run of a group against one shared, memoized evaluator."""
-    return [(r, run_order(strategy_for(r, coreset), r.order, ev)) for r in runs]
+def run_group(runs: list[Run], ev: Evaluator, coreset: dict, categories=None) -> list[tuple[Run, OrderResult]]:
+    """Every run of a group against one shared, memoized evaluator.
+
+    categories: {merged task: [(category, n_test), ...]} (pclsim.data.merge.category_parts); each result
+    then carries `.categories`, a CategoryResult of per-category values."""
+    if categories:
+        from .data.merge import add_category_views, run_categories
+
+        add_category_views(ev, categories)
+    out = []
+    for r in runs:
+        strat = strategy_for(r, coreset)
+        res = run_order(strat, r.order, ev)
+        if categories:
+            res.categories = run_categories(strat, r.order, ev, categories)
+        out.append((r, res))
+    return out
 
 
 def prepare_seed(tasks: dict, sp: SeedPlan, coreset: dict, device=None, progress=None):
@@ -150,8 +164,15 @@ def prepare_seed(tasks: dict, sp: SeedPlan, coreset: dict, device=None, progress
     return orders, banks, tables
 
 
-def simulate(runs: list[Run], tasks: dict[str, TaskFeatures], scenario: dict, device=None):
-    """The whole study in this process, one seed after another -> [(run, OrderResult)] in run order."""
+def simulate(runs: list[Run], tasks: dict[str, TaskFeatures], scenario: dict, device=None, categories=None):
+    """The whole study in this process, one seed after another -> [(run, OrderResult)] in run order.
+
+    The scenario's evaluation.maskless_pixels policy is applied to the tasks first (pclsim.maskless);
+    categories: as in `run_group`."""
+    from .maskless import apply_maskless_policy
+
+    tasks = apply_maskless_policy(tasks, scenario.get("evaluation", {}).get("maskless_pixels", "skip"),
+                                  scenario.get("dataset", {}).get("seed", 0))
     coreset = scenario["coreset"]
     plan = plan_study(runs, coreset)
     results = {}
@@ -160,7 +181,7 @@ def simulate(runs: list[Run], tasks: dict[str, TaskFeatures], scenario: dict, de
         ev = restore_evaluator(tasks, sp, coreset, orders, banks, tables,
                                reweighting=scenario["model"]["reweighting"],
                                pixel=scenario["evaluation"]["pixel_metrics"], device=device)
-        for r, res in run_group([r for r in runs if r.seed == seed], ev, coreset):
+        for r, res in run_group([r for r in runs if r.seed == seed], ev, coreset, categories):
             results[r] = res
     return [(r, results[r]) for r in runs]
 

@@ -101,11 +101,16 @@ class FeatureExtractor:
     """Frozen backbone -> PatchCore patch vectors; one instance per device."""
 
     def __init__(self, backbone: str = "efficientnet_lite0", weights: str = "bundled", layers=None,
-                 image_size: int = 224, device=None, batch_size: int = 32):
+                 image_size: int = 224, device=None, batch_size: int = 32, resize: str = "crop"):
         if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 8:
             raise ModelError(f"dataset.image_size must be an integer >= 8, got {image_size!r}")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ModelError(f"model.batch_size must be an integer >= 1, got {batch_size!r}")
+        from .data.images import RESIZE_MODES
+
+        if resize not in RESIZE_MODES:
+            raise ModelError(f"dataset.resize: {resize!r} is not one of {', '.join(RESIZE_MODES)}")
+        self.resize = resize  # the images' geometry (pclsim.data.preprocess): part of the features' identity
         self.backbone = backbone
         self.weights = "none" if weights is None else str(weights)
         self.image_size = int(image_size)
@@ -221,7 +226,11 @@ class FeatureExtractor:
     def weights_id(self) -> str:
         """What the weights are, for the cache key: bundled checkpoint name, 'none', or the file's sha256."""
         if self._weights_id is None:
-            if self.weights in ("bundled", "none"):
+            if self.weights == "pretrained":
+                from .backbones import pretrained_id
+
+                wid = pretrained_id(self.backbone)
+            elif self.weights in ("bundled", "none"):
                 wid = self.weights
                 if self.weights == "bundled":
                     from .backbones import bundled_weights_path
@@ -237,9 +246,12 @@ class FeatureExtractor:
         return self._weights_id
 
     def cache_key(self) -> str:
-        """sha256 of everything the features depend on: backbone, weights, layers, image size, precision, recipe."""
+        """sha256 of everything the features depend on: backbone, weights, layers, image size, resize mode,
+        precision, recipe."""
         ident = {"backbone": self.backbone, "weights": self.weights_id(), "layers": list(self.layers),
                  "image_size": self.image_size, "precision": self.precision, "recipe": _RECIPE}
+        if self.resize != "crop":  # 'crop' keys stay as they were: existing caches remain valid
+            ident["resize"] = self.resize
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     def __repr__(self) -> str:

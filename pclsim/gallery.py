@@ -39,7 +39,7 @@ def gallery_files(out: Path, run, streams, tasks, ev, scenario) -> int:
         scores, maps = ev.maps(name, sb, ident or strat.identifies_task, idx)
         for k, i in enumerate(idx):
             img, mask = by_name[name].test[i].load()
-            x, m = preprocess(img, mask, tf.image_size)
+            x, m = preprocess(img, mask, tf.image_size, scenario["dataset"].get("resize", "crop"))
             rgb = np.clip((x.transpose(1, 2, 0) * _STD + _MEAN) * 255, 0, 255).astype(np.uint8)
             np.savez_compressed(tmp / f"{name}_{k}.npz", image=rgb,
                                 mask=m if m is not None else np.zeros(rgb.shape[:2], bool),

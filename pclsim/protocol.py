@@ -89,6 +89,7 @@ class Evaluator:
         self._vectors: dict = {}
         self._neighbours: dict = {}
         self._components: dict = {}
+        self._views: dict = {}
         self.stats = {"evaluations": 0, "state_hits": 0, "metric_computations": 0, "nn_queries": 0,
                       "fallback_queries": 0}
 
@@ -98,9 +99,21 @@ class Evaluator:
             self._vectors[ref] = self.builder.bank_vectors(ref)
         return self._vectors[ref]
 
+    def add_view(self, name: str, parent: str, images: slice) -> None:
+        """Make `name` evaluable as the test images `images` of task `parent` (e.g. one category of a merged
+        task): same features, same banks, its nearest neighbours a slice of the parent's (no new search)."""
+        tf = self.tasks[parent]
+        self.tasks[name] = TaskFeatures(name, tf.train[:0], tf.test[images], tf.labels[images],
+                                        None if tf.masks is None else tf.masks[images], tf.grid, tf.image_size)
+        self._views[name] = (parent, images)
+
     def nn(self, ref: BankRef, eval_task: str) -> tuple[np.ndarray, np.ndarray]:
         """(dist (n, P) float32, bank position (n, P) int64) of every test patch of eval_task in bank `ref`."""
         key = (ref, eval_task)
+        if key not in self._nn and eval_task in self._views:
+            parent, images = self._views[eval_task]
+            d, i = self.nn(ref, parent)
+            self._nn[key] = (d[images], i[images])
         if key not in self._nn:
             test = self.tasks[eval_task].test
             best_d = best_i = None

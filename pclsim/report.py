@@ -659,7 +659,8 @@ def _page(d: _Data, mean, std, per_task, figs, gallery_note: str, order_html: st
     model = sc.get("model") or {}
     meta = [("results folder", str(d.root)), ("scenario", sc.get("name", "(scenario.yaml not found)")),
             ("pclsim version", sc.get("pclsim_version", "?")),
-            ("data set", f"{ds.get('kind', '?')}, protocol {ds.get('protocol', '?')}"),
+            ("data set", f"{ds.get('kind', '?')}, protocol {ds.get('protocol', '?')}, resize {ds.get('resize', 'crop')}"),
+            ("pixel metrics", f"mask-less tasks: {(sc.get('evaluation') or {}).get('maskless_pixels', 'skip')}"),
             ("backbone", f"{model.get('backbone', '?')} (reweighting {model.get('reweighting', '?')})"),
             ("metric of the figures", d.metric),
             ("tasks", ", ".join(d.tasks)),

@@ -29,6 +29,7 @@ DEFAULTS = {
         "root": None,
         "tasks": list(BMAD_ORDER),
         "image_size": 224,
+        "resize": "crop",  # crop: shorter side + centre crop (the authors') | full: whole image (anomalib's)
         "protocol": "clean",
         "max_train": 2000,
         "max_test": 2000,
@@ -37,7 +38,7 @@ DEFAULTS = {
     },
     "model": {
         "backbone": "efficientnet_lite0",
-        "weights": "bundled",
+        "weights": "bundled",  # bundled | pretrained (timm, by name) | none | path to a checkpoint
         "layers": None,
         "reweighting": "paper",
         "batch_size": 32,
@@ -52,13 +53,16 @@ DEFAULTS = {
     # (fixed projection: a re-reduction keeps a prefix; the final state depends only on the SET of tasks).
     # projection_dim: auto = the JL dimension (eps 0.9) of the number of points of each selection.
     "coreset": {"projection": "jl", "projection_dim": "auto", "rebalance": "authors", "joint": "composable"},
-    "evaluation": {"pixel_metrics": True, "gallery": 0},  # gallery: anomaly maps stored per task for the report
+    "evaluation": {"pixel_metrics": True, "gallery": 0,  # gallery: anomaly maps stored per task for the report
+                   "maskless_pixels": "skip"},  # skip | paper: the authors' random all-0/all-1 masks (method.md 5)
     "seeds": [0],
 }
 
 _CHOICES = {
-    "dataset.kind": ("synthetic", "bmad", "mvtec", "folder"),
+    "dataset.kind": ("synthetic", "bmad", "mvtec", "visa", "folder"),
     "dataset.protocol": ("clean", "paper"),
+    "dataset.resize": ("crop", "full"),
+    "evaluation.maskless_pixels": ("skip", "paper"),
     "model.reweighting": ("paper", "anomalib", "none"),
     "model.feature_dtype": ("float16", "float32"),
     "coreset.projection": ("jl", "none"),
@@ -136,7 +140,15 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
             root = Path(base_dir or ".") / root
         ds["root"] = str(root.resolve())
     tasks = ds["tasks"]
-    if tasks is not None:
+    if isinstance(tasks, dict):  # multi-category steps {merged: [categories]}: orders run over the merged names
+        from .data.merge import parse_task_spec
+        from .errors import DataError
+
+        try:
+            ds["tasks"] = parse_task_spec(tasks)
+        except DataError as e:
+            raise ScenarioError(f"{src}: {e}") from None
+    elif tasks is not None:
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
             _fail(src, "dataset.tasks", "expected a non-empty list of task names")
         if len(set(tasks)) != len(tasks):
@@ -153,7 +165,7 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
     if not isinstance(m["backbone"], str):
         _fail(src, "model.backbone", "expected a timm model name")
     w = m["weights"]
-    if w not in ("bundled", "none"):
+    if w not in ("bundled", "none", "pretrained"):
         wp = Path(os.path.expanduser(str(w)))
         if not wp.is_absolute():
             wp = Path(base_dir or ".") / wp
@@ -385,8 +397,15 @@ def group_runs(runs: list[Run], max_orders: int = 720) -> dict[str, list[Run]]:
     return out
 
 
+_NEW_KEYS = (("dataset", "resize", "crop"), ("evaluation", "maskless_pixels", "skip"))
+
+
 def scenario_hash(sc: dict) -> str:
     """Content hash of everything that changes results (not the name or output folder)."""
     body = {k: v for k, v in sc.items() if k not in ("name", "pclsim_version", "scenario_hash", "data_hash")}
     body["evaluation"] = {k: v for k, v in body.get("evaluation", {}).items() if k != "gallery"}  # output only
+    # keys added after 0.1.0 leave the hash of a scenario at their default unchanged (old folders still resume)
+    for sect, k, default in _NEW_KEYS:
+        if isinstance(body.get(sect), dict) and body[sect].get(k) == default:
+            body[sect] = {kk: vv for kk, vv in body[sect].items() if kk != k}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -238,7 +238,8 @@ def _embed_into(f, extractor, samples, dtype: np.dtype, workers: int, progress=N
     import torch
 
     tdt = torch.float16 if dtype == np.float16 else torch.float32
-    for images, m, y in iter_batches(samples, S, extractor.batch_size, workers):
+    for images, m, y in iter_batches(samples, S, extractor.batch_size, workers,
+                                     resize=getattr(extractor, "resize", "crop")):
         feats = extractor.embed(images, dtype=tdt).numpy()  # rounded to float16 on the device, if asked
         f.write(np.ascontiguousarray(feats, dtype=dtype).tobytes())
         b = feats.shape[0]

@@ -51,7 +51,8 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
     shutil.rmtree(out / ".tune", ignore_errors=True)
     if fresh:
         for name in ("matrices.parquet", "steps.parquet", "summary.parquet", "tasks.parquet", "run_info.json",
-                     "report", "gallery", "statistics.parquet", "routing.parquet", "routed.parquet"):
+                     "report", "gallery", "statistics.parquet", "routing.parquet", "routed.parquet",
+                     "categories.parquet"):
             p = out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -72,11 +73,14 @@ def _say(quiet: bool, msg: str) -> None:
 
 def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None = None, address: str | None = None,
               fresh: bool = False, max_concurrent: int | None = None, quiet: bool = False, debug: bool = False,
-              cache_dir: str | None = None, gallery: int | None = None) -> Path:
+              cache_dir: str | None = None, gallery: int | None = None, track: list[str] | None = None) -> Path:
     from .data import load_stream
     from .data.preflight import check_stream, data_fingerprint
 
     t_start = _T0[0] = time.perf_counter()
+    from .tracking import parse_track
+
+    parse_track(track)  # a bad --track fails before any work
     sc = load_scenario(scenario_path, data_root=data_root)
     if address or os.environ.get("RAY_ADDRESS"):
         _probe_address(address or os.environ["RAY_ADDRESS"])
@@ -106,7 +110,8 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
     want_gallery = sc["evaluation"]["gallery"] > 0 and not (out_dir / "gallery").is_dir()
     if todo or want_gallery:
         try:
-            _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery)
+            _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery,
+                     track)
         except (Interrupted, KeyboardInterrupt):
             (out_dir / "summary.parquet").unlink(missing_ok=True)  # never a summary of an incomplete set
             raise
@@ -221,7 +226,8 @@ def _guarded_trial(config, **kw):
                      "pclsim_user_error": isinstance(root, PclsimError)})
 
 
-def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False):
+def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False,
+             track=None):
     ray = _ray_init(address, debug)
     _stage(debug, "ray started")
     try:
@@ -235,7 +241,10 @@ def _run_ray(sc, streams, todo, out_dir, address, max_concurrent, quiet, debug, 
         prepared = _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet)
         _stage(debug, "banks done")
         if todo:
-            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, max_concurrent, quiet)
+            from .data.merge import category_parts
+
+            _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, max_concurrent, quiet,
+                        track, category_parts(streams))
             _stage(debug, "trials done")
         if gallery_run is not None:
             from .actors import write_gallery
@@ -283,7 +292,8 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
     opts = dict(num_gpus=1, num_cpus=1) if gpus else dict(num_cpus=1)
     actors = [FeatureExtractorActor.options(scheduling_strategy="SPREAD", max_restarts=2, max_task_retries=2,
                                             **opts).remote(sc["model"], sc["dataset"]["image_size"], cache,
-                                                           threads=1 if not gpus else 4)
+                                                           threads=1 if not gpus else 4,
+                                                           resize=sc["dataset"].get("resize", "crop"))
               for _ in range(n_act)]
     infos = ray.get([a.info.remote() for a in actors])
     _stage(debug, "extractors ready")
@@ -339,6 +349,13 @@ def _extract_features(ray, sc, streams, out_dir, cache, quiet, debug):
     task_refs = {t.name: ray.put(handles[t.name].open()) for t in streams}
     stats = pd.DataFrame(ray.get([task_stats.remote(handles[t.name]) for t in streams]))
     stats["arch_mb"] = infos[0]["arch_mb"]
+    from .maskless import maskless_all_ones
+
+    policy = sc["evaluation"].get("maskless_pixels", "skip")  # labelled, with the images that got all-1 masks
+    stats["maskless_pixels"] = policy
+    stats["maskless_all_ones"] = [
+        [int(i) for i in np.flatnonzero(maskless_all_ones([s.label for s in t.test], t.name, sc["dataset"]["seed"]))]
+        if policy == "paper" and not t.has_masks else [] for t in streams]
     stats["backbone_device"] = infos[0]["device"]
     atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
     # (root, store key, name, image size): cache.load_cached / store.lookup(root, key) give them back
@@ -397,18 +414,21 @@ def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet):
     return prepared
 
 
-def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, max_concurrent, quiet):
+def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, max_concurrent, quiet,
+                track=None, categories=None):
     """One Tune trial per group of runs; each hands its tables to a writer on this node."""
     from ray import tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     from tqdm import tqdm
 
     from .actors import ResultsWriter
+    from .tracking import tracker_callbacks
 
     writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
     trainable = tune.with_parameters(_guarded_trial, groups=todo, task_refs=task_refs, prepared=prepared,
-                                     scenario=sc, writer=writer, dim=dim, feature_keys=feature_keys)
+                                     scenario=sc, writer=writer, dim=dim, feature_keys=feature_keys,
+                                     categories=categories or None)
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="runs", unit="run", disable=quiet, file=sys.stderr)
 
     class _Progress(tune.Callback):
@@ -432,7 +452,8 @@ def _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, 
         # reused trial actors: a new one per trial re-imports torch (seconds each on 2 cores)
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus), reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0, stop=_StopOnError(),
-                                  callbacks=[_Progress()], failure_config=tune.FailureConfig(max_failures=3)),
+                                  callbacks=[_Progress(), *tracker_callbacks(track, out_dir, sc, todo)],
+                                  failure_config=tune.FailureConfig(max_failures=3)),
     )
     grid = _fit_catching_sigint(tuner)
     bar.close()
@@ -535,7 +556,7 @@ def _unwrap(e: BaseException, where: str | None = None) -> BaseException:
     return RuntimeError(f"{prefix}{type(root).__name__}: {msg}" if msg else f"{prefix}{type(root).__name__}")
 
 
-def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_keys):
+def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_keys, categories=None):
     import ray
     from ray import tune
 
@@ -547,16 +568,25 @@ def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_k
     names = list(task_refs)
     tasks = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
                                             lambda: [_from_cache(*feature_keys[n]) for n in names])))
-    pairs = _run_prepared(ray, runs, tasks, prepared, scenario)
+    from .maskless import apply_maskless_policy
+
+    tasks = apply_maskless_policy(tasks, scenario["evaluation"].get("maskless_pixels", "skip"),
+                                  scenario["dataset"].get("seed", 0))
+    pairs = _run_prepared(ray, runs, tasks, prepared, scenario, categories)
     t1 = time.perf_counter()
+    cats = None
+    if categories:
+        from .data.merge import categories_table
+
+        cats = categories_table([(r, res, res.categories) for r, res in pairs])
     ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim), routing_table(pairs),
-                                routed_metrics_table(pairs)))
+                                routed_metrics_table(pairs), cats))
     print(f"trial {group}: {len(runs)} runs, compute {t1 - t0:.1f} s, write {time.perf_counter() - t1:.1f} s",
           file=sys.stderr, flush=True)
     tune.report({"runs": len(runs)})
 
 
-def _run_prepared(ray, runs, tasks, prepared, scenario):
+def _run_prepared(ray, runs, tasks, prepared, scenario, categories=None):
     """Runs against prepared bank sources; tables lost with their node are recomputed here."""
     from .engine import plan_study, restore_evaluator, run_group, run_table, table_rows
 
@@ -570,7 +600,7 @@ def _run_prepared(ray, runs, tasks, prepared, scenario):
         ev = restore_evaluator(tasks, sp, coreset, orders, banks, dict(zip(sp.sources, got)),
                                reweighting=scenario["model"]["reweighting"],
                                pixel=scenario["evaluation"]["pixel_metrics"])
-        pairs.extend(run_group([r for r in runs if r.seed == seed], ev, coreset))
+        pairs.extend(run_group([r for r in runs if r.seed == seed], ev, coreset, categories))
     return pairs
 
 
@@ -620,6 +650,7 @@ def _finish(sc, out_dir: Path, streams, quiet, cache_root):
                 continue
             baselines[(t, metric)] = chance_level(metric, np.array([row.image_prevalence]), pix, n_tasks=len(tasks))
     summary = build_summary(mat, steps, baselines, float(tasks["arch_mb"].iloc[0]))
+    summary["maskless_pixels"] = sc["evaluation"].get("maskless_pixels", "skip")  # what pixel means run over
     atomic_write_table(pa.Table.from_pandas(summary, preserve_index=False), out_dir / "summary.parquet")
     stats = _write_statistics(sc, out_dir, summary, mat, tasks, quiet)
     if not quiet:
@@ -658,3 +689,15 @@ def _print_table(summary: pd.DataFrame, sc, stats: pd.DataFrame | None = None) -
         print("\nDoes the order matter? (statistics.parquet)", file=sys.stderr)
         for strategy, m in t.index:
             print("  " + order_sentence(stats, strategy, int(m), key), file=sys.stderr)
+
+
+class _CallableModule(type(sys)):
+    """`pclsim.sweep(...)` (the Python API, pclsim.api.sweep) while `pclsim.sweep.run_sweep` stays this module's."""
+
+    def __call__(self, *args, **kwargs):
+        from .api import sweep
+
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,4 +1,4 @@
-"""greedy_coreset, knn and prefix_nn against naive references written here."""
+"""greedy_coreset and knn against naive references written here."""
 
 import numpy as np
 import pytest

@@ -437,7 +437,8 @@ def tasks():
 
 def test_measure_difficulty_is_single_task_patchcore(tasks):
     """Against the reference path: each task's own greedy bank at the largest M, plain k-NN, no memo."""
-    from pclsim.protocol import BankSources, evaluate_direct
+    from helpers_reference import brute_evaluate
+    from pclsim.banks import BankBuilder, SelectionNeeds
     from pclsim.scenario import difficulty_order
     from pclsim.strategies import BankRef
 
@@ -446,9 +447,10 @@ def test_measure_difficulty_is_single_task_patchcore(tasks):
     for t in tasks:
         ref = []
         for seed in (0, 1):
-            src = BankSources(tasks, {"task": {45}}, projection_dim=4, seed=seed)
-            bank = src.vectors(BankRef("task", (t,), 45))
-            ref.append(evaluate_direct(tasks[t], [bank], identify=False)["image_auroc"])
+            refs = [BankRef("task", (t,), 45)]
+            bank = BankBuilder(tasks, SelectionNeeds.of(refs), projection_dim=SC["coreset"]["projection_dim"],
+                               seed=seed).bank_vectors(refs[0])
+            ref.append(brute_evaluate(tasks[t], [bank], identify=False)[0]["image_auroc"])
         assert d["values"][t] == pytest.approx(np.mean(ref))
     easy = difficulty_order(list(tasks), d["values"], "easy_to_hard")
     assert easy[0] == max(d["values"], key=d["values"].get)
@@ -460,9 +462,8 @@ def test_measure_difficulty_is_single_task_patchcore(tasks):
 def test_engine_routing_adds_up_and_matches_task_id_acc(tasks):
     """The lead's engine fills OrderResult.routing: counts add up to each task's test images, the
     diagonal share is task_id_acc, and the counts equal a brute-force routing (lowest mean NN distance)."""
-    from pclsim.engine import simulate
-    from pclsim.protocol import BankSources
-    from pclsim.strategies import get_strategy
+    from pclsim.banks import BankBuilder, SelectionNeeds
+    from pclsim.engine import simulate, strategy_for
 
     orders = list(itertools.permutations(tasks))[:2]
     runs = [Run("patchcore_cl", 45, 0, o) for o in orders]
@@ -470,17 +471,19 @@ def test_engine_routing_adds_up_and_matches_task_id_acc(tasks):
     if not any(res.routing for _, res in pairs):
         pytest.skip("the engine does not fill OrderResult.routing yet")
     df = routing_table(pairs).to_pandas()
-    src = BankSources(tasks, {"task": {45, 22, 15}}, projection_dim=4, seed=0)
+    all_refs = [b for run, _ in pairs for s in range(len(run.order))
+                for b in strategy_for(run, SC["coreset"]).banks(run.order[: s + 1])]
+    src = BankBuilder(tasks, SelectionNeeds.of(all_refs), projection_dim=SC["coreset"]["projection_dim"], seed=0)
     for run, res in pairs:
         r = df[df.run_id == run.run_id]
         for s in range(len(run.order)):
-            banks = get_strategy("patchcore_cl", 45).banks(run.order[: s + 1])
+            banks = strategy_for(run, SC["coreset"]).banks(run.order[: s + 1])
             for j, t in enumerate(run.order):
                 got = r[(r.step == s) & (r.true_task == t)].set_index("chosen_task").images
                 q = tasks[t].test
                 assert got.sum() == q.shape[0]
                 assert got.get(t, 0) / q.shape[0] == pytest.approx(res.matrices["task_id_acc"][s, j])
-                dist = [np.sqrt(((q[:, :, None, :] - src.vectors(b)[None, None]) ** 2).sum(-1)) for b in banks]
+                dist = [np.sqrt(((q[:, :, None, :] - src.bank_vectors(b)[None, None]) ** 2).sum(-1)) for b in banks]
                 mean_d = np.stack([d.min(-1).mean(1) for d in dist], axis=1)  # (images, banks)
                 chosen = [banks[k].tasks[0] for k in np.argmin(mean_d, axis=1)]
                 want = pd.Series(chosen).value_counts()

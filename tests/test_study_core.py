@@ -8,6 +8,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from helpers_features import make_tasks
+from helpers_reference import brute_evaluate
 from pclsim import metrics as metric_fns
 from pclsim.banks import BankBuilder, SelectionNeeds, derive_seed
 from pclsim.coreset import greedy_coreset
@@ -29,29 +30,6 @@ def tasks():
 
 
 # ----------------------------------------------------------------------------------------- references
-def brute_evaluate(task, banks: list[np.ndarray], identify: bool, reweighting="paper", sigma=4.0):
-    """Reference: materialised banks, plain exact k-NN per bank, float64 neighbour scans, sklearn-checked metrics."""
-    q = task.test.reshape(-1, task.dim)
-    n_img, p, _ = task.test.shape
-    per_bank = []
-    for b in banks:
-        d, i = nn_distances(q, b, backend="torch")
-        per_bank.append((d.reshape(n_img, p), i.reshape(n_img, p)))
-    if identify and len(banks) > 1:
-        chosen = identify_task(np.stack([d.mean(1) for d, _ in per_bank], axis=1))
-    else:
-        chosen = np.zeros(n_img, dtype=np.int64)
-    scores = np.array([image_score(per_bank[c][0][n], per_bank[c][1][n], task.test[n], banks[c], reweighting)
-                       for n, c in enumerate(chosen)])
-    out = metric_fns.image_metrics(task.labels, scores)
-    if task.masks is not None:
-        patch = np.stack([per_bank[c][0][n] for n, c in enumerate(chosen)])
-        maps = anomaly_maps(patch, task.grid, task.masks.shape[-1], sigma)
-        out["pixel_auroc"] = metric_fns.pixel_auroc(task.masks, maps)
-        out["pixel_aupro"] = metric_fns.aupro(task.masks, maps)
-    return out, chosen
-
-
 def authors_bank_by_hand(train, M, arrival, step, seed, task):
     """PatchCoreCL as a user runs it: select on arrival, re-run greedy on the stored vectors every step."""
     bank_idx = greedy_coreset(train, M // (arrival + 1), projection_dim="auto",

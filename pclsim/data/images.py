@@ -18,7 +18,8 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 
 __all__ = ["IMAGE_EXTS", "IMAGENET_MEAN", "IMAGENET_STD", "Sample", "TaskData", "read_image", "read_mask",
-           "preprocess", "resize_size", "iter_batches", "LOSSY_FORMATS", "decode", "bit_depth", "to_uint8"]
+           "preprocess", "resize_size", "iter_batches", "LOSSY_FORMATS", "decode", "bit_depth", "to_uint8",
+           "RESIZE_MODES"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -250,9 +251,20 @@ def _crop_box(h: int, w: int, size: int) -> tuple[int, int, int, int]:
     return left, top, left + size, top + size
 
 
-def preprocess(img: np.ndarray, mask: np.ndarray | None, image_size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """method.md section 1: shorter side to round(image_size * 256 / 224) (bilinear with antialias), centre crop
-    image_size, ImageNet normalisation. Returns float32 (3, S, S) and the mask as bool (S, S) (nearest, > 0) or None."""
+RESIZE_MODES = ("crop", "full")
+
+
+def preprocess(img: np.ndarray, mask: np.ndarray | None, image_size: int,
+               resize: str = "crop") -> tuple[np.ndarray, np.ndarray | None]:
+    """Image (H, W[, C]) -> float32 (3, S, S) ImageNet-normalised, mask (H, W) -> bool (S, S) (nearest, > 0) or None.
+
+    resize 'crop' (method.md section 1, the authors'): shorter side to round(S * 256 / 224), bilinear with
+    antialias, then centre crop S (the borders, and for wide images whole sides, are dropped).
+    resize 'full' (anomalib's): the whole image bilinearly to S x S, aspect not kept, nothing dropped.
+    Masks follow the same geometry. Raises DataError for a bad shape, a mask/image size mismatch or an unknown mode.
+    """
+    if resize not in RESIZE_MODES:
+        raise DataError(f"dataset.resize: {resize!r} is not one of {', '.join(RESIZE_MODES)}")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
@@ -264,9 +276,11 @@ def preprocess(img: np.ndarray, mask: np.ndarray | None, image_size: int) -> tup
     if img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.uint8)
     h, w = img.shape[:2]
-    short = int(round(image_size * 256 / 224))
-    nh, nw = resize_size(h, w, short)
-    box = _crop_box(nh, nw, image_size)
+    if resize == "full":
+        nh, nw, box = image_size, image_size, (0, 0, image_size, image_size)
+    else:
+        nh, nw = resize_size(h, w, int(round(image_size * 256 / 224)))
+        box = _crop_box(nh, nw, image_size)
     pil = Image.fromarray(np.ascontiguousarray(img), "RGB")
     if (nh, nw) != (h, w):
         pil = pil.resize((nw, nh), Image.BILINEAR)  # PIL's bilinear widens its kernel when shrinking: antialiased
@@ -286,17 +300,18 @@ def preprocess(img: np.ndarray, mask: np.ndarray | None, image_size: int) -> tup
     return out, np.asarray(m.crop(box)) > 0
 
 
-def _decode(sample: Sample, image_size: int):
+def _decode(sample: Sample, image_size: int, resize: str = "crop"):
     img, mask = sample.load()
-    return preprocess(img, mask, image_size)
+    return preprocess(img, mask, image_size, resize)
 
 
-def iter_batches(samples: list[Sample], image_size: int, batch_size: int = 32, workers: int = 2, prefetch: int = 2):
+def iter_batches(samples: list[Sample], image_size: int, batch_size: int = 32, workers: int = 2, prefetch: int = 2,
+                 resize: str = "crop"):
     """Yield (images float32 (B, 3, S, S), masks bool (B, S, S), labels int64 (B,)) torch tensors in sample order.
 
     Decoding runs on `workers` threads (PIL and numpy release the GIL); workers <= 0 decodes inline. At most
     (prefetch + 1) * batch_size decoded images are alive in here at once: the batch being handed out plus at most
-    prefetch * batch_size decoded ahead. Masks are all False where a sample has none.
+    prefetch * batch_size decoded ahead. Masks are all False where a sample has none. `resize`: see `preprocess`.
     """
     import torch
 
@@ -320,7 +335,7 @@ def iter_batches(samples: list[Sample], image_size: int, batch_size: int = 32, w
     if workers <= 0:
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
-            results = [_decode(samples[i], S) for i in idx]
+            results = [_decode(samples[i], S, resize) for i in idx]
             batch = assemble(results, idx)
             del results
             yield batch
@@ -334,7 +349,7 @@ def iter_batches(samples: list[Sample], image_size: int, batch_size: int = 32, w
     def fill(limit):
         nonlocal nxt
         while len(pending) < limit and nxt < n:
-            pending.append((nxt, pool.submit(_decode, samples[nxt], S)))
+            pending.append((nxt, pool.submit(_decode, samples[nxt], S, resize)))
             nxt += 1
 
     try:

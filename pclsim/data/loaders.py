@@ -284,6 +284,10 @@ def load_stream(dataset: dict, data_root: str | None = None) -> list[TaskData]:
 
     kind = dataset.get("kind", "synthetic")
     tasks = dataset.get("tasks")
+    if isinstance(tasks, dict):  # multi-category steps: {merged name: [category, ...]} (pclsim.data.merge)
+        from .merge import load_merged
+
+        return load_merged(dataset, data_root, load_stream)
     if tasks is not None:
         if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
             raise DataError(f"dataset.tasks: expected a list of task names, got {tasks!r}")
@@ -310,8 +314,8 @@ def load_stream(dataset: dict, data_root: str | None = None) -> list[TaskData]:
             n_test = min(n_test, int(max_test))
         return synthetic_stream(names, train=n_train, test=n_test, size=size, seed=int(syn.get("seed", 0)))
 
-    if kind not in ("bmad", "mvtec", "folder"):
-        raise DataError(f"dataset.kind: {kind!r} is not one of synthetic, bmad, mvtec, folder")
+    if kind not in ("bmad", "mvtec", "folder", "visa"):
+        raise DataError(f"dataset.kind: {kind!r} is not one of synthetic, bmad, mvtec, visa, folder")
     root_s = data_root if data_root is not None else dataset.get("root")
     if not root_s:
         raise DataError(f"dataset.root: a {kind} data set needs a root folder (or --data-root)")
@@ -330,6 +334,12 @@ def load_stream(dataset: dict, data_root: str | None = None) -> list[TaskData]:
             raise DataError(f"dataset.tasks: unknown BMAD task {bad[0]!r} (valid: {', '.join(BMAD_TASKS)})")
         protocol = dataset.get("protocol", "clean")
         return [load_bmad_task(root, t, protocol, max_train, max_test, seed) for t in tasks]
+
+    if kind == "visa":  # VisA: the split CSV lists every object, split, label and mask (pclsim.data.visa)
+        from .visa import load_visa_task, read_visa_split, visa_categories
+
+        rows = read_visa_split(root)
+        return [load_visa_task(root, t, rows, max_train, max_test, seed) for t in (tasks or visa_categories(rows))]
 
     if tasks is None:
         tasks = _categories(root)

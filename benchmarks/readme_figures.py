@@ -1,0 +1,120 @@
+"""The README's figures, produced from a real run so they cannot drift from what the code computes.
+
+    python benchmarks/readme_figures.py                         # run scenarios/readme.yaml, then write
+    python benchmarks/readme_figures.py --results results/orders  # an existing results folder (e.g. the headline)
+
+Writes benchmarks/readme_figures.md (a Markdown table plus a line naming the scenario, the
+backbone and weights, the resize mode, the reweighting, the rebalancing and the mask-less pixel
+policy it used) and copies it verbatim into README.md between the markers
+`<!-- readme-figures:begin -->` and `<!-- readme-figures:end -->`.
+Cells: mean over runs (orders x seeds) of each run's final mean (method.md section 6); forgetting
+is the average forgetting in percent of image F1; pixel AUROC is over the tasks with masks unless
+the scenario says `maskless_pixels: paper`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pclsim  # noqa: E402
+
+BEGIN, END = "<!-- readme-figures:begin -->", "<!-- readme-figures:end -->"
+_NAMES = {"multi_model": "multi_model", "patchcore_cl": "patchcore_cl", "joint": "joint", "finetune": "finetune"}
+_ORDER = ["multi_model", "patchcore_cl", "joint", "finetune"]
+
+
+def _cell(v: np.ndarray, digits: int = 3) -> str:
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "-"
+    if v.size == 1 or np.allclose(v, v[0]):
+        return f"{v.mean():.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def figures_markdown(res, seconds: float | None = None) -> str:
+    """The README's table of a results folder (pclsim.api.Results) and the line saying how it was made."""
+    sc = res.scenario
+    s = res.summary
+    if s is None:
+        raise SystemExit(f"{res.folder}: no summary.parquet (the sweep did not finish)")
+    ds, model, ev, cs = sc.get("dataset", {}), sc.get("model", {}), sc.get("evaluation", {}), sc.get("coreset", {})
+    runs = s.groupby(["strategy", "memory_size"])["run_id"].nunique()
+    n_orders = s["order"].nunique()
+    lines = [
+        f"Scenario `{sc.get('name')}` (hash {sc.get('scenario_hash', '?')}, pclsim {sc.get('pclsim_version', '?')}): "
+        f"{ds.get('kind')} data, {len(ds.get('tasks') or [])} tasks, {n_orders} orders, seeds {sc.get('seeds')}; "
+        f"backbone {model.get('backbone')} (weights {model.get('weights')}), image size {ds.get('image_size')}, "
+        f"**resize `{ds.get('resize', 'crop')}`**, **reweighting `{model.get('reweighting')}`**, "
+        f"rebalance `{cs.get('rebalance')}`, mask-less pixels `{ev.get('maskless_pixels', 'skip')}`. "
+        "Cells: mean ± standard deviation over the runs (orders x seeds) of the final mean over tasks "
+        "after the last step; forgetting: average forgetting of image F1 in percent.",
+        "",
+        "| strategy | M | runs | image AUROC | image F1 | pixel AUROC | forgetting % (image F1) | bank MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    strategies = sorted(s.strategy.unique(), key=lambda x: (_ORDER.index(x) if x in _ORDER else 99, x))
+    for strat in strategies:
+        for m in sorted(s[s.strategy == strat].memory_size.unique()):
+            g = s[(s.strategy == strat) & (s.memory_size == m)]
+
+            def col(metric, field="final_mean"):
+                return g[g.metric == metric][field].to_numpy(dtype=float)
+
+            lines.append(f"| {_NAMES.get(strat, strat)} | {m} | {runs[(strat, m)]} | {_cell(col('image_auroc'))} | "
+                         f"{_cell(col('image_f1'))} | {_cell(col('pixel_auroc'))} | "
+                         f"{_cell(col('image_f1', 'avg_forgetting_pct'), 1)} | "
+                         f"{_cell(g[g.metric == 'image_f1'].bank_mb.to_numpy(dtype=float), 2)} |")
+    when = datetime.date.today().isoformat()
+    took = f", {seconds:.0f} s" if seconds is not None else ""
+    lines += ["", f"Written by `benchmarks/readme_figures.py` from `{os.path.relpath(res.folder, ROOT)}` "
+                  f"on {when}{took}."]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, body: str) -> None:
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme}: markers {BEGIN} ... {END} not found")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    tmp = readme.with_name("." + readme.name + ".tmp")
+    tmp.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
+    os.replace(tmp, readme)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--results", help="an existing results folder (nothing is run)")
+    g.add_argument("--scenario", default=str(ROOT / "scenarios" / "readme.yaml"), help="scenario to run")
+    ap.add_argument("--out", help="results folder for --scenario (default results/<name>)")
+    ap.add_argument("--md", default=str(ROOT / "benchmarks" / "readme_figures.md"))
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--no-readme", action="store_true", help="write only the Markdown file")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    if a.results:
+        res, secs = pclsim.load_results(a.results), None
+    else:
+        res = pclsim.sweep(a.scenario, out=a.out, quiet=False)
+        secs = time.perf_counter() - t0
+    body = figures_markdown(res, secs)
+    Path(a.md).write_text(body)
+    if not a.no_readme:
+        update_readme(Path(a.readme), body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
