@@ -18,9 +18,10 @@ __all__ = ["greedy_coreset", "jl_dim", "sparse_projection", "project", "resolve_
 
 def jl_dim(n: int, eps: float = 0.9) -> int:
     """Johnson-Lindenstrauss minimum dimension for n points at distortion eps:
-    4 ln(n) / (eps^2/2 - eps^3/3) (method.md section 2; 254 at 30,000 points, 352 at 1.57 M)."""
+    floor(4 ln(n) / (eps^2/2 - eps^3/3)) (method.md section 2; 254 at 30,000 points, 352 at 1.57 M).
+    Like the authors' sparse random projection, nothing caps it at the feature dimension."""
     denom = eps**2 / 2 - eps**3 / 3
-    return int(math.ceil(4 * math.log(max(n, 2)) / denom))
+    return int(4 * math.log(max(n, 2)) / denom)  # truncated, as the authors' (anomalib's) projection does
 
 
 def resolve_projection_dim(spec, n: int) -> tuple[int | None, bool]:

@@ -194,3 +194,15 @@ def test_gallery_maps_score_like_the_metrics(tasks):
         d, nn = ev.nn(banks[chosen[i]], "T0")
         assert scores[k] == pytest.approx(image_score(d[i], nn[i], tf.test[i], bank, "paper"))
         np.testing.assert_allclose(maps[k], anomaly_maps(d[i][None], tf.grid, tf.image_size)[0], rtol=1e-5)
+
+
+def test_projection_dim_auto_is_the_authors_jl_dimension():
+    """floor(4 ln n / (eps^2/2 - eps^3/3)) at eps 0.9, not capped at D (a random projection up, as theirs)."""
+    import math
+
+    from pclsim.coreset import resolve_projection_dim
+
+    assert resolve_projection_dim("auto", 30_000) == (254, True)
+    assert resolve_projection_dim("auto", 1_570_000) == (352, True)
+    assert resolve_projection_dim("auto", 78_400)[0] == int(4 * math.log(78_400) / (0.9**2 / 2 - 0.9**3 / 3))
+    assert resolve_projection_dim(64, 10) == (64, False) and resolve_projection_dim(None, 10) == (None, False)
