@@ -681,9 +681,11 @@ def _print_table(summary: pd.DataFrame, sc, stats: pd.DataFrame | None = None) -
     key = "image_f1" if "image_f1" in set(summary.metric) else summary.metric.iloc[0]
     s = summary[summary.metric == key]
     t = s.groupby(["strategy", "memory_size"]).agg(final_mean=("final_mean", "mean"),
+                                                    std_over_runs=("final_mean", "std"),
                                                     forgetting_pct=("avg_forgetting_pct", "mean"),
                                                     bank_mb=("bank_mb", "mean"), runs=("run_id", "count"))
-    print(f"\n{key}: mean over orders and seeds", file=sys.stderr)
+    print(f"\n{key}: mean over orders and seeds (std over runs: how much order and seed move the final mean; "
+          f"rebalance: {sc['coreset']['rebalance']})", file=sys.stderr)
     print(t.round(3).to_string(), file=sys.stderr)
     if stats is not None and s["order"].nunique() > 1:
         print("\nDoes the order matter? (statistics.parquet)", file=sys.stderr)
