@@ -60,12 +60,17 @@ class SelectionNeeds:
             elif r.kind == "rereduced":
                 need(("select", r.tasks[0], r.arrival), per_task_size(r.budget, r.arrival + 1))
             elif r.kind == "joint":
-                for t in r.tasks:
-                    need(("select", t, 0), r.size)
+                need(("joint", r.tasks, 0), r.size)
             elif r.kind == "pool":
                 need(("pool", r.tasks, 0), r.size)
             else:
                 raise ValueError(f"unknown bank kind {r.kind!r}")
+        # a composable joint bank selects from the union of its members' selections at the largest joint
+        # size of that set; every smaller joint bank of the set is a prefix of that one selection
+        for (kind, what, _), n in list(sizes.items()):
+            if kind == "joint":
+                for t in what:
+                    need(("select", t, 0), n)
         return cls(sizes)
 
 
@@ -173,15 +178,23 @@ class BankBuilder:
         return prev[keep]
 
     def _joint(self, ref: BankRef) -> tuple[Part, ...]:
-        """Composable coreset: greedy k-center over the union of the members' selections of size M."""
-        parts = [(t, self.order("select", t, 0)[: ref.size]) for t in ref.tasks]
-        x = np.concatenate([self.vectors(("task", t), i) for t, i in parts])
-        owner = np.concatenate([np.full(len(i), k) for k, (_, i) in enumerate(parts)])
-        row = np.concatenate([i for _, i in parts])
-        sel = greedy_coreset(x, min(ref.size, len(x)), projection_dim=self.projection_dim,
-                             seed=derive_seed(self.seed, "joint", *ref.tasks), device=self.device)
-        return tuple((("task", t), row[sel][owner[sel] == k]) for k, (t, _) in enumerate(parts)
-                     if np.any(owner[sel] == k))
+        """Composable coreset (Indyk et al. 2014): greedy k-center over the union of the member tasks'
+        selections of the largest joint size M* of this set; a joint bank of size M <= M* is the first M
+        of that selection (prefix property)."""
+        key = ("joint", ref.tasks, 0)
+        if key not in self.orders:
+            n = self.needs.sizes[key]
+            parts = [(t, self.order("select", t, 0)[:n]) for t in ref.tasks]
+            x = np.concatenate([self.vectors(("task", t), i) for t, i in parts])
+            sel = greedy_coreset(x, min(n, len(x)), projection_dim=self.projection_dim,
+                                 seed=derive_seed(self.seed, "joint", *ref.tasks), device=self.device)
+            self.orders[key] = sel
+        sel = self.orders[key][: ref.size]
+        n = self.needs.sizes[key]
+        rows = [self.order("select", t, 0)[:n] for t in ref.tasks]
+        owner = np.concatenate([np.full(len(i), k) for k, i in enumerate(rows)])[sel]
+        row = np.concatenate(rows)[sel]
+        return tuple((("task", t), row[owner == k]) for k, t in enumerate(ref.tasks) if np.any(owner == k))
 
     def bank_vectors(self, ref: BankRef) -> np.ndarray:
         """(size, D) float32 vectors of a bank, parts concatenated in order."""

@@ -70,15 +70,16 @@ def plan_study(runs: list[Run], coreset: dict) -> StudyPlan:
             # multi_model scores unseen tasks with the existing banks: same refs, nothing new
     for sp in seeds.values():
         sp.needs = SelectionNeeds.of(sp.refs)
-        sp.selections = sorted(sp.needs.sizes, key=str)
+        # joint orders select from the members' selections: they are made in the bank jobs
+        sp.selections = sorted((k for k in sp.needs.sizes if k[0] != "joint"), key=str)
         per_task: dict = {}
-        joint = []
+        joint: dict = {}
         for b in sorted(sp.refs):
             if b.kind in ("joint", "pool"):
-                joint.append([b])
+                joint.setdefault((b.kind, b.tasks), []).append(b)  # one job per set: one selection, prefixes
             else:
                 per_task.setdefault(b.tasks[0], []).append(b)
-        sp.bank_jobs = [per_task[t] for t in sorted(per_task)] + joint
+        sp.bank_jobs = [per_task[t] for t in sorted(per_task)] + [joint[k] for k in sorted(joint)]
         sp.sources = sorted({s for b in sp.refs for s in bank_sources(b)}, key=str)
     return StudyPlan(seeds)
 
