@@ -141,6 +141,12 @@ class Evaluator:
             self._nn[key] = (best_d, best_i)
         return self._nn[key]
 
+    def _mean_distance(self, ref: BankRef, eval_task: str) -> np.ndarray:
+        key = ("mean", ref, eval_task)
+        if key not in self._nn:
+            self._nn[key] = self.nn(ref, eval_task)[0].mean(1)
+        return self._nn[key]
+
     def neighbours(self, ref: BankRef, m_star: np.ndarray, k: int) -> np.ndarray:
         """(len(m_star), k) bank positions of the k nearest bank vectors of each bank[m], itself first.
 
@@ -162,7 +168,7 @@ class Evaluator:
         the lowest mean patch distance when identifying the task, else the first bank)."""
         n = self.tasks[eval_task].test.shape[0]
         if identify and len(banks) > 1:
-            return identify_task(np.stack([self.nn(b, eval_task)[0].mean(1) for b in banks], axis=1))
+            return identify_task(np.stack([self._mean_distance(b, eval_task) for b in banks], axis=1))
         return np.zeros(n, dtype=np.int64)
 
     def evaluate(self, eval_task: str, banks: tuple[BankRef, ...], identify: bool) -> dict[str, float]:

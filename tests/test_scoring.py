@@ -49,3 +49,14 @@ def test_paper_reweighting_by_hand():
     assert image_score(pd_, nn, q, bank, "anomalib") == pytest.approx((1 - p[0]) * s_star, rel=1e-6)
     with pytest.raises(ValueError):
         image_score(pd_, nn, q, bank, "other")
+
+
+def test_map_operators_equal_the_upsample_then_convolve_pipeline():
+    """A_h @ P @ A_w^T (separable, linear) equals F.interpolate + reflect pad + two 1-D convolutions."""
+    from pclsim.scoring import anomaly_maps_reference
+
+    rng = np.random.default_rng(3)
+    for grid, size, sigma in [((28, 28), 224, 4.0), ((8, 12), 64, 4.0), ((7, 7), 56, 2.0), ((4, 4), 32, 0.0)]:
+        d = (5 * rng.random((3, grid[0] * grid[1]))).astype(np.float32)
+        np.testing.assert_allclose(anomaly_maps(d, grid, size, sigma), anomaly_maps_reference(d, grid, size, sigma),
+                                   rtol=1e-5, atol=1e-5)
