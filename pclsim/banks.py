@@ -21,7 +21,8 @@ import numpy as np
 from .coreset import greedy_coreset
 from .strategies import BankRef, per_task_size
 
-__all__ = ["BankBuilder", "Part", "derive_seed", "bank_sources", "SelectionNeeds"]
+__all__ = ["BankBuilder", "Part", "derive_seed", "bank_sources", "SelectionNeeds", "BankKind", "BANK_KINDS",
+           "register_bank_kind"]
 
 Part = tuple[tuple, np.ndarray]   # (source, int64 row indices into the source's base vectors)
 
@@ -32,11 +33,38 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
+@dataclass(frozen=True)
+class BankKind:
+    """How one kind of bank is built (register with `register_bank_kind`).
+
+    selection(ref) -> (selection key, length) the bank needs, or None; sources(ref) -> the sources (base
+    vector sets) it draws from; resolve(builder, ref) -> its parts (source, rows in selection order).
+    """
+
+    name: str
+    selection: object
+    sources: object
+    resolve: object
+
+
+BANK_KINDS: dict[str, BankKind] = {}
+
+
+def register_bank_kind(kind: BankKind) -> BankKind:
+    BANK_KINDS[kind.name] = kind
+    return kind
+
+
+def _kind(ref: BankRef) -> BankKind:
+    try:
+        return BANK_KINDS[ref.kind]
+    except KeyError:
+        raise ValueError(f"unknown bank kind {ref.kind!r}; valid: {', '.join(sorted(BANK_KINDS))}") from None
+
+
 def bank_sources(ref: BankRef) -> list[tuple]:
     """The sources a bank draws from (candidate tables are built per source)."""
-    if ref.kind == "pool":
-        return [("pool", ref.tasks)]
-    return [("task", t) for t in ref.tasks]
+    return _kind(ref).sources(ref)
 
 
 @dataclass
@@ -53,18 +81,9 @@ class SelectionNeeds:
             sizes[key] = max(sizes.get(key, 0), int(n))
 
         for r in refs:
-            if r.kind == "task":
-                need(("select", r.tasks[0], 0), r.size)
-            elif r.kind == "random":
-                need(("random", r.tasks[0], 0), r.size)
-            elif r.kind == "rereduced":
-                need(("select", r.tasks[0], r.arrival), per_task_size(r.budget, r.arrival + 1))
-            elif r.kind == "joint":
-                need(("joint", r.tasks, 0), r.size)
-            elif r.kind == "pool":
-                need(("pool", r.tasks, 0), r.size)
-            else:
-                raise ValueError(f"unknown bank kind {r.kind!r}")
+            want = _kind(r).selection(r)
+            if want is not None:
+                need(*want)
         # a composable joint bank selects from the union of its members' selections at the largest joint
         # size of that set; every smaller joint bank of the set is a prefix of that one selection
         for (kind, what, _), n in list(sizes.items()):
@@ -138,18 +157,7 @@ class BankBuilder:
         hit = self._banks.get(ref)
         if hit is not None:
             return hit
-        if ref.kind == "task":
-            out = ((("task", ref.tasks[0]), self._prefix(("select", ref.tasks[0], 0), ref)),)
-        elif ref.kind == "random":
-            out = ((("task", ref.tasks[0]), self._prefix(("random", ref.tasks[0], 0), ref)),)
-        elif ref.kind == "pool":
-            out = ((("pool", ref.tasks), self._prefix(("pool", ref.tasks, 0), ref)),)
-        elif ref.kind == "rereduced":
-            out = ((("task", ref.tasks[0]), self._rereduced(ref)),)
-        elif ref.kind == "joint":
-            out = self._joint(ref)
-        else:
-            raise ValueError(f"unknown bank kind {ref.kind!r}")
+        out = _kind(ref).resolve(self, ref)
         self._banks[ref] = out
         return out
 
@@ -223,3 +231,26 @@ class _Pooled:
 
     def materialize(self) -> np.ndarray:
         return np.concatenate([np.asarray(a, dtype=np.float32) for a in self.arrays])
+
+
+def _one_task(ref):
+    return [("task", ref.tasks[0])]
+
+
+def _members(ref):
+    return [("task", t) for t in ref.tasks]
+
+
+register_bank_kind(BankKind(
+    "task", lambda r: (("select", r.tasks[0], 0), r.size), _one_task,
+    lambda b, r: ((("task", r.tasks[0]), b._prefix(("select", r.tasks[0], 0), r)),)))
+register_bank_kind(BankKind(
+    "random", lambda r: (("random", r.tasks[0], 0), r.size), _one_task,
+    lambda b, r: ((("task", r.tasks[0]), b._prefix(("random", r.tasks[0], 0), r)),)))
+register_bank_kind(BankKind(
+    "rereduced", lambda r: (("select", r.tasks[0], r.arrival), per_task_size(r.budget, r.arrival + 1)), _one_task,
+    lambda b, r: ((("task", r.tasks[0]), b._rereduced(r)),)))
+register_bank_kind(BankKind("joint", lambda r: (("joint", r.tasks, 0), r.size), _members, lambda b, r: b._joint(r)))
+register_bank_kind(BankKind(
+    "pool", lambda r: (("pool", r.tasks, 0), r.size), lambda r: [("pool", r.tasks)],
+    lambda b, r: ((("pool", r.tasks), b._prefix(("pool", r.tasks, 0), r)),)))
