@@ -183,14 +183,16 @@ def _run_level(key, quantity, g: pd.DataFrame, jobs: PermutationJobs) -> list[di
     codes, uniq = pd.factorize(g["order"], sort=True)
     # 12 decimals: the same bank state reached through two orders sums its tasks in another order, and
     # the last-bit differences must not count as differences between orders (ranks, variances)
-    vals = np.round(g[quantity].to_numpy(float), 12)
+    raw = g[quantity].to_numpy(float)
+    vals = np.round(raw, 12)
     srt = np.argsort(codes, kind="stable")
     parts = np.split(vals[srt], np.flatnonzero(np.diff(codes[srt])) + 1)
     by_order = dict(zip(uniq, parts))
     n_orders, n_seeds = len(by_order), int(g["seed"].nunique())
     om = pd.Series({o: v.mean() for o, v in by_order.items()})
-    ci, note = bootstrap_mean_ci(vals)   # runs sorted by (order, seed)
-    rows.append(_row(*key, quantity, "mean", value=vals.mean(), ci=ci, n=len(vals),
+    # the values as stored (BCa with few runs reacts to last-bit ties), runs sorted by (order, seed)
+    ci, note = bootstrap_mean_ci(raw)
+    rows.append(_row(*key, quantity, "mean", value=raw.mean(), ci=ci, n=len(raw),
                      method="scipy.stats.bootstrap BCa over runs (orders x seeds)", note=note))
     replicated = any(len(v) > 1 for v in by_order.values())
     an = random_effects_anova(list(by_order.values())) if n_orders > 1 and replicated else None
