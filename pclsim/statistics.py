@@ -439,10 +439,13 @@ def order_sentence(stats_df: pd.DataFrame, strategy: str, memory_size: int, metr
         parts.append(what + _fmt_p(forget["p_value"]))
     parts += _slope_words(s, "final_value", "end", "points", 100.0, ("higher", "lower"))
     parts += _slope_words(s, "forgetting_pct", "forget", "%", 1.0, ("more", "less"))
-    best, worst = _pick(s, "best_order", "final_mean"), _pick(s, "worst_order", "final_mean")
-    gap = _pick(s, "best_worst_gap", "final_mean")
-    if best is not None and not best["note"]:
-        g = f"{gap['value']:.3f}" + (f" = {gap['effect_size']:.1f} seed std" if np.isfinite(gap["effect_size"]) else "")
-        parts.append(f"best order {best['order']} ({best['value']:.3f}), worst {worst['order']} "
-                     f"({worst['value']:.3f}), gap {g}")
+    for q, what, fmt in (("final_mean", "", "{:.3f}"), ("avg_forgetting_pct", " by forgetting", "{:.2f} %")):
+        best, worst, gap = (_pick(s, k, q) for k in ("best_order", "worst_order", "best_worst_gap"))
+        if best is None or best["note"]:
+            continue  # all orders tie: by final mean under rebalance truncate; then say it by forgetting
+        g = fmt.format(gap["value"]) + (f" = {gap['effect_size']:.1f} seed std" if np.isfinite(gap["effect_size"])
+                                        else "")
+        parts.append(f"best order{what} {best['order']} ({fmt.format(best['value'])}), worst {worst['order']} "
+                     f"({fmt.format(worst['value'])}), gap {g}")
+        break
     return "; ".join(parts) + "."

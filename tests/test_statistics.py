@@ -382,6 +382,9 @@ def test_sentence_reports_forgetting_when_final_values_do_not_move():
     assert f.value < 0 and f.ci_high < 0
     assert f"tasks arriving one step later forget {abs(f.value):.2f} % less" in text
     assert "permutation p < 0.001" in text
+    # all orders tie by final mean: the best and worst orders are named by forgetting
+    best = _get(st, "best_order", "avg_forgetting_pct")
+    assert f"best order by forgetting {best.order} ({best.value:.2f} %)" in text
 
 
 def test_single_order_and_single_value_are_labelled():
