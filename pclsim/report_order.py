@@ -119,50 +119,55 @@ def _fig_distribution(d, st: pd.DataFrame, out: Path):
         "order. A narrow cloud means the order hardly matters.")
 
 
+_SLOPE_ROWS = (("final_value", 100.0, "final value", "points per later step"),
+               ("forgetting_pct", 1.0, "forgetting", "% forgetting per later step"))
+
+
 def _fig_slopes(d, st: pd.DataFrame, out: Path):
     from .report import _figure, _save, _short, column_label
 
-    sl = st[(st.statistic == "position_slope") & (st.quantity == "final_value")]
-    if sl.empty or not np.isfinite(sl["value"]).any():
+    sl = st[st.statistic == "position_slope"]
+    rows_q = [q for q in _SLOPE_ROWS if np.isfinite(sl[sl.quantity == q[0]]["value"]).any()]
+    if not rows_q:
         return None
-    fig = _figure(3.3 * len(d.fig_strategies) + 0.6, (0.28 * len(d.tasks) + 1.4) * len(d.fig_memory_sizes) + 0.8)
-    axes = fig.subplots(len(d.fig_memory_sizes), len(d.fig_strategies), squeeze=False)
+    grid = [(m, q) for m in d.fig_memory_sizes for q in rows_q]
+    fig = _figure(max(7.0, 3.3 * len(d.fig_strategies) + 0.6), (0.28 * len(d.tasks) + 1.5) * len(grid) + 0.8)
+    axes = fig.subplots(len(grid), len(d.fig_strategies), squeeze=False)
     have = set(d.fig_combos)
-    for i, m in enumerate(d.fig_memory_sizes):
+    for i, (m, (quantity, scale, name, unit)) in enumerate(grid):
         for j, strat in enumerate(d.fig_strategies):
             ax = axes[i, j]
             if (strat, m) not in have:
                 ax.set_axis_off()
                 continue
-            rows = sl[(sl.strategy == strat) & (sl.memory_size == m)]
+            rows = sl[(sl.strategy == strat) & (sl.memory_size == m) & (sl.quantity == quantity)]
             labels, y = [], 0
             for t in d.tasks + [None]:
                 r = rows[rows.task.isna()] if t is None else rows[rows.task == t]
                 if r.empty:
                     continue
                 r = r.iloc[0]
-                v, lo, hi = 100 * r.value, 100 * r.ci_low, 100 * r.ci_high
+                v, lo, hi = scale * r.value, scale * r.ci_low, scale * r.ci_high
                 color = "black" if t is None else d.task_color[t]
                 if np.isfinite(v):
                     err = [[max(0.0, v - lo)], [max(0.0, hi - v)]] if np.isfinite(lo) else None
-                    ax.errorbar([v], [y], xerr=err,
-                                fmt="s" if t is None else "o", color=color, ms=5, capsize=3)
+                    ax.errorbar([v], [y], xerr=err, fmt="s" if t is None else "o", color=color, ms=5, capsize=3)
                 labels.append("all (within task)" if t is None else _short(t))
                 y += 1
             ax.axvline(0, color="#888888", lw=1)
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
             ax.invert_yaxis()
-            ax.set_title(column_label(strat, m), fontsize=10)
+            ax.set_title(f"{column_label(strat, m)}: {name}", fontsize=10)
             ax.grid(axis="x", alpha=0.3)
-            if i == len(d.fig_memory_sizes) - 1:
-                ax.set_xlabel("points per later arrival step", fontsize=8)
-    fig.suptitle(f"Position effect: slope of a task's final {d.metric} on its arrival step (95 % CI)", fontsize=11)
+            ax.set_xlabel(unit, fontsize=8)
+    fig.suptitle(f"Position effect ({d.metric}): slope on the arrival step, 95 % CI", fontsize=11)
     return _save(fig, out, "position_slopes.png"), (
-        f"Per task, the slope of its final {d.metric} (in points, 0.01 of the metric) against the step at "
-        "which it arrived, with its 95 % confidence interval (scipy.stats.linregress, t quantile); the black "
-        "square pools the tasks (one intercept per task). Positive: tasks that arrive later end higher. For "
-        "PatchCoreCL a task arriving at step s of T goes through T - 1 - s re-reductions, so the slope on the "
-        "number of re-reductions is the same line mirrored.")
+        f"Per task, the slope of its final {d.metric} (in points, 0.01 of the metric) and of its forgetting (%) "
+        "against the step at which it arrived, with the 95 % confidence interval (scipy.stats.linregress, t "
+        "quantile); the black square pools the tasks (one intercept per task). Positive final value: tasks that "
+        "arrive later end higher; negative forgetting: they forget less. For PatchCoreCL a task arriving at step "
+        "s of T goes through T - 1 - s re-reductions, so the slope on the number of re-reductions is the same "
+        "line mirrored.")
 
 
 def _fig_routing(d, conf: pd.DataFrame, out: Path):
@@ -286,7 +291,7 @@ def order_section(d, out: Path) -> tuple[str, list[tuple[str, str]]]:
                "variation of the final mean the tasks' arrival steps explain (R², orders permuted).")
             + " The position effect is the slope of a task's final value on its arrival step; the best and worst "
               f"orders are by final mean. Statistics: {source}; every test, its reason and its source are in "
-              "pclsim/statistics.py.") + "</p>",
+              "pclsim/statistics.py and pclsim/order_tests.py.") + "</p>",
         "<ul>" + "".join(f"<li>{_e(s)}</li>" for s in sentences) + "</ul>",
     ]
     if len(table):

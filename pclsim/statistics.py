@@ -181,14 +181,18 @@ def _run_level(key, quantity, g: pd.DataFrame, jobs: PermutationJobs) -> list[di
     rows = []
     g = g.assign(order=g["order"].astype(str)).sort_values(["order", "seed"], kind="stable")
     codes, uniq = pd.factorize(g["order"], sort=True)
-    vals = g[quantity].to_numpy(float)
+    # 12 decimals: the same bank state reached through two orders sums its tasks in another order, and
+    # the last-bit differences must not count as differences between orders (ranks, variances)
+    raw = g[quantity].to_numpy(float)
+    vals = np.round(raw, 12)
     srt = np.argsort(codes, kind="stable")
     parts = np.split(vals[srt], np.flatnonzero(np.diff(codes[srt])) + 1)
     by_order = dict(zip(uniq, parts))
     n_orders, n_seeds = len(by_order), int(g["seed"].nunique())
     om = pd.Series({o: v.mean() for o, v in by_order.items()})
-    ci, note = bootstrap_mean_ci(vals)   # runs sorted by (order, seed)
-    rows.append(_row(*key, quantity, "mean", value=vals.mean(), ci=ci, n=len(vals),
+    # the values as stored (BCa with few runs reacts to last-bit ties), runs sorted by (order, seed)
+    ci, note = bootstrap_mean_ci(raw)
+    rows.append(_row(*key, quantity, "mean", value=raw.mean(), ci=ci, n=len(raw),
                      method="scipy.stats.bootstrap BCa over runs (orders x seeds)", note=note))
     replicated = any(len(v) > 1 for v in by_order.values())
     an = random_effects_anova(list(by_order.values())) if n_orders > 1 and replicated else None
@@ -377,15 +381,30 @@ def difficulty_rows(difficulty: dict) -> list[dict]:
 # ----------------------------------------------------------------------------- words
 
 def _fmt_p(p: float) -> str:
+    """'= 0.12', '< 0.001' or '= n/a': what follows 'p ' in a sentence."""
     if not np.isfinite(p):
-        return "n/a"
-    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+        return "= n/a"
+    return f"= {p:.2g}" if p >= 0.001 else "< 0.001"
 
 
 def _pick(stats_df: pd.DataFrame, statistic: str, quantity: str, task=None) -> pd.Series | None:
     s = stats_df[(stats_df["statistic"] == statistic) & (stats_df["quantity"] == quantity)]
     s = s[s["task"].isna()] if task is None else s[s["task"] == task]
     return None if s.empty else s.iloc[0]
+
+
+def _slope_words(s: pd.DataFrame, quantity: str, verb: str, unit: str, scale: float, words) -> list[str]:
+    """The pooled position slope of a per-task quantity in words (empty when there is none)."""
+    slope, ptest = _pick(s, "position_slope", quantity), _pick(s, "position_test", quantity)
+    if slope is None or not np.isfinite(slope["value"]):
+        return []
+    if slope["note"].startswith("constant") or (ptest is not None and ptest["note"].startswith("constant")):
+        return [f"a task's {quantity.replace('_', ' ')} does not depend on when it arrived"]
+    v = scale * slope["value"]  # final value: points of the metric (0.01 of AUROC, F1, ...)
+    extra = (f", permutation p {_fmt_p(ptest['p_value'])}" if ptest is not None
+             and np.isfinite(ptest["p_value"]) else "")
+    return [f"tasks arriving one step later {verb} {abs(v):.2f} {unit} {words[0] if v >= 0 else words[1]} "
+            f"(95 % CI {scale * slope['ci_low']:.2f} to {scale * slope['ci_high']:.2f}{extra})"]
 
 
 def order_sentence(stats_df: pd.DataFrame, strategy: str, memory_size: int, metric: str,
@@ -406,30 +425,27 @@ def order_sentence(stats_df: pd.DataFrame, strategy: str, memory_size: int, metr
     elif "kruskal" in test["method"]:
         sh = share["value"] if share is not None else np.nan
         parts.append(f"{name}: order explains {100 * sh:.0f} % of the variance of final mean {m} "
-                     f"(Kruskal-Wallis p = {_fmt_p(test['p_value'])}, epsilon² = {test['effect_size']:.2f})")
+                     f"(Kruskal-Wallis p {_fmt_p(test['p_value'])}, epsilon² = {test['effect_size']:.2f})")
     elif np.isfinite(test["p_value"]):
         parts.append(f"{name}: with one seed, the tasks' arrival steps explain {100 * test['value']:.0f} % of the "
-                     f"variation of final mean {m} over orders (permutation p = {_fmt_p(test['p_value'])})")
+                     f"variation of final mean {m} over orders (permutation p {_fmt_p(test['p_value'])})")
     else:
         parts.append(f"{name}: {test['note']}")
     forget = _pick(s, "order_test", "avg_forgetting_pct")
     if forget is not None and np.isfinite(forget["p_value"]) and not test["note"].startswith("one order"):
-        parts.append(f"forgetting: p = {_fmt_p(forget['p_value'])}")
-    slope = _pick(s, "position_slope", "final_value")
-    ptest = _pick(s, "position_test", "final_value")
-    if slope is not None and np.isfinite(slope["value"]) and not slope["note"].startswith("constant"):
-        pts = 100 * slope["value"]  # points of the metric: 0.01 of AUROC, F1, ...
-        word = "higher" if pts >= 0 else "lower"
-        extra = (f", permutation p = {_fmt_p(ptest['p_value'])}" if ptest is not None
-                 and np.isfinite(ptest["p_value"]) else "")
-        parts.append(f"tasks arriving one step later end {abs(pts):.2f} points {word} "
-                     f"(95 % CI {100 * slope['ci_low']:.2f} to {100 * slope['ci_high']:.2f}{extra})")
-    elif slope is not None and slope["note"].startswith("constant"):
-        parts.append("a task's final value does not depend on when it arrived")
-    best, worst = _pick(s, "best_order", "final_mean"), _pick(s, "worst_order", "final_mean")
-    gap = _pick(s, "best_worst_gap", "final_mean")
-    if best is not None and not best["note"]:
-        g = f"{gap['value']:.3f}" + (f" = {gap['effect_size']:.1f} seed std" if np.isfinite(gap["effect_size"]) else "")
-        parts.append(f"best order {best['order']} ({best['value']:.3f}), worst {worst['order']} "
-                     f"({worst['value']:.3f}), gap {g}")
+        fshare = _pick(s, "order_share", "avg_forgetting_pct")
+        what = (f"{100 * fshare['value']:.0f} % of the variance of average forgetting, p "
+                if fshare is not None and np.isfinite(fshare["value"]) else "average forgetting: p ")
+        parts.append(what + _fmt_p(forget["p_value"]))
+    parts += _slope_words(s, "final_value", "end", "points", 100.0, ("higher", "lower"))
+    parts += _slope_words(s, "forgetting_pct", "forget", "%", 1.0, ("more", "less"))
+    for q, what, fmt in (("final_mean", "", "{:.3f}"), ("avg_forgetting_pct", " by forgetting", "{:.2f} %")):
+        best, worst, gap = (_pick(s, k, q) for k in ("best_order", "worst_order", "best_worst_gap"))
+        if best is None or best["note"]:
+            continue  # all orders tie: by final mean under rebalance truncate; then say it by forgetting
+        g = fmt.format(gap["value"]) + (f" = {gap['effect_size']:.1f} seed std" if np.isfinite(gap["effect_size"])
+                                        else "")
+        parts.append(f"best order{what} {best['order']} ({fmt.format(best['value'])}), worst {worst['order']} "
+                     f"({fmt.format(worst['value'])}), gap {g}")
+        break
     return "; ".join(parts) + "."

@@ -462,5 +462,5 @@ def test_renders_in_headless_chromium(study, tmp_path):
     grey = rgb.mean(-1)
     rows_with_text = (grey < 100).mean(1) > 0.01
     assert rows_with_text.sum() > 150                       # heading, sentences and table lines
-    assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 40).mean() > 0.005   # the section's figures are drawn
+    assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 40).sum() > 4000   # the section's figures are drawn (coloured marks)
     assert not np.array_equal(rgb[:2000], np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)[:2000])

@@ -349,7 +349,8 @@ def test_one_seed_structure_test_finds_a_task_that_likes_to_come_last():
 def test_constant_values_give_p_one_not_a_crash():
     """patchcore_cl under rebalance truncate: the final state depends on the set of tasks only."""
     orders = [list(o) for o in itertools.permutations("ABC")]
-    const = lambda o, seed, s, p, t: BASE[t] if p <= s else 0.5  # noqa: E731
+    # plus last-bit noise, as when the same bank state is summed over its tasks in another order
+    const = lambda o, seed, s, p, t: (BASE[t] + 1e-16 * noise(o, s, p) if p <= s else 0.5)  # noqa: E731
     for seeds in ([0], [0, 1]):
         mat, summ = make_study("ABC", orders, seeds, const)
         st = S.statistics_table(summ, mat)
@@ -360,6 +361,30 @@ def test_constant_values_give_p_one_not_a_crash():
         assert _get(st, "position_slope", "final_value", "A").value == 0.0
         assert "the final mean image auroc is the same for every order" in S.order_sentence(
             st, "patchcore_cl", 100, "image_auroc")
+
+
+def test_sentence_reports_forgetting_when_final_values_do_not_move():
+    """rebalance truncate: final values depend on the set of tasks only, forgetting on the arrival step."""
+    orders = [list(o) for o in itertools.permutations(TASKS4)]
+
+    def cell(order, seed, s, p, t):
+        if p > s:
+            return 0.5
+        if s == len(order) - 1:
+            return BASE[t]                                  # the same final state for every order
+        return BASE[t] + 0.02 * (len(order) - 1 - p) + 0.002 * noise(order, seed, s, p)  # early tasks forget more
+
+    mat, summ = make_study(TASKS4, orders, [0, 1], cell)
+    st = S.statistics_table(summ, mat)
+    text = S.order_sentence(st, "patchcore_cl", 100, "image_auroc")
+    assert "a task's final value does not depend on when it arrived" in text
+    f = _get(st, "position_slope", "forgetting_pct")
+    assert f.value < 0 and f.ci_high < 0
+    assert f"tasks arriving one step later forget {abs(f.value):.2f} % less" in text
+    assert "permutation p < 0.001" in text
+    # all orders tie by final mean: the best and worst orders are named by forgetting
+    best = _get(st, "best_order", "avg_forgetting_pct")
+    assert f"best order by forgetting {best.order} ({best.value:.2f} %)" in text
 
 
 def test_single_order_and_single_value_are_labelled():
