@@ -32,10 +32,11 @@ def _pclsim(task, train, test, labels, masks, size, bank, resize):
     out = {}
     for rw in ("paper", "anomalib"):
         tf = TaskFeatures(task.name, tr.reshape(-1, ex.dim), te, labels, masks, ex.grid, size)
-        ev = Evaluator(BankSources({task.name: tf}, {"task": {bank}}, device="cpu"), reweighting=rw, device="cpu")
+        ev = Evaluator(BankSources({task.name: tf}, {"task": {bank}}, device="cpu"), reweighting=rw, device="cpu",
+                       pixel=task.has_masks)  # mask-less domains: image AUROC only
         res = ev.evaluate(task.name, (BankRef("task", (task.name,), bank),), False)
         out[f"image_auroc_{rw}"] = res["image_auroc"]
-        out["pixel_auroc"] = res["pixel_auroc"]
+        out["pixel_auroc"] = res.get("pixel_auroc", float("nan"))
     return out, ex
 
 
@@ -60,7 +61,7 @@ def _anomalib(Model, layers, train, test, labels, masks, size, bank):
     s = torch.cat(scores).numpy()
     m = torch.cat(maps).numpy()
     return {"bank": int(model.memory_bank.shape[0]), "image_auroc": float(roc_auc_score(labels, s)),
-            "pixel_auroc": float(roc_auc_score(masks.reshape(-1), m.reshape(-1)))}
+            "pixel_auroc": float(roc_auc_score(masks.reshape(-1), m.reshape(-1))) if masks.any() else float("nan")}
 
 
 def readme_table(lines: list[dict]) -> str:
