@@ -56,7 +56,8 @@ def figures_markdown(res, seconds: float | None = None) -> str:
         f"{ds.get('kind')} data, {len(ds.get('tasks') or [])} tasks, {n_orders} orders, seeds {sc.get('seeds')}; "
         f"backbone {model.get('backbone')} (weights {model.get('weights')}), image size {ds.get('image_size')}, "
         f"**resize `{ds.get('resize', 'crop')}`**, **reweighting `{model.get('reweighting')}`**, "
-        f"rebalance `{cs.get('rebalance')}`, mask-less pixels `{ev.get('maskless_pixels', 'skip')}`. "
+        f"rebalance `{cs.get('rebalance')}`, mask-less pixels `{ev.get('maskless_pixels', 'skip')}`"
+        f"{', executor ' + sc['executor'] if sc.get('executor') else ''}. "
         "Cells: mean ± standard deviation over the runs (orders x seeds) of the final mean over tasks "
         "after the last step; forgetting: average forgetting of image F1 in percent.",
         "",
@@ -82,6 +83,45 @@ def figures_markdown(res, seconds: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_serial(scenario: str, out: Path):
+    """The scenario through the in-process executor (engine.simulate: the same plan and core the Ray trials
+    run, with equal results), written as a results folder; for machines where Ray cannot be kept up."""
+    import pyarrow as pa
+    import yaml
+
+    from pclsim.cache import load_or_extract
+    from pclsim.data import load_stream
+    from pclsim.engine import simulate
+    from pclsim.features import FeatureExtractor
+    from pclsim.results import atomic_write_table, build_summary, rows_table, steps_table
+    from pclsim.scenario import expand_runs, load_scenario, scenario_hash
+
+    sc = load_scenario(scenario)
+    streams = load_stream(sc["dataset"], sc["dataset"]["root"])
+    m = sc["model"]
+    ex = FeatureExtractor(m["backbone"], m["weights"], m["layers"], image_size=sc["dataset"]["image_size"],
+                          batch_size=m["batch_size"], resize=sc["dataset"]["resize"])
+    tasks = {t.name: load_or_extract(t, ex) for t in streams}
+    pairs = simulate(expand_runs(sc), tasks, sc)
+    atomic_write_table(rows_table(pairs), out / "matrices.parquet" / "part-serial.parquet")
+    atomic_write_table(steps_table(pairs, ex.dim), out / "steps.parquet" / "part-serial.parquet")
+    from pclsim.backbones import architecture_mb
+
+    summary = build_summary(pd_read(out / "matrices.parquet"), pd_read(out / "steps.parquet"), {},
+                            architecture_mb(ex.model))
+    atomic_write_table(pa.Table.from_pandas(summary, preserve_index=False), out / "summary.parquet")
+    (out / "scenario.yaml").write_text(yaml.safe_dump(dict(sc, pclsim_version=pclsim.__version__,
+                                                           scenario_hash=scenario_hash(sc),
+                                                           executor="serial (engine.simulate)"), sort_keys=False))
+    return pclsim.load_results(out)
+
+
+def pd_read(p):
+    import pandas as pd
+
+    return pd.read_parquet(p)
+
+
 def update_readme(readme: Path, body: str) -> None:
     text = readme.read_text()
     if BEGIN not in text or END not in text:
@@ -102,10 +142,14 @@ def main():
     ap.add_argument("--md", default=str(ROOT / "benchmarks" / "readme_figures.md"))
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
     ap.add_argument("--no-readme", action="store_true", help="write only the Markdown file")
+    ap.add_argument("--serial", action="store_true", help="run --scenario in this process instead of a Ray sweep")
     a = ap.parse_args()
     t0 = time.perf_counter()
     if a.results:
         res, secs = pclsim.load_results(a.results), None
+    elif a.serial:
+        res = run_serial(a.scenario, Path(a.out or ROOT / "results" / "readme-serial").resolve())
+        secs = time.perf_counter() - t0
     else:
         res = pclsim.sweep(a.scenario, out=a.out, quiet=False)
         secs = time.perf_counter() - t0
