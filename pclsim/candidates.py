@@ -20,7 +20,7 @@ from .knn import knn
 
 __all__ = ["CandidateTable", "build_table", "subset_nn", "DEFAULT_K"]
 
-DEFAULT_K = 32
+DEFAULT_K = 64
 
 
 @dataclass
