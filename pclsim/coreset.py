@@ -64,7 +64,7 @@ def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: in
         raise ValueError(f"expected a 2-D (N, D) array, got shape {tuple(x.shape)}")
     if isinstance(x, np.ndarray):  # memory-mapped store: read chunk by chunk, never whole
         def block_of(s):
-            return torch.from_numpy(np.asarray(x[s : s + chunk], dtype=np.float32))
+            return torch.from_numpy(np.array(x[s : s + chunk], dtype=np.float32))  # a writable chunk copy
         device = torch.device(device) if device is not None else torch.device("cpu")
     else:
         def block_of(s):
