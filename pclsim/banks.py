@@ -142,8 +142,12 @@ class BankBuilder:
                     raise ValueError(f"a bank of {n} vectors needs more patches than task(s) {what} have "
                                      f"({len(x)} training patches)")
                 x = x.materialize() if isinstance(x, _Pooled) else x
-                self.orders[key] = greedy_coreset(x, n, projection_dim=self.projection_dim,
-                                                  seed=derive_seed(self.seed, kind, what, arrival),
+                # a task's projection depends on the scenario seed and its arrival step, not on its name:
+                # the same data gives the same bank whatever the task is called (a merged task of one
+                # category equals that category alone)
+                pseed = derive_seed(self.seed, kind, arrival) if kind == "select" else \
+                    derive_seed(self.seed, kind, what, arrival)
+                self.orders[key] = greedy_coreset(x, n, projection_dim=self.projection_dim, seed=pseed,
                                                   device=self.device)
         return self.orders[key]
 
@@ -175,14 +179,15 @@ class BankBuilder:
     def _rereduced(self, ref: BankRef) -> np.ndarray:
         """The authors' procedure (method.md section 3): the bank selected on arrival, then on every
         later step greedy k-center re-run on the STORED vectors, starting at the stored bank's first
-        vector, with a fresh projection (JL dimension of the stored count) seeded from (seed, task, step)."""
+        vector, with a fresh projection (JL dimension of the stored count) seeded from (seed, arrival step,
+        step): each (arrival, step) draws its own projection; a task's name does not enter it."""
         task, a, s, m = ref.tasks[0], ref.arrival, ref.step, ref.budget
         if s == a:
             return self.order("select", task, a)[: per_task_size(m, a + 1)]
         prev = self.resolve(BankRef("rereduced", (task,), per_task_size(m, s), arrival=a, step=s - 1, budget=m))[0][1]
         stored = self.vectors(("task", task), prev)
         keep = greedy_coreset(stored, per_task_size(m, s + 1), projection_dim=self.projection_dim,
-                              seed=derive_seed(self.seed, "rereduce", task, s), device=self.device, start=0)
+                              seed=derive_seed(self.seed, "rereduce", a, s), device=self.device, start=0)
         return prev[keep]
 
     def _joint(self, ref: BankRef) -> tuple[Part, ...]:

@@ -33,10 +33,10 @@ def tasks():
 def authors_bank_by_hand(train, M, arrival, step, seed, task):
     """PatchCoreCL as a user runs it: select on arrival, re-run greedy on the stored vectors every step."""
     bank_idx = greedy_coreset(train, M // (arrival + 1), projection_dim="auto",
-                              seed=derive_seed(seed, "select", task, arrival))
+                              seed=derive_seed(seed, "select", arrival))
     for s in range(arrival + 1, step + 1):
         stored = train[bank_idx]
-        keep = greedy_coreset(stored, M // (s + 1), projection_dim="auto", seed=derive_seed(seed, "rereduce", task, s))
+        keep = greedy_coreset(stored, M // (s + 1), projection_dim="auto", seed=derive_seed(seed, "rereduce", arrival, s))
         bank_idx = bank_idx[keep]
     return train[bank_idx]
 
