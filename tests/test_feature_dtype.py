@@ -24,7 +24,7 @@ SMOKE = ROOT / "scenarios" / "smoke.yaml"
 
 
 def _matrices(results):
-    return {(r.trial_id, m): v for r, res in results for m, v in res.matrices.items()}
+    return {(r.run_id, m): v for r, res in results for m, v in res.matrices.items()}
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_sweep_honours_feature_dtype_and_equals_the_in_process_study(tmp_path):
         tasks[tf.name] = tf
     res = {"float32": _matrices(simulate(expand_runs(sc), tasks, sc, device="cpu"))}
     m = pd.read_parquet(out / "matrices.parquet")
-    got = {(row.trial_id, row.metric, row.step, row.order.split(" > ").index(row.eval_task)): row.value
+    got = {(row.run_id, row.metric, row.step, row.order.split(" > ").index(row.eval_task)): row.value
            for row in m.itertuples()}
     want = {(tid, metric, s, j): v[s, j] for (tid, metric), v in res["float32"].items()
             for s in range(v.shape[0]) for j in range(v.shape[1]) if not np.isnan(v[s, j])}
