@@ -139,7 +139,7 @@ def run_categories(strategy, order: tuple[str, ...], evaluator, parts: dict[str,
             sb, ident = strategy.scoring(banks, merged)
             res = evaluator.evaluate(name, sb, ident or strategy.identifies_task)
             for metric, v in res.items():
-                if metric != "task_id_acc":
+                if metric != "task_id_acc" and "|" not in metric:  # routing splits stay with the merged task
                     mats.setdefault(metric, np.full((T, len(names)), np.nan))[s, k] = v
     return CategoryResult(names, mats)
 
