@@ -433,7 +433,6 @@ def test_a_deterministic_trial_error_is_reported_once_with_its_trial_and_not_ret
 
 # ============================================================== 4. Ctrl-C
 
-@pytest.mark.slow  # passes alone; in the full suite its first sweep has exited early (rc 1) twice: under study
 def test_ctrl_c_exits_130_without_a_summary_and_resume_completes(tmp_path):
     out = tmp_path / "out"
     e = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=str(ROOT), PCLSIM_CACHE_DIR=str(tmp_path / "cache"))
@@ -457,7 +456,7 @@ def test_ctrl_c_exits_130_without_a_summary_and_resume_completes(tmp_path):
                        timeout=600)
     assert r.returncode == 0 and f"({done} already done)" in r.stderr, r.stderr[-3000:]
     s = pd.read_parquet(out / "summary.parquet")
-    assert s.trial_id.nunique() == 48
+    assert s.run_id.nunique() == 48
 
 
 # ============================================================== 5. cluster addresses
