@@ -80,20 +80,10 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
 
 
 def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write a Parquet file so that readers see either nothing or the whole file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a Parquet file so that readers see either nothing or the whole file (via atomic_write_bytes)."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    atomic_write_bytes(buf.getvalue().to_pybytes(), path)
 
 
 def rows_table(pairs: list[tuple[Run, OrderResult]]) -> pa.Table:
