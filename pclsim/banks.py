@@ -180,10 +180,16 @@ class BankBuilder:
         """The authors' procedure (method.md section 3): the bank selected on arrival, then on every
         later step greedy k-center re-run on the STORED vectors, starting at the stored bank's first
         vector, with a fresh projection (JL dimension of the stored count) seeded from (seed, arrival step,
-        step): each (arrival, step) draws its own projection; a task's name does not enter it."""
+        step): each (arrival, step) draws its own projection; a task's name does not enter it.
+
+        The selection on arrival uses one projection per task whatever the step it arrives at (common
+        random numbers): a task's first bank at arrival step a is the first M/(a+1) vectors of its one
+        selection order, which by the prefix property IS greedy k-center of all its patches to M/(a+1)
+        under that projection. Orders then differ only by what the order changes, the re-reductions,
+        not by an extra projection draw (and each task needs one selection instead of one per step)."""
         task, a, s, m = ref.tasks[0], ref.arrival, ref.step, ref.budget
         if s == a:
-            return self.order("select", task, a)[: per_task_size(m, a + 1)]
+            return self.order("select", task, 0)[: per_task_size(m, a + 1)]
         prev = self.resolve(BankRef("rereduced", (task,), per_task_size(m, s), arrival=a, step=s - 1, budget=m))[0][1]
         stored = self.vectors(("task", task), prev)
         keep = greedy_coreset(stored, per_task_size(m, s + 1), projection_dim=self.projection_dim,
@@ -253,7 +259,7 @@ register_bank_kind(BankKind(
     "random", lambda r: (("random", r.tasks[0], 0), r.size), _one_task,
     lambda b, r: ((("task", r.tasks[0]), b._prefix(("random", r.tasks[0], 0), r)),)))
 register_bank_kind(BankKind(
-    "rereduced", lambda r: (("select", r.tasks[0], r.arrival), per_task_size(r.budget, r.arrival + 1)), _one_task,
+    "rereduced", lambda r: (("select", r.tasks[0], 0), per_task_size(r.budget, r.arrival + 1)), _one_task,
     lambda b, r: ((("task", r.tasks[0]), b._rereduced(r)),)))
 register_bank_kind(BankKind("joint", lambda r: (("joint", r.tasks, 0), r.size), _members, lambda b, r: b._joint(r)))
 register_bank_kind(BankKind(

@@ -36,6 +36,21 @@ def test_greedy_matches_naive_loop_in_projected_space(blobs):
     assert got.dtype == np.int64 and got.tolist() == naive_greedy(z, k)
 
 
+def test_auto_projection_wider_than_features_selects_as_in_projected_space(blobs):
+    """JL "auto" on 600 points is ~158 dims > D = 40: the selection runs in the D-dim isometric image
+    (isometric_basis), which must select exactly what the naive loop selects in the full projection."""
+    k = 80
+    got = greedy_coreset(blobs, k, projection_dim="auto", seed=5, device="cpu")
+    z = project(blobs, jl_dim(len(blobs)), seed=5, device="cpu", force=True).numpy()
+    assert z.shape[1] > blobs.shape[1]
+    assert got.tolist() == naive_greedy(z, k)
+    zc = project(blobs, jl_dim(len(blobs)), seed=5, device="cpu", force=True, compact=True).numpy()
+    assert zc.shape == blobs.shape
+    d_full = np.linalg.norm(z[:50, None].astype(np.float64) - z[None, :200], axis=-1)
+    d_compact = np.linalg.norm(zc[:50, None].astype(np.float64) - zc[None, :200], axis=-1)
+    np.testing.assert_allclose(d_compact, d_full, rtol=1e-4, atol=1e-3)
+
+
 def test_greedy_without_projection_matches_naive(blobs):
     got = greedy_coreset(blobs, 50, projection_dim=None, device="cpu")
     assert got.tolist() == naive_greedy(blobs, 50)
