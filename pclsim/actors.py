@@ -112,11 +112,14 @@ def task_stats(tf) -> dict:
             "pixel_prevalence": float(np.mean(tf.masks)) if tf.masks is not None else float("nan")}
 
 
-@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class BankManagerActor:
     """Carries out PatchCoreCL's fixed-budget rebalancing: every re-reduction chain of a task (under
     `rebalance: authors`, greedy k-center re-run on each stored bank with a fresh projection).
 
+    It reserves no CPU: an actor holds its slot for its whole life, and its chains (re-reductions of
+    banks of at most M vectors) are short next to the selections and joint jobs that the slot would
+    otherwise run (on 2 cores, holding one halved the bank stage's throughput).
     What it computes is persisted in the shared cache folder, keyed by the features and the coreset
     settings, and returned to the driver, which owns the results: a lost actor is restarted by Ray
     and answers from the cache instead of recomputing; a lost node loses nothing the driver holds.

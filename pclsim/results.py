@@ -215,13 +215,25 @@ def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[
     steps = steps.rename(columns=LEGACY_COLUMNS)
     final_bank = steps.sort_values("step").groupby("run_id")["bank_mb"].last()
     keys = ["run_id", "strategy", "memory_size", "seed", "order", "metric"]
-    for key, g in mat.groupby(keys, sort=True):
+    # every row's cell (step, position of its task in the run's order), placed in one (groups, T, T)
+    # array at once; the per-run loop below then only reads numpy slices
+    runs = mat[["run_id", "order"]].drop_duplicates("run_id")
+    pos = pd.DataFrame([(rid, t, i) for rid, o in runs.itertuples(index=False) for i, t in enumerate(o.split(" > "))],
+                       columns=["run_id", "eval_task", "position"])
+    cells = mat[keys + ["step", "eval_task", "value"]].merge(pos, on=["run_id", "eval_task"], how="left")
+    grouped = cells.groupby(keys, sort=True)
+    gid = grouped.ngroup().to_numpy()
+    heads = cells.iloc[grouped.head(1).index][keys].assign(_gid=gid[grouped.head(1).index.to_numpy()]) \
+        .sort_values("_gid")
+    t_max = int(max(len(o.split(" > ")) for o in runs["order"]))
+    cube = np.full((len(heads), t_max, t_max), np.nan)
+    cube[gid, cells["step"].to_numpy(), cells["position"].to_numpy()] = cells["value"].to_numpy()
+    base_of: dict = {}
+    for key, a in zip(heads[keys].itertuples(index=False, name=None), cube):
         run_id, strategy, msize, seed, order, metric = key
         tasks = order.split(" > ")
         T = len(tasks)
-        pos = {t: i for i, t in enumerate(tasks)}
-        a = np.full((T, T), np.nan)
-        a[g["step"].to_numpy(), g["eval_task"].map(pos).to_numpy()] = g["value"].to_numpy()
+        a = a[:T, :T]
         row = dict(zip(keys, key))
         full = not np.isnan(a).any()
         # pixel metrics exist only for tasks with masks: their final mean is over those tasks, and
@@ -232,7 +244,9 @@ def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[
         row["avg_forgetting_paper_pct"] = M.average_forgetting(a, paper_compatible=True) if full else np.nan
         row["max_forgetting"] = M.max_forgetting(a) if full else np.nan
         row["bwt"] = M.bwt(a) if full else np.nan
-        base = np.array([baselines.get((t, metric), np.nan) for t in tasks])
+        if (order, metric) not in base_of:
+            base_of[(order, metric)] = np.array([baselines.get((t, metric), np.nan) for t in tasks])
+        base = base_of[(order, metric)]
         row["fwt"] = M.fwt(a, base) if full and not np.isnan(base).any() else np.nan
         row["bank_mb"] = float(final_bank.get(run_id, np.nan))
         row["arch_mb"] = arch_mb
