@@ -39,7 +39,7 @@ def load_tasks(sc, cache):
 
 
 def stages(sc, tasks, rebalance):
-    from pclsim.engine import plan_study, restore_evaluator, run_banks, run_group, run_selection, run_table, table_rows
+    from pclsim.engine import plan_study, restore_evaluator, run_banks, run_group, run_selection, run_table, candidate_rows
     from pclsim.scenario import expand_runs
 
     co = dict(sc["coreset"], rebalance=rebalance)
@@ -57,7 +57,7 @@ def stages(sc, tasks, rebalance):
         banks.update(run_banks(tasks, sp.needs, co, sp.seed, orders, refs))
     out["banks_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    tables = {s: run_table(tasks, sp.needs, co, sp.seed, s, table_rows(banks, s)) for s in sp.sources}
+    tables = {s: run_table(tasks, sp.needs, co, sp.seed, s, candidate_rows(sp.needs, orders, s)) for s in sp.sources}
     out["tables_s"] = time.perf_counter() - t
     out["distinct_banks"] = len(sp.refs)
     out["candidates_per_task"] = int(np.mean([len(tb.rows) for tb in tables.values()]))

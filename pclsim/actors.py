@@ -8,7 +8,7 @@ from pathlib import Path
 import ray
 
 from .cache import load_or_extract
-from .engine import run_banks, run_selection, run_table
+from .engine import candidate_rows, run_banks, run_selection, run_table
 
 __all__ = ["FeatureExtractorActor", "BankManagerActor", "ResultsWriter", "selection_job", "bank_job", "table_job",
            "task_stats"]
@@ -77,8 +77,11 @@ def bank_job(needs, coreset, seed, refs, names, order_keys, *args):
 
 
 @ray.remote(num_cpus=1, max_retries=2)
-def table_job(needs, coreset, seed, source, rows, names, *feats):
-    """The candidate table of one source: K nearest candidates of every test patch."""
+def table_job(needs, coreset, seed, source, names, order_keys, *args):
+    """The candidate table of one source: K nearest candidates of every test patch among the planned
+    prefixes of its selections. args: task features, then selection orders."""
+    feats, orders = args[: len(names)], args[len(names):]
+    rows = candidate_rows(needs, dict(zip(order_keys, orders)), source)
     return run_table(_tasks(names, feats), needs, coreset, seed, source, rows)
 
 

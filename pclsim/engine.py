@@ -21,7 +21,7 @@ from .protocol import Evaluator, OrderResult, TaskFeatures, run_order
 from .scenario import Run
 from .strategies import BankRef, get_strategy
 
-__all__ = ["StudyPlan", "SeedPlan", "plan_study", "run_selection", "run_banks", "run_table", "table_rows",
+__all__ = ["StudyPlan", "SeedPlan", "plan_study", "run_selection", "run_banks", "run_table", "candidate_rows",
            "restore_evaluator", "run_group", "simulate", "strategy_for"]
 
 
@@ -106,9 +106,20 @@ def run_banks(tasks: dict, needs: SelectionNeeds, coreset: dict, seed: int, orde
     return {r: bb.resolve(r) for r in refs}
 
 
-def table_rows(banks: dict, source: tuple) -> np.ndarray:
-    """The candidate set of a source: every row any bank of the study holds (sorted, unique)."""
-    rows = [i for parts in banks.values() for s, i in parts if s == source]
+def selection_source(key: tuple) -> tuple:
+    """The source (set of base vectors) a selection order indexes: ("pool", tasks) or ("task", t)."""
+    kind, what, _ = key
+    return ("pool", what) if kind == "pool" else ("task", what)
+
+
+def candidate_rows(needs: SelectionNeeds, orders: dict, source: tuple) -> np.ndarray:
+    """The candidate set of a source (sorted, unique): the planned prefixes of its selection orders.
+
+    Every bank of the study holds rows of these prefixes only (prefixes, re-reductions of prefixes,
+    joint selections from the members' prefixes), so the set is known once the selections are,
+    before any bank job: candidate tables then run alongside the bank jobs. Raises KeyError when a
+    planned selection of the source is missing from `orders`."""
+    rows = [orders[k][: needs.sizes[k]] for k in needs.sizes if k[0] != "joint" and selection_source(k) == source]
     return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
 
 
@@ -159,7 +170,8 @@ def prepare_seed(tasks: dict, sp: SeedPlan, coreset: dict, device=None, progress
             progress()
     tables = {}
     for src in sp.sources:
-        tables[src] = run_table(tasks, sp.needs, coreset, sp.seed, src, table_rows(banks, src), device=device)
+        tables[src] = run_table(tasks, sp.needs, coreset, sp.seed, src, candidate_rows(sp.needs, orders, src),
+                                device=device)
         if progress:
             progress()
     return orders, banks, tables

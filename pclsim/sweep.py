@@ -373,7 +373,7 @@ def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet):
     from tqdm import tqdm
 
     from .actors import BankManagerActor, bank_job, selection_job, table_job
-    from .engine import plan_study, table_rows
+    from .engine import plan_study
 
     coreset = sc["coreset"]
     plan = plan_study(runs, coreset)
@@ -400,15 +400,15 @@ def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet):
                                                                     *feats, *order_refs))
                 else:
                     bank_refs.append(manager.rebalance.remote(sp.needs, seed, refs, names, keys, *feats, *order_refs))
-            wait_all(order_refs + bank_refs)
+            # candidate tables need only the selections: they run alongside the bank jobs
+            table_refs = {src: table_job.options(**gpu).remote(sp.needs, coreset, seed, src, names, keys, *feats,
+                                                               *order_refs)
+                          for src in sp.sources}
+            wait_all(order_refs + bank_refs + list(table_refs.values()))
             orders = dict(zip(keys, ray.get(order_refs)))
             banks = {}
             for part in ray.get(bank_refs):
                 banks.update(part)
-            table_refs = {src: table_job.options(**gpu).remote(sp.needs, coreset, seed, src, table_rows(banks, src),
-                                                               names, *feats)
-                          for src in sp.sources}
-            wait_all(table_refs.values())
             prepared[seed] = (orders, banks, table_refs)
     ray.kill(manager)
     return prepared
@@ -588,7 +588,7 @@ def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_k
 
 def _run_prepared(ray, runs, tasks, prepared, scenario, categories=None):
     """Runs against prepared bank sources; tables lost with their node are recomputed here."""
-    from .engine import plan_study, restore_evaluator, run_group, run_table, table_rows
+    from .engine import candidate_rows, plan_study, restore_evaluator, run_group, run_table
 
     coreset = scenario["coreset"]
     pairs = []
@@ -596,7 +596,8 @@ def _run_prepared(ray, runs, tasks, prepared, scenario, categories=None):
         orders, banks, table_refs = prepared[seed]
         got = _get_or_recover(ray, [table_refs[s] for s in sp.sources], lambda: None)
         if got is None:
-            got = [run_table(tasks, sp.needs, coreset, seed, s, table_rows(banks, s)) for s in sp.sources]
+            got = [run_table(tasks, sp.needs, coreset, seed, s, candidate_rows(sp.needs, orders, s))
+                   for s in sp.sources]
         ev = restore_evaluator(tasks, sp, coreset, orders, banks, dict(zip(sp.sources, got)),
                                reweighting=scenario["model"]["reweighting"],
                                pixel=scenario["evaluation"]["pixel_metrics"])

@@ -12,7 +12,7 @@ from helpers_reference import brute_evaluate
 from pclsim import metrics as metric_fns
 from pclsim.banks import BankBuilder, SelectionNeeds, derive_seed
 from pclsim.coreset import greedy_coreset
-from pclsim.engine import plan_study, prepare_seed, restore_evaluator, simulate
+from pclsim.engine import candidate_rows, plan_study, prepare_seed, restore_evaluator, simulate
 from pclsim.knn import nn_distances
 from pclsim.protocol import run_order
 from pclsim.scenario import Run
@@ -182,6 +182,25 @@ def test_plan_counts_authors_states():
     assert len(sp_t.refs) == 6 * 6  # one prefix per (task, per-task size)
     joint = plan_study([Run("joint", 1000, 0, p) for p in itertools.permutations(tasks)], CORESET).seeds[0]
     assert len(joint.refs) == 63  # every non-empty subset
+
+
+def test_candidate_rows_hold_every_bank_of_every_strategy(tasks):
+    """Tables are built from the selections alone (before the bank jobs): every row any bank holds must
+    be among its source's candidates, for every bank kind and both rebalance modes."""
+    for rb in ("authors", "truncate"):
+        co = dict(CORESET, rebalance=rb)
+        runs = [Run(s, m, 0, o) for s in ALL for m in (30, 60) for o in itertools.permutations(tasks)]
+        sp = plan_study(runs, co).seeds[0]
+        orders, banks, tables = prepare_seed(tasks, sp, co)
+        held = {}
+        for parts in banks.values():
+            for src, rows in parts:
+                held.setdefault(src, set()).update(rows.tolist())
+        assert set(held) == set(sp.sources)
+        for src, rows in held.items():
+            cand = set(candidate_rows(sp.needs, orders, src).tolist())
+            assert rows <= cand
+            assert set(tables[src].rows.tolist()) == cand
 
 
 def test_gallery_maps_score_like_the_metrics(tasks):
