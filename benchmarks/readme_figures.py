@@ -76,6 +76,15 @@ def figures_markdown(res, seconds: float | None = None) -> str:
                          f"{_cell(col('image_f1'))} | {_cell(col('pixel_auroc'))} | "
                          f"{_cell(col('image_f1', 'avg_forgetting_pct'), 1)} | "
                          f"{_cell(g[g.metric == 'image_f1'].bank_mb.to_numpy(dtype=float), 2)} |")
+    st = getattr(res, "statistics", None)
+    if st is not None and len(st):
+        from pclsim.statistics import order_sentence
+
+        lines += ["", "Does the order matter? (`statistics.parquet`, final image AUROC; `pclsim/statistics.py` says "
+                      "which test and why)", ""]
+        for strat in strategies:
+            for m in sorted(s[s.strategy == strat].memory_size.unique()):
+                lines.append(f"- {order_sentence(st, strat, int(m), 'image_auroc')}")
     when = datetime.date.today().isoformat()
     took = f", {seconds:.0f} s" if seconds is not None else ""
     lines += ["", f"Written by `benchmarks/readme_figures.py` from `{os.path.relpath(res.folder, ROOT)}` "

@@ -56,11 +56,10 @@ def test_float32_store_gives_todays_values(smoke):
         np.testing.assert_array_equal(res["float32"][k], v, err_msg=str(k))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known deviation (issue 11): greedy k-center's discrete choices flip when the tiny smoke tasks' features are "
-    "rounded to float16 (measured: joint M=30 image AUROC moves by 0.25 on 8 test images); the float16 store "
-    "does not meet the 0.002 target on smoke with the JL 'auto' projection"))
 def test_float16_store_within_0_002_on_every_metric(smoke):
+    """Greedy k-center makes discrete choices: rounding the features to float16 can flip one and move a
+    metric of the tiny smoke tasks by far more than 0.002 (it did before 0.2's one-selection-per-task
+    design, on joint M=30). Met here at every cell; if a change flips it, look at the selections first."""
     _, res, _ = smoke
     metrics = {m for _, m in res["float32"]}
     assert {"image_auroc", "image_f1", "pixel_auroc", "pixel_aupro", "task_id_acc"} <= metrics
