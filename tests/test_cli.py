@@ -87,6 +87,12 @@ def test_validate_prints_counts():
     assert "orders: 720" in r.stdout and "runs: 5760" in r.stdout and "strategies: 4" in r.stdout
 
 
+def test_replicates_scenario_expands_seeds_as_replicates():
+    r = cli("validate", "scenarios/orders_replicates.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "seeds: 3" in r.stdout and "runs: 4320" in r.stdout and "rebalance: authors" in r.stdout
+
+
 def test_data_synth_writes_bmad_layout(tmp_path):
     r = cli("data", "synth", tmp_path / "synth", "--tasks", "Brain_AD,Chest_AD", "--train", "3", "--test", "4",
             "--size", "64")
