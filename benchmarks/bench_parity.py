@@ -71,7 +71,12 @@ def readme_table(lines: list[dict]) -> str:
             continue
         cells = [d["gap_full_image_auroc"], d["gap_full_pixel_auroc"], d["gap_crop_image_auroc"],
                  d["gap_crop_pixel_auroc"], d["gap_full_image_auroc_paper_reweighting"]]
-        out.append(f"| {d['task']} | " + " | ".join(f"{v:+.4f}" for v in cells) + " |")
+        out.append(f"| {d['task']} | " + " | ".join("no masks" if np.isnan(v) else f"{v:+.4f}" for v in cells) + " |")
+    d = lines[-1]
+    out.append("")
+    out.append(f"Gaps = pclsim - anomalib, {d['train']} train / {d['test']} test images a domain, bank {d['bank']}, "
+               f"generated at {d['native_px']} px, model input {d['image_size']} px; written by "
+               "`benchmarks/bench_parity.py --readme-from benchmarks/parity_results.jsonl` from that run's output.")
     return "\n".join(out) + "\n"
 
 
