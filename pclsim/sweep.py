@@ -576,7 +576,7 @@ def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_k
     t1 = time.perf_counter()
     cats = None
     if categories:
-        from .data.merge import categories_table
+        from .data.category_table import categories_table
 
         cats = categories_table([(r, res, res.categories) for r, res in pairs])
     ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim), routing_table(pairs),

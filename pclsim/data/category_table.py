@@ -1,0 +1,28 @@
+"""categories.parquet: the per-category values of multi-category steps (pclsim.data.merge) as a table."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from ..results import MATRIX_SCHEMA, _run_columns
+
+__all__ = ["CATEGORIES_SCHEMA", "categories_table"]
+
+# the matrices' columns (pclsim.results.MATRIX_SCHEMA) plus the category within the merged eval_task
+CATEGORIES_SCHEMA = MATRIX_SCHEMA.append(pa.field("category", pa.string()))
+
+
+def categories_table(items) -> pa.Table:
+    """pyarrow Table (CATEGORIES_SCHEMA) of per-category values: one row per (run, step, merged eval_task,
+    category, metric) with a finite value; items: (Run, OrderResult, CategoryResult) triples."""
+    cols = {f.name: [] for f in CATEGORIES_SCHEMA}
+    for run, _res, cres in items:
+        for step, train_task, merged, cat, metric, value in cres.rows(run.order):
+            _run_columns(cols, run)  # the run's identifying columns, as in matrices.parquet
+            cols["step"].append(step)
+            cols["train_task"].append(train_task)
+            cols["eval_task"].append(merged)
+            cols["category"].append(cat)
+            cols["metric"].append(metric)
+            cols["value"].append(value)
+    return pa.Table.from_pydict(cols, schema=CATEGORIES_SCHEMA)
