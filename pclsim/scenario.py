@@ -14,20 +14,23 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .data import dataset_kind_names, get_dataset_kind
+from .data.bmad import BMAD_TASKS, PROTOCOLS
+from .data.images import MIN_IMAGE_SIZE, RESIZE_MODES
 from .errors import ScenarioError
-from .strategies import REBALANCES, STRATEGIES
+from .reweighting import REWEIGHTINGS
+from .store_entry import DTYPES
+from .strategies import JOINTS, REBALANCES, STRATEGIES
 
 __all__ = ["DEFAULTS", "load_scenario", "resolve", "Run", "expand_runs", "group_runs", "scenario_hash",
            "DIFFICULTY_ORDERS", "needs_difficulty", "difficulty_order", "describe_orders"]
-
-BMAD_ORDER = ["Brain_AD", "Liver_AD", "Retina_RESC_AD", "Chest_AD", "Histopathology_AD", "Retina_OCT2017_AD"]
 
 DEFAULTS = {
     "name": None,
     "dataset": {
         "kind": "synthetic",
         "root": None,
-        "tasks": list(BMAD_ORDER),
+        "tasks": list(BMAD_TASKS),
         "image_size": 224,
         "resize": "crop",  # crop: shorter side + centre crop (the authors') | full: whole image (anomalib's)
         "protocol": "clean",
@@ -58,16 +61,19 @@ DEFAULTS = {
     "seeds": [0],
 }
 
+# The allowed values of each key with a closed set, each read from the one place that defines it; the
+# registries (dataset kinds, reweightings) are read when a scenario is checked, so a kind or a
+# reweighting registered later is accepted.
 _CHOICES = {
-    "dataset.kind": ("synthetic", "bmad", "mvtec", "visa", "folder"),
-    "dataset.protocol": ("clean", "paper"),
-    "dataset.resize": ("crop", "full"),
-    "evaluation.maskless_pixels": ("skip", "paper"),
-    "model.reweighting": ("paper", "anomalib", "none"),
-    "model.feature_dtype": ("float16", "float32"),
-    "coreset.projection": ("jl", "none"),
-    "coreset.rebalance": REBALANCES,
-    "coreset.joint": ("composable", "exact"),
+    "dataset.kind": dataset_kind_names,
+    "dataset.protocol": lambda: PROTOCOLS,
+    "dataset.resize": lambda: RESIZE_MODES,
+    "evaluation.maskless_pixels": lambda: ("skip", "paper"),  # pclsim.maskless.MASKLESS_POLICIES (torch-free here)
+    "model.reweighting": lambda: tuple(REWEIGHTINGS),
+    "model.feature_dtype": lambda: DTYPES,
+    "coreset.projection": lambda: ("jl", "none"),
+    "coreset.rebalance": lambda: REBALANCES,
+    "coreset.joint": lambda: JOINTS,
 }
 
 
@@ -121,9 +127,10 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
     if isinstance(raw.get("coreset"), dict) and raw["coreset"].get("rebalance") == "recompute":
         _fail(src, "coreset.rebalance", "'recompute' was removed in 0.2 (it ran truncation): use 'authors' "
                                         "(the authors' re-reduction, fresh projection each time) or 'truncate'")
-    for key, choices in _CHOICES.items():
+    for key, allowed in _CHOICES.items():
         sect, k = key.split(".")
-        if sc[sect][k] not in choices:
+        choices = allowed()
+        if not isinstance(sc[sect][k], str) or sc[sect][k] not in choices:
             _fail(src, key, f"{sc[sect][k]!r} is not one of {', '.join(choices)}")
     if sc["name"] is None:
         sc["name"] = Path(src).stem if src != "<scenario>" else "scenario"
@@ -132,7 +139,7 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
     ds = sc["dataset"]
     if data_root is not None:
         ds["root"] = data_root
-    if ds["kind"] != "synthetic":
+    if get_dataset_kind(ds["kind"]).needs_root:
         if not ds["root"]:
             _fail(src, "dataset.root", f"a {ds['kind']} data set needs a root folder (or --data-root)")
         root = Path(os.path.expanduser(str(ds["root"])))
@@ -155,8 +162,8 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
             _fail(src, "dataset.tasks", "duplicate task names")
     for k in ("image_size", "max_train", "max_test", "seed"):
         _int(src, f"dataset.{k}", ds[k], lo=1 if k != "seed" else 0)
-    if ds["image_size"] < 32:
-        _fail(src, "dataset.image_size", f"must be at least 32, got {ds['image_size']}")
+    if ds["image_size"] < MIN_IMAGE_SIZE:
+        _fail(src, "dataset.image_size", f"must be at least {MIN_IMAGE_SIZE}, got {ds['image_size']}")
     for k in ("train", "test", "seed"):
         _int(src, f"dataset.synthetic.{k}", ds["synthetic"][k], lo=0 if k == "seed" else 2)
     if unknown := set(ds["synthetic"]) - {"train", "test", "seed"}:

@@ -6,10 +6,10 @@ Importing the package registers the built-in kinds; a new kind registers itself 
 
 from .bmad import BMAD_LAYOUTS, BMAD_TASKS, MASKED_TASKS, write_bmad_layout
 from .images import IMAGE_EXTS, Sample, TaskData, iter_batches, preprocess, read_image, read_mask
-from .kinds import DATASET_KINDS, DatasetKind, dataset_kind_names, register_dataset_kind
+from .kinds import DATASET_KINDS, DatasetKind, dataset_kind_names, get_dataset_kind, register_dataset_kind
 from .loaders import load_stream
 from .synthetic import SyntheticSample, synthetic_stream
 
 __all__ = ["BMAD_TASKS", "MASKED_TASKS", "BMAD_LAYOUTS", "DATASET_KINDS", "DatasetKind", "IMAGE_EXTS", "Sample",
-           "SyntheticSample", "TaskData", "dataset_kind_names", "load_stream", "preprocess", "iter_batches",
+           "SyntheticSample", "TaskData", "dataset_kind_names", "get_dataset_kind", "load_stream", "preprocess", "iter_batches",
            "read_image", "read_mask", "register_dataset_kind", "synthetic_stream", "write_bmad_layout"]
