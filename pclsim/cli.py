@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from . import __version__
+from ._version import __version__
 from .errors import Interrupted, PclsimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

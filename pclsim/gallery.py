@@ -7,10 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.images import IMAGENET_MEAN, IMAGENET_STD
 from .engine import strategy_for
-
-_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def _pick(labels: np.ndarray, n: int) -> list[int]:
@@ -23,7 +21,7 @@ def _pick(labels: np.ndarray, n: int) -> list[int]:
 
 def gallery_files(out: Path, run, streams, tasks, ev, scenario) -> int:
     """Write gallery/<task>_<i>.npz for `run`'s final state, scored by evaluator `ev`; returns the count."""
-    from .data import preprocess
+    from .data.images import preprocess
 
     strat = strategy_for(run, scenario["coreset"])
     banks = strat.banks(tuple(run.order))
@@ -40,7 +38,7 @@ def gallery_files(out: Path, run, streams, tasks, ev, scenario) -> int:
         for k, i in enumerate(idx):
             img, mask = by_name[name].test[i].load()
             x, m = preprocess(img, mask, tf.image_size, scenario["dataset"].get("resize", "crop"))
-            rgb = np.clip((x.transpose(1, 2, 0) * _STD + _MEAN) * 255, 0, 255).astype(np.uint8)
+            rgb = np.clip((x.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8)
             np.savez_compressed(tmp / f"{name}_{k}.npz", image=rgb,
                                 mask=m if m is not None else np.zeros(rgb.shape[:2], bool),
                                 amap=maps[k].astype(np.float32), task=name, score=float(scores[k]),

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .reweighting import REWEIGHTINGS, get_reweighting
+from .tensors import as_tensor
 
 __all__ = ["REWEIGHTINGS", "identify_task", "image_score", "reweight_scores", "anomaly_maps", "gaussian_kernel1d"]
 
@@ -111,7 +112,7 @@ def anomaly_maps(patch_dists: np.ndarray, grid: tuple[int, int], out_size: int, 
         if key not in _OPERATORS:
             _OPERATORS[key] = _map_operator(*key)
     with torch.inference_mode():
-        p = torch.from_numpy(np.ascontiguousarray(patch_dists, dtype=np.float32)).reshape(n, h, w)
+        p = as_tensor(patch_dists).reshape(n, h, w)
         return torch.matmul(torch.matmul(_OPERATORS[key_h], p), _OPERATORS[key_w].T).numpy()
 
 
@@ -120,7 +121,7 @@ def anomaly_maps_reference(patch_dists: np.ndarray, grid: tuple[int, int], out_s
     """The same maps by the plain pipeline: F.interpolate (bilinear), reflect pad, two 1-D convolutions."""
     n = patch_dists.shape[0]
     with torch.inference_mode():
-        m = torch.from_numpy(np.ascontiguousarray(patch_dists, dtype=np.float32)).reshape(n, 1, *grid)
+        m = as_tensor(patch_dists).reshape(n, 1, *grid)
         m = F.interpolate(m, size=(out_size, out_size), mode="bilinear", align_corners=False)
         if sigma > 0:
             k = gaussian_kernel1d(sigma)
