@@ -161,7 +161,7 @@ def check_memory(sc: dict, tasks, grid: tuple[int, int]) -> None:
     'composable', the largest joint size from each member task (it selects from their per-task orders),
     with 'exact', its size from the members' patches together.
     """
-    from ..scenario import _orders, needs_difficulty
+    from ..orders import expand_orders, needs_difficulty
     from ..strategies import get_strategy
 
     per_image = grid[0] * grid[1]
@@ -169,7 +169,7 @@ def check_memory(sc: dict, tasks, grid: tuple[int, int]) -> None:
     patches = {name: n * per_image for name, n in n_img.items()}
     # difficulty-decided orders are not known yet: per-task bank sizes do not depend on the order, and
     # joint banks are checked per task, so any stand-in order checks the same banks
-    orders = _orders(sc, {t: 0.0 for t in sc["dataset"]["tasks"]} if needs_difficulty(sc) else None)
+    orders = expand_orders(sc, {t: 0.0 for t in sc["dataset"]["tasks"]} if needs_difficulty(sc) else None)
     composable = sc["coreset"].get("joint", "composable") == "composable"
     joint_max = max(sc["memory_sizes"]) if "joint" in sc["strategies"] else 0
     prefixes = sorted({tuple(o[:i]) for o in orders for i in range(1, len(o) + 1)})  # each state once
