@@ -10,6 +10,7 @@ __all__ = ["CATEGORIES_SCHEMA", "categories_table"]
 
 # the matrices' columns (pclsim.results.MATRIX_SCHEMA) plus the category within the merged eval_task
 CATEGORIES_SCHEMA = MATRIX_SCHEMA.append(pa.field("category", pa.string()))
+_ROW_COLUMNS = ("step", "train_task", "eval_task", "category", "metric", "value")  # CategoryResult.rows' fields
 
 
 def categories_table(items) -> pa.Table:
@@ -17,12 +18,8 @@ def categories_table(items) -> pa.Table:
     category, metric) with a finite value; items: (Run, OrderResult, CategoryResult) triples."""
     cols = {f.name: [] for f in CATEGORIES_SCHEMA}
     for run, _res, cres in items:
-        for step, train_task, merged, cat, metric, value in cres.rows(run.order):
+        for row in cres.rows(run.order):  # (step, train_task, eval_task, category, metric, value)
             _run_columns(cols, run)  # the run's identifying columns, as in matrices.parquet
-            cols["step"].append(step)
-            cols["train_task"].append(train_task)
-            cols["eval_task"].append(merged)
-            cols["category"].append(cat)
-            cols["metric"].append(metric)
-            cols["value"].append(value)
+            for name, value in zip(_ROW_COLUMNS, row):
+                cols[name].append(value)
     return pa.Table.from_pydict(cols, schema=CATEGORIES_SCHEMA)
