@@ -4,7 +4,7 @@ Python API: `pclsim.sweep(scenario, ...)` runs a study, `pclsim.load_results(fol
 (pclsim.api).
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["__version__", "load_results", "sweep", "Results"]
 

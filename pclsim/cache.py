@@ -1,48 +1,33 @@
 """Content-addressed feature cache: a task's frozen-backbone features are extracted once.
 
 Key = the extractor's identity (backbone, weights, layers, size) + the task's sample keys (file
-path, size, mtime, or the synthetic generator's parameters) + labels. The entries themselves live
+path, size, mtime, or the synthetic generator's version and parameters) + labels
+(`pclsim.store_entry.task_key`). No source file is hashed: a synthetic image's identity is
+`pclsim.data.synthetic.SYNTH_VERSION` plus its parameters. The entries themselves live
 in the on-disk feature store (pclsim.store: chunked, memory-mapped, float16 by default), written
 atomically, so a crash never leaves one that a later run would trust.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from .protocol import TaskFeatures
+from .store_entry import task_key
 
 __all__ = ["default_cache_dir", "task_key", "load_or_extract", "load_cached"]
 
 
 def default_cache_dir() -> Path:
+    """$PCLSIM_CACHE_DIR (resolved), else ~/.cache/pclsim."""
     env = os.environ.get("PCLSIM_CACHE_DIR")
     return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "pclsim"
 
 
-def _synthetic_source_hash() -> str:
-    """Generated images change when the generator's code does: its source is part of their identity."""
-    from .data import synthetic
-
-    return hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()
-
-
-def task_key(extractor_key: str, task) -> str:
-    h = hashlib.sha256(extractor_key.encode())
-    h.update(task.name.encode())
-    if any(s.path is None for s in task.train[:1] + task.test[:1]):
-        h.update(_synthetic_source_hash().encode())
-    for split, samples in (("train", task.train), ("test", task.test)):
-        h.update(split.encode())
-        for s in samples:
-            h.update(f"{s.key}\x00{s.label}\x01".encode())
-    return h.hexdigest()[:32]
-
-
 def load_cached(root: Path, key: str, name: str | None = None, image_size: int | None = None) -> TaskFeatures | None:
-    """The stored features under `key` (a store key, see store.store_key), memory-mapped, or None."""
+    """The stored features under `key` (a store key, see store.store_key), memory-mapped, or None.
+    (`name` and `image_size` are kept for callers of 0.1.0; the entry's meta.json holds both.)"""
     from .store import lookup
 
     ref = lookup(root, key)

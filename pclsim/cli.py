@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from . import __version__
+from ._version import __version__
 from .errors import Interrupted, PclsimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -122,14 +122,17 @@ def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD
                tasks: Optional[str] = typer.Option(None, "--tasks", help="Number of tasks or comma-separated names."),
                train: int = typer.Option(100, "--train", min=1, help="Normal training images per task."),
                test: int = typer.Option(40, "--test", min=2, help="Test images per task."),
-               size: int = typer.Option(224, "--size", min=32, help="Image side in pixels."),
+               size: int = typer.Option(224, "--size", help="Image side in pixels (at least 32)."),
                seed: int = typer.Option(0, "--seed", min=0)):
     """Write the built-in synthetic medical stream in the BMAD on-disk layout."""
 
     def _run():
         from .data import BMAD_TASKS, synthetic_stream, write_bmad_layout
+        from .data.images import MIN_IMAGE_SIZE
         from .errors import DataError
 
+        if size < MIN_IMAGE_SIZE:
+            raise DataError(f"--size: must be at least {MIN_IMAGE_SIZE}, got {size}")
         names = list(BMAD_TASKS)
         if tasks:
             if tasks.isdigit():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .tensors import as_tensor
+
 __all__ = ["knn", "nn_distances", "faiss_available"]
 
 _CHUNK_ELEMS = 1 << 22  # distance-matrix elements per chunk (16 MB in float32: stays in cache-friendly sizes)
@@ -23,10 +25,7 @@ def faiss_available() -> bool:
 
 
 def _t(x, device=None) -> torch.Tensor:
-    if isinstance(x, np.ndarray) and not x.flags.writeable:  # zero-copy from Ray's object store
-        x = np.array(x)
-    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-    return t.to(device=device, dtype=torch.float32) if device is not None else t.float()
+    return as_tensor(x, device)  # read-only arrays (Ray's object store, the feature store) are copied first
 
 
 def _partial_sq_dists(q: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:

@@ -4,30 +4,35 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 
+from .data import dataset_kind_names, get_dataset_kind
+from .data.bmad import BMAD_TASKS, PROTOCOLS
+from .data.images import MIN_IMAGE_SIZE, RESIZE_MODES
 from .errors import ScenarioError
-from .strategies import REBALANCES, STRATEGIES
+from .orders import (DIFFICULTY_ORDERS, check_orders, describe_orders, difficulty_order, expand_orders,
+                     needs_difficulty, order_entries)
+from .reweighting import REWEIGHTINGS
+from .scenario_checks import check_int, fail
+from .store_entry import DTYPES
+from .strategies import JOINTS, REBALANCES, STRATEGIES
+
+_orders = expand_orders  # the name pclsim.report imports
 
 __all__ = ["DEFAULTS", "load_scenario", "resolve", "Run", "expand_runs", "group_runs", "scenario_hash",
            "DIFFICULTY_ORDERS", "needs_difficulty", "difficulty_order", "describe_orders"]
-
-BMAD_ORDER = ["Brain_AD", "Liver_AD", "Retina_RESC_AD", "Chest_AD", "Histopathology_AD", "Retina_OCT2017_AD"]
 
 DEFAULTS = {
     "name": None,
     "dataset": {
         "kind": "synthetic",
         "root": None,
-        "tasks": list(BMAD_ORDER),
+        "tasks": list(BMAD_TASKS),
         "image_size": 224,
         "resize": "crop",  # crop: shorter side + centre crop (the authors') | full: whole image (anomalib's)
         "protocol": "clean",
@@ -58,21 +63,22 @@ DEFAULTS = {
     "seeds": [0],
 }
 
+# The allowed values of each key with a closed set, each read from the one place that defines it; the
+# registries (dataset kinds, reweightings) are read when a scenario is checked, so a kind or a
+# reweighting registered later is accepted.
 _CHOICES = {
-    "dataset.kind": ("synthetic", "bmad", "mvtec", "visa", "folder"),
-    "dataset.protocol": ("clean", "paper"),
-    "dataset.resize": ("crop", "full"),
-    "evaluation.maskless_pixels": ("skip", "paper"),
-    "model.reweighting": ("paper", "anomalib", "none"),
-    "model.feature_dtype": ("float16", "float32"),
-    "coreset.projection": ("jl", "none"),
-    "coreset.rebalance": REBALANCES,
-    "coreset.joint": ("composable", "exact"),
+    "dataset.kind": dataset_kind_names,
+    "dataset.protocol": lambda: PROTOCOLS,
+    "dataset.resize": lambda: RESIZE_MODES,
+    "evaluation.maskless_pixels": lambda: ("skip", "paper"),  # pclsim.maskless.MASKLESS_POLICIES (torch-free here)
+    "model.reweighting": lambda: tuple(REWEIGHTINGS),
+    "model.feature_dtype": lambda: DTYPES,
+    "coreset.projection": lambda: ("jl", "none"),
+    "coreset.rebalance": lambda: REBALANCES,
+    "coreset.joint": lambda: JOINTS,
 }
 
 
-def _fail(src: str, key: str, msg: str):
-    raise ScenarioError(f"{src}: key '{key}': {msg}")
 
 
 def _merge(defaults: dict, given: dict, src: str, prefix: str = "") -> dict:
@@ -81,24 +87,18 @@ def _merge(defaults: dict, given: dict, src: str, prefix: str = "") -> dict:
         path = f"{prefix}{k}"
         if k not in defaults:
             valid = ", ".join(sorted(defaults))
-            _fail(src, path, f"unknown key (valid here: {valid})")
+            fail(src, path, f"unknown key (valid here: {valid})")
         if isinstance(defaults[k], dict):
             if v is None:
                 continue
             if not isinstance(v, dict):
-                _fail(src, path, f"expected a mapping, got {type(v).__name__}")
+                fail(src, path, f"expected a mapping, got {type(v).__name__}")
             out[k] = _merge(defaults[k], v, src, path + ".")
         else:
             out[k] = v
     return out
 
 
-def _int(src, key, v, lo=None):
-    if isinstance(v, bool) or not isinstance(v, int):
-        _fail(src, key, f"expected an integer, got {v!r}")
-    if lo is not None and v < lo:
-        _fail(src, key, f"must be >= {lo}, got {v}")
-    return v
 
 
 def _int_list(sc: dict, src: str, key: str, lo: int) -> list[int]:
@@ -107,9 +107,9 @@ def _int_list(sc: dict, src: str, key: str, lo: int) -> list[int]:
     if isinstance(v, int) and not isinstance(v, bool):
         v = sc[key] = [v]
     if not isinstance(v, list) or not v:
-        _fail(src, key, "expected a non-empty list of integers")
+        fail(src, key, "expected a non-empty list of integers")
     for x in v:
-        _int(src, key, x, lo=lo)
+        check_int(src, key, x, lo=lo)
     return v
 
 
@@ -119,22 +119,23 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
         raise ScenarioError(f"{src}: expected a mapping at the top level, got {type(raw).__name__}")
     sc = _merge(DEFAULTS, raw, src)
     if isinstance(raw.get("coreset"), dict) and raw["coreset"].get("rebalance") == "recompute":
-        _fail(src, "coreset.rebalance", "'recompute' was removed in 0.2 (it ran truncation): use 'authors' "
+        fail(src, "coreset.rebalance", "'recompute' was removed in 0.2 (it ran truncation): use 'authors' "
                                         "(the authors' re-reduction, fresh projection each time) or 'truncate'")
-    for key, choices in _CHOICES.items():
+    for key, allowed in _CHOICES.items():
         sect, k = key.split(".")
-        if sc[sect][k] not in choices:
-            _fail(src, key, f"{sc[sect][k]!r} is not one of {', '.join(choices)}")
+        choices = allowed()
+        if not isinstance(sc[sect][k], str) or sc[sect][k] not in choices:
+            fail(src, key, f"{sc[sect][k]!r} is not one of {', '.join(choices)}")
     if sc["name"] is None:
         sc["name"] = Path(src).stem if src != "<scenario>" else "scenario"
     if not isinstance(sc["name"], str) or not sc["name"] or "/" in sc["name"]:
-        _fail(src, "name", f"expected a plain name, got {sc['name']!r}")
+        fail(src, "name", f"expected a plain name, got {sc['name']!r}")
     ds = sc["dataset"]
     if data_root is not None:
         ds["root"] = data_root
-    if ds["kind"] != "synthetic":
+    if get_dataset_kind(ds["kind"]).needs_root:
         if not ds["root"]:
-            _fail(src, "dataset.root", f"a {ds['kind']} data set needs a root folder (or --data-root)")
+            fail(src, "dataset.root", f"a {ds['kind']} data set needs a root folder (or --data-root)")
         root = Path(os.path.expanduser(str(ds["root"])))
         if not root.is_absolute():
             root = Path(base_dir or ".") / root
@@ -150,20 +151,20 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
             raise ScenarioError(f"{src}: {e}") from None
     elif tasks is not None:
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
-            _fail(src, "dataset.tasks", "expected a non-empty list of task names")
+            fail(src, "dataset.tasks", "expected a non-empty list of task names")
         if len(set(tasks)) != len(tasks):
-            _fail(src, "dataset.tasks", "duplicate task names")
+            fail(src, "dataset.tasks", "duplicate task names")
     for k in ("image_size", "max_train", "max_test", "seed"):
-        _int(src, f"dataset.{k}", ds[k], lo=1 if k != "seed" else 0)
-    if ds["image_size"] < 32:
-        _fail(src, "dataset.image_size", f"must be at least 32, got {ds['image_size']}")
+        check_int(src, f"dataset.{k}", ds[k], lo=1 if k != "seed" else 0)
+    if ds["image_size"] < MIN_IMAGE_SIZE:
+        fail(src, "dataset.image_size", f"must be at least {MIN_IMAGE_SIZE}, got {ds['image_size']}")
     for k in ("train", "test", "seed"):
-        _int(src, f"dataset.synthetic.{k}", ds["synthetic"][k], lo=0 if k == "seed" else 2)
+        check_int(src, f"dataset.synthetic.{k}", ds["synthetic"][k], lo=0 if k == "seed" else 2)
     if unknown := set(ds["synthetic"]) - {"train", "test", "seed"}:
-        _fail(src, f"dataset.synthetic.{sorted(unknown)[0]}", "unknown key")
+        fail(src, f"dataset.synthetic.{sorted(unknown)[0]}", "unknown key")
     m = sc["model"]
     if not isinstance(m["backbone"], str):
-        _fail(src, "model.backbone", "expected a timm model name")
+        fail(src, "model.backbone", "expected a timm model name")
     w = m["weights"]
     if w not in ("bundled", "none", "pretrained"):
         wp = Path(os.path.expanduser(str(w)))
@@ -171,143 +172,31 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
             wp = Path(base_dir or ".") / wp
         m["weights"] = str(wp.resolve())
     if m["layers"] is not None and (not isinstance(m["layers"], list) or len(m["layers"]) != 2):
-        _fail(src, "model.layers", "expected null or a list of two layer names")
-    _int(src, "model.batch_size", m["batch_size"], lo=1)
+        fail(src, "model.layers", "expected null or a list of two layer names")
+    check_int(src, "model.batch_size", m["batch_size"], lo=1)
     strategies = sc["strategies"]
     if isinstance(strategies, str):
         strategies = sc["strategies"] = [strategies]
     if not isinstance(strategies, list) or not strategies:
-        _fail(src, "strategies", "expected a non-empty list")
+        fail(src, "strategies", "expected a non-empty list")
     for s in strategies:
         if s not in STRATEGIES:
-            _fail(src, "strategies", f"unknown strategy {s!r} (valid: {', '.join(sorted(STRATEGIES))})")
+            fail(src, "strategies", f"unknown strategy {s!r} (valid: {', '.join(sorted(STRATEGIES))})")
     if len(set(strategies)) != len(strategies):
-        _fail(src, "strategies", "duplicate strategy")
+        fail(src, "strategies", "duplicate strategy")
     ms = _int_list(sc, src, "memory_sizes", lo=1)
     _int_list(sc, src, "seeds", lo=0)
     if sc["coreset"]["projection_dim"] != "auto":
-        _int(src, "coreset.projection_dim", sc["coreset"]["projection_dim"], lo=1)
-    _int(src, "evaluation.gallery", sc["evaluation"]["gallery"], lo=0)
+        check_int(src, "coreset.projection_dim", sc["coreset"]["projection_dim"], lo=1)
+    check_int(src, "evaluation.gallery", sc["evaluation"]["gallery"], lo=0)
     if tasks is not None:
-        _check_orders(sc, src)
-        n_max = max(len(tasks) if o in DIFFICULTY_ORDERS else len(o) for o in _order_entries(sc))
+        check_orders(sc, src)
+        n_max = max(len(tasks) if o in DIFFICULTY_ORDERS else len(o) for o in order_entries(sc))
         if min(ms) < n_max:
-            _fail(src, "memory_sizes", f"memory size {min(ms)} is smaller than the number of tasks ({n_max})")
+            fail(src, "memory_sizes", f"memory size {min(ms)} is smaller than the number of tasks ({n_max})")
     return sc
 
 
-DIFFICULTY_ORDERS = ("easy_to_hard", "hard_to_easy")
-
-
-def needs_difficulty(sc: dict) -> bool:
-    """Whether the scenario's orders are decided by each task's measured difficulty (easy_to_hard, hard_to_easy)."""
-    o = sc["orders"]
-    return o in DIFFICULTY_ORDERS or (isinstance(o, list) and any(x in DIFFICULTY_ORDERS for x in o
-                                                                  if isinstance(x, str)))
-
-
-def _order_entries(sc: dict) -> list:
-    """The orders as listed (a difficulty keyword stands for its order); 'all' and sample expanded."""
-    o = sc["orders"]
-    if o in DIFFICULTY_ORDERS:
-        return [o]
-    if isinstance(o, list):
-        return [x if isinstance(x, str) else tuple(x) for x in o]
-    return _orders(sc)
-
-
-def difficulty_order(tasks: list[str] | tuple[str, ...], difficulty: dict[str, float], kind: str) -> tuple[str, ...]:
-    """Tasks sorted by measured difficulty: easy_to_hard = highest single-task image AUROC first.
-
-    difficulty: {task: single-task PatchCore image AUROC} (see statistics.measure_difficulty).
-    Ties keep the scenario's task order; hard_to_easy is the exact reverse of easy_to_hard.
-    Raises ScenarioError when a task has no (finite) difficulty.
-    """
-    missing = [t for t in tasks if t not in difficulty or not np.isfinite(difficulty[t])]
-    if missing:
-        raise ScenarioError(f"orders: '{kind}' needs the measured difficulty of every task; missing for "
-                            f"{', '.join(missing)}")
-    easy = sorted(tasks, key=lambda t: (-float(difficulty[t]), list(tasks).index(t)))
-    return tuple(easy) if kind == "easy_to_hard" else tuple(reversed(easy))
-
-
-def describe_orders(sc: dict) -> tuple[int, str]:
-    """(number of orders, how they are chosen) of a resolved scenario, without measuring anything.
-
-    For easy_to_hard / hard_to_easy the count is an upper bound: an order that coincides with
-    another one once the difficulty is measured is run once.
-    """
-    o = sc["orders"]
-    if needs_difficulty(sc):
-        entries = [o] if isinstance(o, str) else o
-        kinds = sorted({x for x in entries if isinstance(x, str)})
-        return len(entries), (f"{' and '.join(kinds)}: decided by each task's measured difficulty (single-task "
-                              f"PatchCore image AUROC at M={max(sc['memory_sizes'])}), measured when the sweep runs")
-    n = len(_orders(sc))
-    if o == "all":
-        return n, "every permutation of the tasks"
-    if isinstance(o, dict):
-        return n, f"a seeded sample of permutations (seed {o.get('seed', 0)})"
-    return n, "listed in the scenario"
-
-
-def _check_orders(sc: dict, src: str) -> None:
-    o = sc["orders"]
-    tasks = sc["dataset"]["tasks"]
-    if o in DIFFICULTY_ORDERS:
-        return
-    if o == "all":
-        if len(tasks) > 8:
-            _fail(src, "orders", f"'all' over {len(tasks)} tasks is {math.factorial(len(tasks))} orders; use sample")
-        return
-    if isinstance(o, dict):
-        if set(o) - {"sample", "seed"} or "sample" not in o:
-            _fail(src, "orders", "expected {sample: N, seed: S}")
-        _int(src, "orders.sample", o["sample"], lo=1)
-        _int(src, "orders.seed", o.get("seed", 0), lo=0)
-        if o["sample"] > math.factorial(len(tasks)):
-            _fail(src, "orders.sample", f"{o['sample']} exceeds the {math.factorial(len(tasks))} possible orders")
-        return
-    if not isinstance(o, list) or not o:
-        _fail(src, "orders", "expected 'all', {sample: N, seed: S}, easy_to_hard, hard_to_easy or a list of orders")
-    for n, order in enumerate(o):
-        if order in DIFFICULTY_ORDERS:
-            continue
-        if not isinstance(order, list) or not order:
-            _fail(src, f"orders[{n}]", "expected a list of task names, easy_to_hard or hard_to_easy")
-        for t in order:
-            if t not in tasks:
-                _fail(src, f"orders[{n}]", f"unknown task {t!r} (tasks: {', '.join(tasks)})")
-        if len(set(order)) != len(order):
-            dup = next(t for t in order if order.count(t) > 1)
-            _fail(src, f"orders[{n}]", f"duplicate task {dup!r}")
-
-
-def _orders(sc: dict, difficulty: dict[str, float] | None = None) -> list[tuple[str, ...]]:
-    o = sc["orders"]
-    tasks = tuple(sc["dataset"]["tasks"])
-    if needs_difficulty(sc):
-        if difficulty is None:
-            raise ScenarioError("orders: easy_to_hard / hard_to_easy are decided by each task's measured "
-                                "difficulty, which is not known yet (it is measured once the features exist)")
-        out = []
-        for x in (o if isinstance(o, list) else [o]):
-            order = difficulty_order(tasks, difficulty, x) if isinstance(x, str) else tuple(x)
-            if order not in out:  # e.g. an explicit list equal to easy_to_hard: run it once
-                out.append(order)
-        return out
-    if o == "all":
-        return list(itertools.permutations(tasks))
-    if isinstance(o, dict):
-        rng = np.random.default_rng(o.get("seed", 0))
-        seen, out = set(), []
-        while len(out) < o["sample"]:
-            p = tuple(tasks[i] for i in rng.permutation(len(tasks)))
-            if p not in seen:
-                seen.add(p)
-                out.append(p)
-        return out
-    return [tuple(x) for x in o]
 
 
 def _check_ints(node, src: str, key: str = "") -> None:
@@ -321,7 +210,7 @@ def _check_ints(node, src: str, key: str = "") -> None:
     elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
         body = str(node.value).replace("_", "").lstrip("+-")
         if ":" in body or (len(body) > 1 and body[0] == "0" and body[1:].isdigit()):
-            _fail(src, key or "<top>", f"{node.value} (line {node.start_mark.line + 1}) would be read as "
+            fail(src, key or "<top>", f"{node.value} (line {node.start_mark.line + 1}) would be read as "
                                        f"{yaml.safe_load(node.value)} (a YAML 1.1 octal or base-60 number); write "
                                        "it without the leading zero or colon")
 
@@ -376,7 +265,7 @@ def expand_runs(sc: dict, difficulty: dict[str, float] | None = None) -> list[Ru
     difficulty: {task: single-task image AUROC}, needed (and only used) when the orders are
     easy_to_hard / hard_to_easy; ScenarioError when it is needed but missing or incomplete.
     """
-    orders = _orders(sc, difficulty)
+    orders = expand_orders(sc, difficulty)
     return [Run(s, m, seed, o) for seed in sc["seeds"] for s in sc["strategies"]
             for m in sc["memory_sizes"] for o in orders]
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .reweighting import REWEIGHTINGS, get_reweighting
+from .tensors import as_tensor
+
 __all__ = ["REWEIGHTINGS", "identify_task", "image_score", "reweight_scores", "anomaly_maps", "gaussian_kernel1d"]
 
-REWEIGHTINGS = ("paper", "anomalib", "none")
+# REWEIGHTINGS (re-exported): the registry of reweightings, {name: pclsim.reweighting.Reweighting}
 
 
 def identify_task(mean_dists: np.ndarray) -> np.ndarray:
@@ -28,37 +29,31 @@ def _bank_neighbours(bank: np.ndarray, m_star: int, k: int) -> np.ndarray:
     return part[np.lexsort((part, d[part]))]
 
 
+def _neighbour_distances(bank: np.ndarray, neighbours: np.ndarray, m_test: np.ndarray) -> np.ndarray:
+    """(n, k) float64 Euclidean distances from m_test (n, D) to the bank rows neighbours (n, k)."""
+    return np.sqrt(((bank[neighbours].astype(np.float64) - m_test[:, None, :]) ** 2).sum(-1))
+
+
 def image_score(patch_dists: np.ndarray, patch_nn: np.ndarray, query_patches: np.ndarray,
                 bank: np.ndarray, reweighting: str = "paper", neighbours=None) -> float:
-    """Image anomaly score from one image's patch NN distances to its chosen bank.
+    """Image anomaly score from one image's patch NN distances to its chosen bank (method.md section 3).
 
-    patch_dists (P,), patch_nn (P,) indices into `bank` (n, D), query_patches (P, D).
-    paper: the authors' PatchCore eq. 7 variant with 3 neighbours and T = sqrt(D);
-    anomalib: 1 - softmax over the distances to the 9 neighbours of m*; none: s* unchanged.
+    patch_dists (P,), patch_nn (P,) indices into `bank` (n, D), query_patches (P, D). reweighting: a name
+    in pclsim.reweighting.REWEIGHTINGS ("paper": the authors' PatchCore eq. 7 variant with 3 neighbours and
+    T = sqrt(D); "anomalib": 1 - softmax over the distances to the 9 neighbours of m*; "none": s* unchanged).
     neighbours: optional cache, a callable (m_star, k) -> the k nearest bank indices of m*.
+    Raises ValueError for an unknown reweighting.
     """
+    rw = get_reweighting(reweighting)
     find = neighbours or (lambda m, k: _bank_neighbours(bank, m, k))
     p = int(np.argmax(patch_dists))
     s_star = float(patch_dists[p])
-    if reweighting == "none" or bank.shape[0] < 2:
+    if rw.neighbours == 0 or bank.shape[0] < 2:
         return s_star
-    m_star = int(patch_nn[p])
+    nb = np.asarray(find(int(patch_nn[p]), rw.neighbours))
     m_test = query_patches[p].astype(np.float64)
-    if reweighting == "paper":
-        nb = find(m_star, 3)
-        others = nb[1:]
-        t = math.sqrt(bank.shape[1])
-        dn = np.sqrt(((bank[others].astype(np.float64) - m_test) ** 2).sum(1))
-        # exp(s*/T) / sum exp(d_n/T), written stably
-        w = 1.0 - 1.0 / np.exp((dn - s_star) / t).sum()
-        return float(w * s_star)
-    if reweighting == "anomalib":
-        nb = find(m_star, 9)
-        dn = np.sqrt(((bank[nb].astype(np.float64) - m_test) ** 2).sum(1))
-        e = np.exp(dn - dn.max())
-        w = 1.0 - e[0] / e.sum()
-        return float(w * s_star)
-    raise ValueError(f"unknown reweighting {reweighting!r}; valid: {', '.join(REWEIGHTINGS)}")
+    w = rw.weight(np.array([s_star]), _neighbour_distances(bank, nb[None, :], m_test[None, :]), bank.shape[1])
+    return float(w[0] * s_star)
 
 
 def reweight_scores(s_star: np.ndarray, m_test: np.ndarray, bank: np.ndarray, neighbours: np.ndarray,
@@ -66,26 +61,19 @@ def reweight_scores(s_star: np.ndarray, m_test: np.ndarray, bank: np.ndarray, ne
     """Reweighted image scores of several images at once (method.md section 3, PatchCore eq. 7).
 
     s_star (n,): each image's largest patch distance; m_test (n, D): that patch; bank (m, D);
-    neighbours (n, k): bank positions of the nearest bank vectors of each image's m*, m* first
-    (k = 3 for "paper", 9 for "anomalib"). Distances in float64. Same formulas as `image_score`.
+    neighbours (n, k): bank positions of the nearest bank vectors of each image's m*, m* first; the
+    reweighting reads its first `Reweighting.neighbours` columns (3 for "paper", 9 for "anomalib").
+    Distances in float64. Same formulas as `image_score`. Raises ValueError for an unknown reweighting.
     """
+    rw = get_reweighting(reweighting)
     s_star = np.asarray(s_star, dtype=np.float64)
-    if reweighting == "none":
+    if rw.neighbours == 0:
         return s_star.copy()
+    if neighbours.shape[1] < min(rw.neighbours, bank.shape[0]):
+        raise ValueError(f"reweighting {rw.name!r} reads {rw.neighbours} neighbours of m*, given {neighbours.shape[1]}")
     m_test = np.asarray(m_test, dtype=np.float64)
-    if reweighting == "paper":
-        others = bank[neighbours[:, 1:3]].astype(np.float64)                   # (n, <=2, D)
-        dn = np.sqrt(((others - m_test[:, None, :]) ** 2).sum(-1))
-        t = math.sqrt(bank.shape[1])
-        w = 1.0 - 1.0 / np.exp((dn - s_star[:, None]) / t).sum(1)
-        return w * s_star
-    if reweighting == "anomalib":
-        nb = bank[neighbours[:, :9]].astype(np.float64)
-        dn = np.sqrt(((nb - m_test[:, None, :]) ** 2).sum(-1))
-        e = np.exp(dn - dn.max(1, keepdims=True))
-        w = 1.0 - e[:, 0] / e.sum(1)
-        return w * s_star
-    raise ValueError(f"unknown reweighting {reweighting!r}; valid: {', '.join(REWEIGHTINGS)}")
+    dists = _neighbour_distances(bank, neighbours[:, : rw.neighbours], m_test)
+    return rw.weight(s_star, dists, bank.shape[1]) * s_star
 
 
 def gaussian_kernel1d(sigma: float = 4.0) -> torch.Tensor:
@@ -124,7 +112,7 @@ def anomaly_maps(patch_dists: np.ndarray, grid: tuple[int, int], out_size: int, 
         if key not in _OPERATORS:
             _OPERATORS[key] = _map_operator(*key)
     with torch.inference_mode():
-        p = torch.from_numpy(np.ascontiguousarray(patch_dists, dtype=np.float32)).reshape(n, h, w)
+        p = as_tensor(patch_dists).reshape(n, h, w)
         return torch.matmul(torch.matmul(_OPERATORS[key_h], p), _OPERATORS[key_w].T).numpy()
 
 
@@ -133,7 +121,7 @@ def anomaly_maps_reference(patch_dists: np.ndarray, grid: tuple[int, int], out_s
     """The same maps by the plain pipeline: F.interpolate (bilinear), reflect pad, two 1-D convolutions."""
     n = patch_dists.shape[0]
     with torch.inference_mode():
-        m = torch.from_numpy(np.ascontiguousarray(patch_dists, dtype=np.float32)).reshape(n, 1, *grid)
+        m = as_tensor(patch_dists).reshape(n, 1, *grid)
         m = F.interpolate(m, size=(out_size, out_size), mode="bilinear", align_corners=False)
         if sigma > 0:
             k = gaussian_kernel1d(sigma)

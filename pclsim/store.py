@@ -23,7 +23,6 @@ output bit for bit.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -33,198 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
+# the entry's address, files, checks and handle live in store_entry; re-exported here, where they always were
+from .store_entry import (DTYPES, FeatureRef, check_dtype, entry_dir, feature_bytes, lookup,  # noqa: F401
+                          npy_data_offset, npy_header, open_features, parts_dir, publish_entry, save_small, store_key,
+                          task_key, write_meta)
+
+_npy_header = npy_header  # the name benchmarks/bench_paper_task.py writes its files with
+
 __all__ = ["DTYPES", "FeatureRef", "store_key", "lookup", "plan_chunks", "write_chunk", "finalise",
            "extract_task", "entry_dir", "feature_bytes", "open_features", "Chunk"]
 
-DTYPES = ("float16", "float32")
-_FORMAT = "pclsim-feature-store/v1"
 _COPY_BLOCK = 16 << 20  # bytes per read/write when assembling chunk files
-
-
-def _check_dtype(dtype: str) -> np.dtype:
-    if dtype not in DTYPES:
-        raise ValueError(f"feature dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return np.dtype(dtype)
-
-
-def store_key(extractor_key: str, task, dtype: str = "float16") -> str:
-    """Content address of one task's entry: the extractor's identity, the store dtype, the task's samples."""
-    from .cache import task_key
-
-    _check_dtype(dtype)
-    return task_key(f"{extractor_key}|store={_FORMAT}|dtype={dtype}", task)
-
-
-def entry_dir(root, key: str) -> Path:
-    return Path(root) / "features" / key
-
-
-def _parts_dir(root, key: str) -> Path:
-    return Path(root) / "features" / f".parts-{key}"
-
-
-def feature_bytes(n_images: int, patches: int, dim: int, itemsize: int = 4) -> int:
-    """Bytes of n_images x patches x dim features at `itemsize` bytes a value (4: float32, 2: float16)."""
-    return int(n_images) * int(patches) * int(dim) * int(itemsize)
-
-
-@dataclass(frozen=True)
-class FeatureRef:
-    """A small picklable handle on one task's entry in the store: what Ray passes instead of arrays.
-
-    `open()` maps the entry: TaskFeatures with train (n_train * patches, dim) and test
-    (n_test, patches, dim) as read-only memmaps in `dtype`, labels and masks in memory.
-    """
-
-    root: str
-    key: str
-    name: str
-    image_size: int
-    grid: tuple[int, int]
-    dim: int
-    n_train: int                 # images
-    n_test: int                  # images
-    dtype: str
-    has_masks: bool
-
-    @property
-    def path(self) -> Path:
-        return entry_dir(self.root, self.key)
-
-    @property
-    def patches(self) -> int:
-        return int(self.grid[0] * self.grid[1])
-
-    @property
-    def float32_bytes(self) -> int:
-        """Feature volume counted as float32 (train + test)."""
-        return feature_bytes(self.n_train + self.n_test, self.patches, self.dim, 4)
-
-    @property
-    def nbytes(self) -> int:
-        """Feature volume on disk, in the store dtype."""
-        return feature_bytes(self.n_train + self.n_test, self.patches, self.dim, np.dtype(self.dtype).itemsize)
-
-    def open(self):
-        """TaskFeatures over the memory-mapped entry. Raises FileNotFoundError when the entry is gone."""
-        from .protocol import TaskFeatures
-
-        p = self.path
-        if not (p / "meta.json").is_file():
-            raise FileNotFoundError(f"features of task {self.name} are not in the store {p} "
-                                    "(the cache folder must be storage every node reaches)")
-        train = np.load(p / "train.npy", mmap_mode="r")
-        test = np.load(p / "test.npy", mmap_mode="r")
-        labels = np.load(p / "labels.npy")
-        masks = np.load(p / "masks.npy") if self.has_masks else None
-        return TaskFeatures(self.name, train, test, labels, masks, tuple(self.grid), self.image_size, ref=self)
-
-
-def open_features(x):
-    """TaskFeatures from a store handle; anything else (TaskFeatures already) unchanged."""
-    return x.open() if isinstance(x, FeatureRef) else x
-
-
-# ---------------------------------------------------------------------------------------------
-def _npy_header(f, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    np.lib.format.write_array_header_1_0(
-        f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(s) for s in shape)})
-
-
-def _npy_data_offset(f) -> tuple[tuple[int, ...], np.dtype]:
-    major, _ = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(f)
-    return shape, dtype
-
-
-def _save_small(path: Path, a: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, a)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _valid(p: Path) -> dict | None:
-    """meta.json of a complete entry whose array files have exactly the sizes it announces, else None."""
-    try:
-        meta = json.loads((p / "meta.json").read_text())
-        if meta.get("format") != _FORMAT:
-            return None
-        P = meta["grid"][0] * meta["grid"][1]
-        want = {"train.npy": ((meta["n_train"] * P, meta["dim"]), meta["dtype"]),
-                "test.npy": ((meta["n_test"], P, meta["dim"]), meta["dtype"]),
-                "labels.npy": ((meta["n_test"],), "int64")}
-        if meta["has_masks"]:
-            want["masks.npy"] = ((meta["n_test"], meta["image_size"], meta["image_size"]), "bool")
-        for fn, (shape, dt) in want.items():
-            with open(p / fn, "rb") as f:
-                got_shape, got_dt = _npy_data_offset(f)
-                off = f.tell()
-            if tuple(got_shape) != tuple(shape) or got_dt != np.dtype(dt):
-                return None
-            if os.path.getsize(p / fn) != off + int(np.prod(shape)) * np.dtype(dt).itemsize:
-                return None
-        return meta
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-        return None
-
-
-def _ref(root, key: str, meta: dict) -> FeatureRef:
-    return FeatureRef(str(root), key, meta["name"], int(meta["image_size"]), tuple(meta["grid"]), int(meta["dim"]),
-                      int(meta["n_train"]), int(meta["n_test"]), meta["dtype"], bool(meta["has_masks"]))
-
-
-def lookup(root, key: str) -> FeatureRef | None:
-    """The handle of a complete entry, or None (missing, or damaged: then it is moved out of the way)."""
-    p = entry_dir(root, key)
-    if not p.exists():
-        return None
-    meta = _valid(p)
-    if meta is None:
-        _discard(p)
-        return None
-    return _ref(root, key, meta)
-
-
-def _discard(p: Path) -> None:
-    trash = p.with_name(f".trash-{p.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        os.replace(p, trash)
-    except OSError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _publish(tmp: Path, dest: Path) -> None:
-    """Rename a complete temporary entry into place; if another worker got there first, keep theirs."""
-    _fsync_dir(tmp)
-    try:
-        os.rename(tmp, dest)
-    except OSError:
-        pass  # dest exists: another worker published the same content first
-    if tmp.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(dest.parent)
-
-
-def _write_meta(d: Path, task_name: str, image_size: int, grid, dim: int, n_train: int, n_test: int, dtype: str,
-                has_masks: bool) -> None:
-    meta = {"format": _FORMAT, "name": task_name, "image_size": int(image_size), "grid": [int(g) for g in grid],
-            "dim": int(dim), "n_train": int(n_train), "n_test": int(n_test), "dtype": dtype,
-            "has_masks": bool(has_masks)}
-    (d / "meta.json").write_text(json.dumps(meta))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +76,7 @@ def extract_task(task, extractor, root, dtype: str = "float16", *, workers: int 
     A complete entry already in the store is returned as it is. Raises what the data loader
     raises (DataError naming the file) and leaves no entry behind then.
     """
-    dt = _check_dtype(dtype)
+    dt = check_dtype(dtype)
     key = store_key(extractor.cache_key(), task, dtype)
     hit = lookup(root, key)
     if hit is not None:
@@ -269,26 +87,20 @@ def extract_task(task, extractor, root, dtype: str = "float16", *, workers: int 
     try:
         P, D = extractor.num_patches, extractor.dim
         with open(tmp / "train.npy", "wb") as f:
-            _npy_header(f, (len(task.train) * P, D), dt)
+            npy_header(f, (len(task.train) * P, D), dt)
             _embed_into(f, extractor, task.train, dt, workers, progress)
         with open(tmp / "test.npy", "wb") as f:
-            _npy_header(f, (len(task.test), P, D), dt)
+            npy_header(f, (len(task.test), P, D), dt)
             masks, labels = _embed_into(f, extractor, task.test, dt, workers, progress)
-        _save_small(tmp / "labels.npy", labels)
+        save_small(tmp / "labels.npy", labels)
         if task.has_masks:
-            _save_small(tmp / "masks.npy", masks)
-        _write_meta(tmp, task.name, extractor.image_size, extractor.grid, D, len(task.train), len(task.test), dtype,
+            save_small(tmp / "masks.npy", masks)
+        write_meta(tmp, task.name, extractor.image_size, extractor.grid, D, len(task.train), len(task.test), dtype,
                     task.has_masks)
-        if _valid(tmp) is None:
-            raise RuntimeError(f"features of task {task.name}: the written entry does not match its shapes")
-        _publish(tmp, entry_dir(root, key))
+        return publish_entry(tmp, root, key, task.name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    ref = lookup(root, key)
-    if ref is None:
-        raise RuntimeError(f"features of task {task.name} could not be stored in {base}")
-    return ref
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,8 +133,8 @@ def write_chunk(root, key: str, task, chunk: Chunk, extractor, dtype: str = "flo
 
     A chunk already written (by this or an earlier, crashed run) is not extracted again.
     """
-    dt = _check_dtype(dtype)
-    d = _parts_dir(root, key)
+    dt = check_dtype(dtype)
+    d = parts_dir(root, key)
     d.mkdir(parents=True, exist_ok=True)
     final = d / f"{chunk.stem}.npy"
     side = d / f"{chunk.stem}.labels.npz"
@@ -334,7 +146,7 @@ def write_chunk(root, key: str, task, chunk: Chunk, extractor, dtype: str = "flo
     tmp, tmp_side = d / f".{chunk.stem}.{tag}.npy", d / f".{chunk.stem}.{tag}.npz"
     try:
         with open(tmp, "wb") as f:
-            _npy_header(f, (n, extractor.num_patches, extractor.dim), dt)
+            npy_header(f, (n, extractor.num_patches, extractor.dim), dt)
             masks, labels = _embed_into(f, extractor, samples, dt, workers)
         with open(tmp_side, "wb") as f:
             np.savez(f, labels=labels, masks=masks if task.has_masks else np.zeros((0,), bool))
@@ -350,7 +162,7 @@ def write_chunk(root, key: str, task, chunk: Chunk, extractor, dtype: str = "flo
 def _append_npy(out, part: Path, expect_tail: tuple[int, ...], dt: np.dtype) -> int:
     """Copy the data of one chunk .npy into the open output file with plain reads (no mapping). Returns rows."""
     with open(part, "rb") as f:
-        shape, got = _npy_data_offset(f)
+        shape, got = npy_data_offset(f)
         if tuple(shape[1:]) != tuple(expect_tail) or got != dt:
             raise ValueError(f"{part}: chunk of shape {shape} {got}, expected (*, {expect_tail}) {dt}")
         shutil.copyfileobj(f, out, _COPY_BLOCK)
@@ -365,12 +177,12 @@ def finalise(root, key: str, task, chunks: list[Chunk], *, image_size: int, grid
     place, then removes the chunk folder. Returns the handle. Raises FileNotFoundError when a
     chunk is missing (its worker did not finish).
     """
-    dt = _check_dtype(dtype)
+    dt = check_dtype(dtype)
     hit = lookup(root, key)
     if hit is not None:
         return hit
     P = int(grid[0] * grid[1])
-    parts = _parts_dir(root, key)
+    parts = parts_dir(root, key)
     base = Path(root) / "features"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=base))
     try:
@@ -383,7 +195,7 @@ def finalise(root, key: str, task, chunks: list[Chunk], *, image_size: int, grid
                 raise ValueError(f"task {task.name}: the {split} chunks do not cover images 0..{n}")
             shape = (n * P, dim) if split == "train" else (n, P, dim)
             with open(tmp / f"{split}.npy", "wb") as out:
-                _npy_header(out, shape, dt)
+                npy_header(out, shape, dt)
                 for c in mine:
                     part = parts / f"{c.stem}.npy"
                     if not part.exists():
@@ -397,18 +209,13 @@ def finalise(root, key: str, task, chunks: list[Chunk], *, image_size: int, grid
                             if task.has_masks:
                                 masks.append(z["masks"])
         S = int(image_size)
-        _save_small(tmp / "labels.npy", np.concatenate(labels) if labels else np.zeros((0,), np.int64))
+        save_small(tmp / "labels.npy", np.concatenate(labels) if labels else np.zeros((0,), np.int64))
         if task.has_masks:
-            _save_small(tmp / "masks.npy", np.concatenate(masks) if masks else np.zeros((0, S, S), bool))
-        _write_meta(tmp, task.name, S, grid, dim, len(task.train), len(task.test), dtype, task.has_masks)
-        if _valid(tmp) is None:
-            raise RuntimeError(f"features of task {task.name}: the assembled entry does not match its shapes")
-        _publish(tmp, entry_dir(root, key))
+            save_small(tmp / "masks.npy", np.concatenate(masks) if masks else np.zeros((0, S, S), bool))
+        write_meta(tmp, task.name, S, grid, dim, len(task.train), len(task.test), dtype, task.has_masks)
+        ref = publish_entry(tmp, root, key, task.name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    ref = lookup(root, key)
-    if ref is None:
-        raise RuntimeError(f"features of task {task.name} could not be stored in {base}")
     shutil.rmtree(parts, ignore_errors=True)
     return ref

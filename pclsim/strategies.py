@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BankRef", "Strategy", "STRATEGIES", "REBALANCES", "get_strategy", "register", "per_task_size"]
+__all__ = ["BankRef", "Strategy", "STRATEGIES", "REBALANCES", "JOINTS", "get_strategy", "register", "per_task_size"]
 
 # coreset.rebalance (method.md sections 2-3):
 #   authors:  every re-reduction re-runs greedy k-center on the stored bank with a fresh random
@@ -22,6 +22,9 @@ __all__ = ["BankRef", "Strategy", "STRATEGIES", "REBALANCES", "get_strategy", "r
 #   truncate: idealised: one fixed projection, so a re-reduction keeps a prefix of the task's
 #             selection order (prefix property) and the final state depends only on the SET of tasks.
 REBALANCES = ("authors", "truncate")
+# coreset.joint (method.md section 4): composable = greedy k-center over the union of the tasks' own
+# selections; exact = greedy k-center over all their pooled training patches.
+JOINTS = ("composable", "exact")
 
 
 @dataclass(frozen=True, order=True)
@@ -71,6 +74,8 @@ class Strategy:
     def __init__(self, memory_size: int, rebalance: str = "authors", joint: str = "composable"):
         if rebalance not in REBALANCES:
             raise ValueError(f"rebalance must be one of {', '.join(REBALANCES)}, got {rebalance!r}")
+        if joint not in JOINTS:
+            raise ValueError(f"joint must be one of {', '.join(JOINTS)}, got {joint!r}")
         self.memory_size = int(memory_size)
         self.rebalance = rebalance
         self.joint = joint

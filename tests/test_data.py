@@ -374,3 +374,93 @@ def test_iter_batches_masks_are_aligned(tmp_path):
     imgs, masks, labels = next(iter_batches([s0, s1], 32, batch_size=8))
     assert imgs.shape == (2, 3, 32, 32) and labels.tolist() == [0, 1]
     assert not masks[0].any() and masks[1, :5].all() and not masks[1, 12:].any()
+
+
+# ---------------------------------------------------------------------------------------- registries
+
+@dataclass(frozen=True)
+class _Stripes(Sample):
+    """A toy data set's image: vertical stripes of period `period`, anomalous ones with a bright square."""
+
+    period: int = 4
+
+    def load(self):
+        img = np.zeros((40, 40, 3), np.uint8)
+        img[:, :: self.period] = 200
+        mask = np.zeros((40, 40), bool)
+        if self.label:
+            mask[10:20, 10:20] = True
+            img[mask] = 255
+        return img, mask
+
+
+def _load_stripes(dataset, root, tasks):
+    """The toy kind: one task per name, 'stripes<period>'; root is not used."""
+    from pclsim.data import TaskData
+
+    out = []
+    for name in tasks or ["stripes3", "stripes5"]:
+        p = int(name.removeprefix("stripes"))
+
+        def sample(split, i, label):
+            return _Stripes(key=f"toy/{name}/{split}/{i}", label=label, path=None, mask_path=None, period=p)
+
+        out.append(TaskData(name, [sample("train", i, 0) for i in range(4)],
+                            [sample("test", i, i % 2) for i in range(4)], has_masks=True))
+    return out
+
+
+def test_a_dataset_kind_registered_in_one_call_runs_through_the_scenario_and_loading(tmp_path):
+    """Adding a data-set kind is one registry call: the scenario accepts it (no root needed), load_stream
+    dispatches to it, the preflight checks and the decoder take its samples as they take any other."""
+    from pclsim.data import DATASET_KINDS, DatasetKind, register_dataset_kind
+    from pclsim.data.preflight import check_stream
+    from pclsim.errors import ScenarioError
+    from pclsim.scenario import resolve
+
+    raw = {"name": "toy", "dataset": {"kind": "stripes", "tasks": ["stripes3", "stripes5"], "image_size": 32},
+           "memory_sizes": [8], "strategies": ["patchcore_cl"]}
+    with pytest.raises(ScenarioError, match="'dataset.kind': 'stripes' is not one of"):
+        resolve(raw)
+    register_dataset_kind(DatasetKind("stripes", load=_load_stripes, needs_root=False))
+    try:
+        sc = resolve(raw)
+        stream = load_stream(sc["dataset"])
+        assert [t.name for t in stream] == ["stripes3", "stripes5"]
+        assert [s.label for s in stream[0].test] == [0, 1, 0, 1]
+        assert check_stream(sc, stream, cache_dir=tmp_path) == 0  # no file to read: every check passes
+        images, masks, labels = next(iter_batches(stream[1].test, 32, batch_size=4, workers=0))
+        assert images.shape == (4, 3, 32, 32) and labels.tolist() == [0, 1, 0, 1]
+        assert masks[1].any() and not masks[0].any()
+        assert [t.name for t in load_stream({"kind": "stripes", "tasks": None})] == ["stripes3", "stripes5"]
+    finally:
+        DATASET_KINDS.pop("stripes")
+    with pytest.raises(DataError, match="dataset.kind: 'stripes' is not one of"):
+        load_stream({"kind": "stripes"})
+
+
+def test_builtin_kinds_are_the_scenarios_allowed_values():
+    from pclsim.data import dataset_kind_names
+    from pclsim.errors import ScenarioError
+    from pclsim.scenario import resolve
+
+    assert set(dataset_kind_names()) == {"synthetic", "bmad", "mvtec", "visa", "folder"}
+    with pytest.raises(ScenarioError, match="bmad, synthetic, mvtec, folder, visa"):
+        resolve({"name": "x", "dataset": {"kind": "imagenet"}})
+
+
+def test_synthetic_cache_key_is_the_generator_version_and_parameters(monkeypatch):
+    """Editing synthetic.py (a comment) keeps every cached feature: the key never reads a source file; it
+    changes with SYNTH_VERSION and with each generator parameter."""
+    import pclsim.data.synthetic as synthetic
+    from pclsim.cache import task_key
+
+    task = synthetic_stream(("Brain_AD",), train=2, test=2, size=64, seed=0)[0]
+    key = task_key("extractor", task)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"a cache key read {self}"))
+    assert task_key("extractor", task) == key
+    for other in (synthetic_stream(("Brain_AD",), train=2, test=2, size=64, seed=1)[0],
+                  synthetic_stream(("Brain_AD",), train=2, test=2, size=72, seed=0)[0]):
+        assert task_key("extractor", other) != key
+    monkeypatch.setattr(synthetic, "SYNTH_VERSION", "v-next")
+    assert task_key("extractor", synthetic_stream(("Brain_AD",), train=2, test=2, size=64, seed=0)[0]) != key

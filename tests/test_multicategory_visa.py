@@ -16,7 +16,8 @@ from PIL import Image
 
 from pclsim.cache import load_or_extract
 from pclsim.data import load_stream
-from pclsim.data.merge import category_parts, categories_table
+from pclsim.data.category_table import categories_table
+from pclsim.data.merge import category_parts
 from pclsim.engine import simulate
 from pclsim.errors import DataError, ScenarioError
 from pclsim.features import FeatureExtractor

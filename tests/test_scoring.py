@@ -60,3 +60,58 @@ def test_map_operators_equal_the_upsample_then_convolve_pipeline():
         d = (5 * rng.random((3, grid[0] * grid[1]))).astype(np.float32)
         np.testing.assert_allclose(anomaly_maps(d, grid, size, sigma), anomaly_maps_reference(d, grid, size, sigma),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_a_reweighting_registered_in_one_call_is_accepted_and_scored_everywhere():
+    """A toy reweighting (w = s* / (s* + distance to m*'s nearest other bank vector)) needs one registry
+    call: the scenario accepts it, image_score and the study's evaluator apply it, equal to a hand computation
+    and to the brute-force reference."""
+    from helpers_features import make_tasks
+    from helpers_reference import brute_evaluate
+    from pclsim.engine import plan_study, prepare_seed, restore_evaluator
+    from pclsim.errors import ScenarioError
+    from pclsim.reweighting import REWEIGHTINGS, Reweighting, register_reweighting
+    from pclsim.scenario import Run, resolve
+    from pclsim.strategies import get_strategy
+
+    with pytest.raises(ScenarioError, match="model.reweighting"):
+        resolve({"name": "x", "model": {"reweighting": "toy_ratio"}})
+    register_reweighting(Reweighting("toy_ratio", neighbours=2, weight=lambda s, d, dim: s / (s + d[:, 1])))
+    try:
+        assert resolve({"name": "x", "model": {"reweighting": "toy_ratio"}})["model"]["reweighting"] == "toy_ratio"
+        bank = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [3, 0, 0, 0], [10, 0, 0, 0]], dtype=np.float32)
+        q = np.array([[0.1, 0, 0, 0], [0, 2, 0, 0]], dtype=np.float32)
+        d = np.linalg.norm(q[:, None] - bank[None], axis=-1)
+        s_star = 2.0  # patch 1, m* = bank[0], whose nearest other bank vector is bank[1]
+        by_hand = s_star / (s_star + float(np.linalg.norm(q[1] - bank[1]))) * s_star
+        assert image_score(d.min(1), d.argmin(1), q, bank, "toy_ratio") == pytest.approx(by_hand, rel=1e-6)
+
+        coreset = {"projection": "jl", "projection_dim": "auto", "rebalance": "authors", "joint": "composable"}
+        tasks = make_tasks(2, seed=1, n_train=20)
+        runs = [Run("multi_model", 30, 0, ("T0", "T1"))]
+        sp = plan_study(runs, coreset).seeds[0]
+        ev = restore_evaluator(tasks, sp, coreset, *prepare_seed(tasks, sp, coreset), reweighting="toy_ratio")
+        strat = get_strategy("multi_model", 30)
+        banks = strat.banks(("T0", "T1"))
+        plain = restore_evaluator(tasks, sp, coreset, *prepare_seed(tasks, sp, coreset), reweighting="none")
+        for t, task in tasks.items():
+            chosen, _ = strat.scoring(banks, t)
+            bank_t = ev.bank_vectors(chosen[0])
+            per_image = (chosen[0],) * task.test.shape[0]  # every test image scored against the task's own bank
+            scores, _ = ev.scores(t, per_image)
+            by_hand = [image_score(*_nn(task.test[n], bank_t), task.test[n], bank_t, "toy_ratio")
+                       for n in range(task.test.shape[0])]
+            np.testing.assert_allclose(scores, by_hand, rtol=1e-5)
+            assert not np.allclose(scores, plain.scores(t, per_image)[0])  # the weight does change the scores
+            ref, _ = brute_evaluate(task, [bank_t], False, reweighting="toy_ratio")
+            assert ev.evaluate(t, chosen, False)["image_auroc"] == pytest.approx(ref["image_auroc"], abs=1e-9)
+    finally:
+        REWEIGHTINGS.pop("toy_ratio")
+    with pytest.raises(ScenarioError, match="model.reweighting"):
+        resolve({"name": "x", "model": {"reweighting": "toy_ratio"}})
+
+
+def _nn(patches: np.ndarray, bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest bank vector of each patch, float64: (distances (P,), indices (P,))."""
+    d = np.linalg.norm(patches[:, None, :].astype(np.float64) - bank[None].astype(np.float64), axis=-1)
+    return d.min(1), d.argmin(1)

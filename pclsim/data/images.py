@@ -19,9 +19,10 @@ from ..errors import DataError
 
 __all__ = ["IMAGE_EXTS", "IMAGENET_MEAN", "IMAGENET_STD", "Sample", "TaskData", "read_image", "read_mask",
            "preprocess", "resize_size", "iter_batches", "LOSSY_FORMATS", "decode", "bit_depth", "to_uint8",
-           "RESIZE_MODES"]
+           "RESIZE_MODES", "MIN_IMAGE_SIZE"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MIN_IMAGE_SIZE = 32  # px: the smallest dataset.image_size (and `data synth --size`); smaller leaves the backbone no grid
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 

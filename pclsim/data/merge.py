@@ -15,7 +15,8 @@ Per-category values: every merged task's test set is the concatenation of its ca
 sets, so a category's values are the metrics over its slice of the merged test set, scored
 against the same banks (the same image scores, task identification and maps). They are named
 "<merged>/<category>" and kept apart from the matrices (`categories.parquet`: the matrices'
-columns plus `category`), so every consumer of the T x T matrices is unchanged.
+columns plus `category`, written by pclsim.data.category_table), so every consumer of the T x T
+matrices is unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..errors import DataError
 from .images import TaskData
 
 __all__ = ["MergedTaskData", "parse_task_spec", "merge_tasks", "load_merged", "category_parts",
-           "add_category_views", "CategoryResult", "run_categories", "categories_table"]
+           "add_category_views", "CategoryResult", "run_categories"]
 
 SEP = "/"
 
@@ -82,9 +83,9 @@ def load_merged(dataset: dict, data_root, load_stream) -> list[MergedTaskData]:
     return [merge_tasks(name, [loaded[c] for c in cats]) for name, cats in spec.items()]
 
 
-def category_parts(streams) -> dict[str, list[tuple[str, int]]]:
+def category_parts(stream) -> dict[str, list[tuple[str, int]]]:
     """{merged task: [(category, n_test), ...]} of the merged tasks in a loaded stream ({} when none)."""
-    return {t.name: [(c, n_te) for c, _, n_te in t.categories] for t in streams if isinstance(t, MergedTaskData)}
+    return {t.name: [(c, n_te) for c, _, n_te in t.categories] for t in stream if isinstance(t, MergedTaskData)}
 
 
 # ---------------------------------------------------------------- per-category values
@@ -95,10 +96,10 @@ def add_category_views(evaluator, parts: dict[str, list[tuple[str, int]]]) -> li
     Returns the category task names, in order. Raises ValueError when the counts do not match the features."""
     names = []
     for merged, cats in parts.items():
-        tf = evaluator.tasks[merged]
-        if sum(n for _, n in cats) != tf.test.shape[0]:
+        task_features = evaluator.tasks[merged]
+        if sum(n for _, n in cats) != task_features.test.shape[0]:
             raise ValueError(f"{merged}: categories hold {sum(n for _, n in cats)} test images, "
-                             f"the features {tf.test.shape[0]}")
+                             f"the features {task_features.test.shape[0]}")
         start = 0
         for cat, n in cats:
             sub = f"{merged}{SEP}{cat}"
@@ -142,30 +143,3 @@ def run_categories(strategy, order: tuple[str, ...], evaluator, parts: dict[str,
                 if metric != "task_id_acc" and "|" not in metric:  # routing splits stay with the merged task
                     mats.setdefault(metric, np.full((T, len(names)), np.nan))[s, k] = v
     return CategoryResult(names, mats)
-
-
-def categories_table(items):
-    """pyarrow Table of per-category values: the matrices' columns (pclsim.results.MATRIX_SCHEMA) plus
-    `category`; items: (Run, OrderResult, CategoryResult) triples."""
-    import pyarrow as pa
-
-    from ..results import MATRIX_SCHEMA
-
-    schema = MATRIX_SCHEMA.append(pa.field("category", pa.string()))
-    cols = {f.name: [] for f in schema}
-    id_col = MATRIX_SCHEMA.names[0]
-    for run, _res, cres in items:
-        for step, train_task, merged, cat, metric, value in cres.rows(run.order):
-            cols[id_col].append(getattr(run, id_col, None) or run.trial_id)
-            cols["strategy"].append(run.strategy)
-            cols["memory_size"].append(run.memory_size)
-            cols["seed"].append(run.seed)
-            cols["order"].append(run.order_str)
-            cols["step"].append(step)
-            cols["train_task"].append(train_task)
-            cols["eval_task"].append(merged)
-            cols["category"].append(cat)
-            cols["metric"].append(metric)
-            cols["value"].append(value)
-    return pa.Table.from_pydict(cols, schema=schema)
-

@@ -161,7 +161,7 @@ def check_memory(sc: dict, tasks, grid: tuple[int, int]) -> None:
     'composable', the largest joint size from each member task (it selects from their per-task orders),
     with 'exact', its size from the members' patches together.
     """
-    from ..scenario import _orders, needs_difficulty
+    from ..orders import expand_orders, needs_difficulty
     from ..strategies import get_strategy
 
     per_image = grid[0] * grid[1]
@@ -169,7 +169,7 @@ def check_memory(sc: dict, tasks, grid: tuple[int, int]) -> None:
     patches = {name: n * per_image for name, n in n_img.items()}
     # difficulty-decided orders are not known yet: per-task bank sizes do not depend on the order, and
     # joint banks are checked per task, so any stand-in order checks the same banks
-    orders = _orders(sc, {t: 0.0 for t in sc["dataset"]["tasks"]} if needs_difficulty(sc) else None)
+    orders = expand_orders(sc, {t: 0.0 for t in sc["dataset"]["tasks"]} if needs_difficulty(sc) else None)
     composable = sc["coreset"].get("joint", "composable") == "composable"
     joint_max = max(sc["memory_sizes"]) if "joint" in sc["strategies"] else 0
     prefixes = sorted({tuple(o[:i]) for o in orders for i in range(1, len(o) + 1)})  # each state once
@@ -217,20 +217,16 @@ def check_cache_dir(path) -> Path:
 
 
 def data_fingerprint(sc: dict, tasks) -> str:
-    """Hex digest of the data a study reads: every sample's key (file path, size and mtime, its mask's too,
-    or the synthetic generator's parameters) and label, per task and split, plus the generator's source
-    for synthetic data and the size and mtime of a weights file. Equal digests: the same inputs."""
-    from ..cache import _synthetic_source_hash
+    """16 hex digits: the identity of the data a study reads: every sample's key (file path, size and mtime, its
+    mask's too, or the synthetic generator's version and parameters) and label, per task and split
+    (`pclsim.store_entry.hash_samples`, as the feature cache keys them), plus the size and mtime of a
+    weights file. Equal digests: the same inputs."""
+    from ..store_entry import hash_samples
 
     h = hashlib.sha256()
     for t in tasks:
         h.update(f"task\x00{t.name}\x00".encode())
-        if any(s.path is None for s in t.train[:1] + t.test[:1]):
-            h.update(_synthetic_source_hash().encode())
-        for split, samples in (("train", t.train), ("test", t.test)):
-            h.update(split.encode())
-            for s in samples:
-                h.update(f"{s.key}\x00{s.label}\x01".encode())
+        hash_samples(h, t)
     w = str(sc.get("model", {}).get("weights"))
     if w not in ("bundled", "none") and os.path.isfile(w):
         st = os.stat(w)

@@ -8,7 +8,7 @@ Layout (Zou et al. 2022, "SPot-the-Difference ..."; the data set's own split fil
 ```
 `split` is train or test, `label` normal or anomaly; `mask` is empty for normal images. Masks
 are 0 / non-zero images (any non-zero pixel is anomalous). Listing reads the CSV and stats the
-files; nothing is decoded here.
+files; nothing is decoded here. Registers `dataset.kind: visa`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from pathlib import Path
 
 from ..errors import DataError
 from .images import TaskData
+from .kinds import DatasetKind, register_dataset_kind
+from .listing import cap_splits, task_data
 
-__all__ = ["VISA_SPLIT_CSV", "read_visa_split", "visa_categories", "load_visa_task"]
+__all__ = ["VISA_SPLIT_CSV", "read_visa_split", "visa_categories", "load_visa_task", "load_visa"]
 
 VISA_SPLIT_CSV = "split_csv/1cls.csv"
 _COLUMNS = ("object", "split", "label", "image", "mask")
@@ -70,8 +72,6 @@ def load_visa_task(root: str | Path, name: str, rows: list[dict] | None = None, 
                    max_test: int | None = None, seed: int = 0) -> TaskData:
     """One VisA object: train = its `train` rows (anomalous train rows are skipped: PatchCore trains on normals),
     test = its `test` rows with masks. Caps: seeded random choice per split, as for every other kind."""
-    from .loaders import _cap, _make_sample, _task_rng
-
     root = Path(root)
     rows = read_visa_split(root) if rows is None else rows
     mine = [r for r in rows if r["object"] == name]
@@ -96,8 +96,16 @@ def load_visa_task(root: str | Path, name: str, rows: list[dict] | None = None, 
         raise DataError(f"{root / VISA_SPLIT_CSV}: object {name!r} has no normal training images")
     if not test or not any(lab for _, lab, _ in test):
         raise DataError(f"{root / VISA_SPLIT_CSV}: object {name!r} has no anomalous test images")
-    train, _ = _cap(train, max_train, _task_rng(seed, name, "train"))
-    test, _ = _cap(test, max_test, _task_rng(seed, name, "test"))
-    has_masks = any(m is not None for _, _, m in test)
-    return TaskData(name=name, train=[_make_sample(p, lab, m, root) for p, lab, m in train],
-                    test=[_make_sample(p, lab, m, root) for p, lab, m in test], has_masks=has_masks)
+    train, test, _ = cap_splits(name, train, test, max_train, max_test, seed)
+    return task_data(name, train, test, root, any(m is not None for _, _, m in test))
+
+
+def load_visa(dataset: dict, root: Path, tasks: list[str] | None) -> list[TaskData]:
+    """The `visa` kind (pclsim.data.kinds): the objects asked for, or every object of the split file, sorted."""
+    rows = read_visa_split(root)
+    seed = int(dataset.get("seed", 0) or 0)
+    return [load_visa_task(root, t, rows, dataset.get("max_train"), dataset.get("max_test"), seed)
+            for t in (tasks or visa_categories(rows))]
+
+
+register_dataset_kind(DatasetKind("visa", load=load_visa))

@@ -1,0 +1,174 @@
+"""BMAD (Bao et al. 2024, "BMAD: Benchmarks for Medical Anomaly Detection") as downloaded: its six categories,
+their on-disk layouts, the 'clean' and 'paper' protocols (method.md section 8), and writing a stream in
+that layout (`pclsim data synth`). Registers `dataset.kind: bmad`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from .images import TaskData, resize_size
+from .kinds import DatasetKind, register_dataset_kind
+from .listing import cap_splits, chosen_record, find_mask, image_dir, images_in, resolve_dir, task_data
+
+__all__ = ["BMAD_TASKS", "MASKED_TASKS", "BMAD_LAYOUTS", "PROTOCOLS", "load_bmad_task", "load_bmad",
+           "write_bmad_layout"]
+
+BMAD_TASKS = ("Brain_AD", "Liver_AD", "Retina_RESC_AD", "Chest_AD", "Histopathology_AD", "Retina_OCT2017_AD")
+MASKED_TASKS = ("Brain_AD", "Liver_AD", "Retina_RESC_AD")  # the categories with pixel masks
+# dataset.protocol: clean = train/good and test only; paper = validation normals join train and validation
+# anomalies join test (method.md section 5)
+PROTOCOLS = ("clean", "paper")
+
+# Per category: split -> [(image folder, label, mask folder or None)], paths relative to the category folder.
+BMAD_LAYOUTS: dict[str, dict[str, list[tuple[str, int, str | None]]]] = {
+    "Brain_AD": {
+        "train": [("train/good", 0, None)],
+        "valid": [("valid/good/img", 0, None), ("valid/Ungood/img", 1, "valid/Ungood/label")],
+        "test": [("test/good/img", 0, None), ("test/Ungood/img", 1, "test/Ungood/label")],
+    },
+    "Liver_AD": {
+        "train": [("train/good", 0, None)],
+        "valid": [("valid/img/good", 0, None), ("valid/img/Ungood", 1, "valid/label/Ungood")],
+        "test": [("test/img/good", 0, None), ("test/img/Ungood", 1, "test/label/Ungood")],
+    },
+    "Retina_RESC_AD": {
+        "train": [("Train/train/good", 0, None)],
+        "valid": [("Val/val/good", 0, None), ("Val/val/Ungood", 1, "Val/val_label/Ungood")],
+        "test": [("Test/test/good", 0, None), ("Test/test/Ungood", 1, "Test/test_label/Ungood")],
+    },
+    "Chest_AD": {
+        "train": [("train/good", 0, None)],
+        "valid": [("val/good", 0, None), ("val/Ungood", 1, None)],
+        "test": [("test/good", 0, None), ("test/Ungood", 1, None)],
+    },
+    "Histopathology_AD": {
+        "train": [("train/good", 0, None)],
+        "valid": [("valid/good", 0, None), ("valid/Ungood", 1, None)],
+        "test": [("test/good", 0, None), ("test/Ungood", 1, None)],
+    },
+    "Retina_OCT2017_AD": {
+        "train": [("train/good", 0, None)],
+        "valid": [("val/good", 0, None), ("val/Ungood", 1, None)],
+        "test": [("test/good", 0, None), ("test/Ungood", 1, None)],
+    },
+}
+
+
+def load_bmad_task(root: str | Path, name: str, protocol: str = "clean", max_train: int | None = None,
+                   max_test: int | None = None, seed: int = 0) -> TaskData:
+    """One BMAD category as downloaded. protocol 'paper': validation normals join train and validation anomalies
+    join test (method.md section 5); 'clean': train/good and test only. Caps: seeded random choice per split."""
+    if name not in BMAD_LAYOUTS:
+        raise DataError(f"unknown BMAD task {name!r} (valid: {', '.join(BMAD_TASKS)})")
+    if protocol not in PROTOCOLS:
+        raise DataError(f"dataset.protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    root = Path(root)
+    cat = root / name
+    if not cat.is_dir():
+        raise DataError(f"{cat}: BMAD category folder not found")
+    layout = BMAD_LAYOUTS[name]
+    masked = name in MASKED_TASKS
+
+    def entries(split, labels=(0, 1)):
+        out = []  # (image path, label, mask path)
+        for rel, label, mrel in layout[split]:
+            if label not in labels:
+                continue
+            d = image_dir(cat, rel)
+            md = resolve_dir(cat, mrel) if mrel else None
+            for fn in images_in(d):
+                mask = None
+                if masked and label == 1:
+                    mask = find_mask(md, fn, ())
+                    if mask is None:
+                        raise DataError(f"{d / fn}: no mask of the same name in {cat / mrel}")
+                out.append((d / fn, label, mask))
+        return out
+
+    train = entries("train")
+    if not train:
+        raise DataError(f"{cat / layout['train'][0][0]}: no training images")
+    test = entries("test")
+    if protocol == "paper":
+        train += entries("valid", labels=(0,))
+        test += entries("valid", labels=(1,))
+    if not test:
+        raise DataError(f"{cat}: no test images (expected them under {layout['test'][0][0]} and "
+                        f"{layout['test'][1][0]})")
+    train, test, cut = cap_splits(name, train, test, max_train, max_test, seed)
+    chosen = chosen_record(protocol, seed, train, test, root) if protocol == "paper" or cut else None
+    return task_data(name, train, test, root, masked, chosen)
+
+
+def load_bmad(dataset: dict, root: Path, tasks: list[str] | None) -> list[TaskData]:
+    """The `bmad` kind (pclsim.data.kinds): the categories asked for, or those present under root in the
+    paper's order. DataError for an unknown category or none found."""
+    if tasks is None:
+        tasks = [t for t in BMAD_TASKS if (root / t).is_dir()]
+        if not tasks:
+            raise DataError(f"{root}: no BMAD category folder ({', '.join(BMAD_TASKS)})")
+    bad = [t for t in tasks if t not in BMAD_TASKS]
+    if bad:
+        raise DataError(f"dataset.tasks: unknown BMAD task {bad[0]!r} (valid: {', '.join(BMAD_TASKS)})")
+    protocol = dataset.get("protocol", "clean")
+    seed = int(dataset.get("seed", 0) or 0)
+    return [load_bmad_task(root, t, protocol, dataset.get("max_train"), dataset.get("max_test"), seed)
+            for t in tasks]
+
+
+register_dataset_kind(DatasetKind("bmad", load=load_bmad))
+
+
+def write_bmad_layout(tasks: list[TaskData], out_dir, image_size: int | None = None) -> None:
+    """Write tasks (named after BMAD categories) in BMAD's on-disk layout: train -> train folder, test -> test
+    good/Ungood, masks under the category's label folder with the image's file name. Images whose shorter side
+    is not image_size are resized to it. Refuses to write into a non-empty category folder."""
+    out = Path(out_dir)
+    for t in tasks:
+        if t.name not in BMAD_LAYOUTS:
+            raise DataError(f"{t.name!r}: not a BMAD category (valid: {', '.join(BMAD_TASKS)})")
+        cat = out / t.name
+        if cat.exists() and (not cat.is_dir() or any(cat.iterdir())):
+            raise DataError(f"{cat}: already exists and is not empty")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create: {e.strerror}") from None
+    for t in tasks:
+        layout = BMAD_LAYOUTS[t.name]
+        cat = out / t.name
+        tr_dir = cat / layout["train"][0][0]
+        (good_rel, _, _), (bad_rel, _, mask_rel) = layout["test"]
+        dirs = {0: cat / good_rel, 1: cat / bad_rel}
+        mask_dir = cat / mask_rel if mask_rel else None
+        for d in [tr_dir, *dirs.values()] + ([mask_dir] if mask_dir is not None else []):
+            d.mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(t.train):
+            img, _ = s.load()
+            _save(tr_dir / f"{i:05d}.png", img, image_size)
+        for i, s in enumerate(t.test):
+            img, mask = s.load()
+            fn = f"{i:05d}.png"
+            _save(dirs[int(s.label)] / fn, img, image_size)
+            if mask_dir is not None and s.label == 1 and mask is not None:
+                _save(mask_dir / fn, mask.astype(np.uint8) * 255, image_size, nearest=True)
+
+
+def _save(path: Path, a: np.ndarray, image_size: int | None, nearest: bool = False) -> None:
+    if a.ndim == 3 and (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all():
+        a = a[..., 0]  # grey stored as one channel, as the real grey categories are
+    im = Image.fromarray(np.ascontiguousarray(a))
+    if image_size:
+        h, w = a.shape[:2]
+        nh, nw = resize_size(h, w, int(image_size))
+        if (nh, nw) != (h, w):
+            im = im.resize((nw, nh), Image.NEAREST if nearest else Image.BILINEAR)
+    try:
+        im.save(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
