@@ -76,8 +76,13 @@ def sweep(scenario: str = typer.Argument(..., help="Scenario YAML file."),
 @app.command()
 def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
              data_root: Optional[str] = typer.Option(None, "--data-root", help="Data set folder."),
+             headers_only: bool = typer.Option(False, "--headers-only",
+                                               help="Read only image headers (fast); skip decoding every file."),
              debug: bool = typer.Option(False, "--debug")):
-    """Check a scenario and its data without heavy computation; print what it would run."""
+    """Check a scenario and its data without heavy computation; print what it would run.
+
+    Every image and mask is decoded (a truncated file or uninterpretable pixel values are an error naming
+    the file) unless --headers-only."""
     _DEBUG["on"] = debug
 
     def _run():
@@ -92,11 +97,16 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
             sc["dataset"]["tasks"] = [t.name for t in tasks]
             sc = resolve(sc, scenario)
         n_files = check_stream(sc, tasks)  # everything the sweep's preflight checks, before any Ray
+        if not headers_only:
+            from .data.preflight import decode_all
+
+            decode_all(tasks)
         n_orders, how = describe_orders(sc)
         n_runs = n_orders * len(sc["strategies"]) * len(sc["memory_sizes"]) * len(sc["seeds"])
         # group names do not depend on the orders: any stand-in for a difficulty order counts the groups
         runs = expand_runs(sc, difficulty={t: 0.0 for t in sc["dataset"]["tasks"]})
-        print(f"scenario {sc['name']}: ok ({n_files} image and mask files checked)")
+        how = "headers read" if headers_only else "decoded"
+        print(f"scenario {sc['name']}: ok ({n_files} image and mask files checked, {how})")
         for t in tasks:
             n_anom = sum(s.label for s in t.test)
             print(f"  task {t.name}: {len(t.train)} train, {len(t.test)} test ({n_anom} anomalous), "

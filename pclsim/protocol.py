@@ -19,6 +19,7 @@ import numpy as np
 from . import metrics as metric_fns
 from .candidates import CandidateTable, subset_nn
 from .knn import knn
+from .reweighting import get_reweighting
 from .scoring import anomaly_maps, identify_task, reweight_scores
 from .strategies import BankRef, Strategy
 
@@ -199,7 +200,8 @@ class Evaluator:
         p = patch.argmax(1)
         s_star = patch[np.arange(len(images)), p].astype(np.float64)
         out = s_star.copy()
-        if self.reweighting != "none":
+        k = get_reweighting(self.reweighting).neighbours  # bank neighbours of m* the weight reads
+        if k:
             for ref in sorted({chosen[i] for i in images}):
                 sel = np.flatnonzero([chosen[i] == ref for i in images])
                 bank = self.bank_vectors(ref)
@@ -207,7 +209,6 @@ class Evaluator:
                     continue
                 rows = images[sel]
                 m_star = self.nn(ref, eval_task)[1][rows, p[sel]]
-                k = 3 if self.reweighting == "paper" else 9
                 nb = self.neighbours(ref, m_star, k)
                 m_test = np.asarray(test[rows, p[sel]], dtype=np.float64)
                 out[sel] = reweight_scores(s_star[sel], m_test, bank, nb, self.reweighting)

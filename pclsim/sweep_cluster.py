@@ -33,7 +33,13 @@ def ray_init(address, debug):
               configure_logging=True)
     if address:
         probe_address(address)  # again: the sweep's preflight took time, the cluster may have gone
-        ray.init(address=address, **kw)
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, TimeoutError) as e:
+            # something accepted the connection (a proxy or another service) but no Ray cluster answered
+            raise PclsimError(f"--address {address}: no Ray cluster answers there ({e}); start one with "
+                              "`ray start --head` or fix the address (RAY_ADDRESS is read when --address is not "
+                              "given)") from None
     else:
         ray.init(**kw)
     return ray

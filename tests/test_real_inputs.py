@@ -539,3 +539,45 @@ def test_files_chosen_by_the_caps_are_recorded_in_the_results(tmp_path):
 
     rec = json.loads(json.dumps(_data_record([task])))
     assert rec["tasks"]["cat"]["chosen"]["test"] == [Path(s.path).relative_to(root).as_posix() for s in task.test]
+
+
+def test_address_that_accepts_but_is_not_ray_names_the_address(monkeypatch):
+    """A proxy or another service may accept the TCP connection; ray.init then fails with ConnectionError,
+    which must reach the user as the --address error (exit 2), not as an internal error."""
+    import ray
+
+    from pclsim.errors import PclsimError
+    from pclsim.sweep_cluster import ray_init
+
+    monkeypatch.setattr("pclsim.sweep_cluster.probe_address", lambda address: None)
+
+    def refuse(**kw):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kw['address']}")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(PclsimError, match=r"--address 10\.255\.255\.1:6379: no Ray cluster answers there"):
+        ray_init("10.255.255.1:6379", debug=False)
+
+
+def test_validate_decodes_every_file_unless_headers_only(tmp_path):
+    """A file cut after its header and a float TIFF holding NaN pass a header check; `validate` decodes every
+    file, so each is one `error:` naming the file before any sweep; --headers-only is the fast header check."""
+    root = tmp_path / "data"
+    cat = folder_task(root, n_train=4, size=(64, 64))
+    sc = scenario(tmp_path, {"name": "dec", "dataset": {"kind": "folder", "root": str(root), "tasks": ["cat"],
+                                                         "image_size": 64}, "memory_sizes": [10]})
+    r = cli("validate", sc)
+    assert r.returncode == 0, r.stderr
+    assert "decoded" in r.stdout
+    bad = cat / "test" / "crack" / "1.png"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # the header survives, the pixels do not
+    line = error_line(cli("validate", sc))
+    assert "1.png" in line and "truncated" in line
+    r = cli("validate", sc, "--headers-only")
+    assert r.returncode == 0 and "headers read" in r.stdout, r.stderr
+    grey(bad, noise((64, 64), 7))
+    (cat / "train" / "good" / "3.png").unlink()
+    tifffile.imwrite(cat / "train" / "good" / "3.tif", np.full((64, 64), np.nan, np.float32))
+    line = error_line(cli("validate", sc))
+    assert "3.tif" in line and "NaN" in line

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError, PclsimError
 from .images import LOSSY_FORMATS
 
-__all__ = ["header_size", "preflight", "check_test_classes", "check_masks", "patch_grid", "check_memory", "check_cache_dir",
+__all__ = ["header_size", "preflight", "decode_all", "check_test_classes", "check_masks", "patch_grid", "check_memory", "check_cache_dir",
            "data_fingerprint", "check_stream", "print_warning"]
 
 
@@ -244,3 +244,26 @@ def check_stream(sc: dict, tasks, warn=print_warning, cache_dir=None) -> int:
     check_cache_dir(cache_dir if cache_dir is not None else default_cache_dir())
     check_memory(sc, tasks, patch_grid(sc["model"], sc["dataset"]["image_size"]))
     return n
+
+
+def decode_all(tasks, workers: int = 4, progress: bool = True) -> int:
+    """Decode every image and mask of the tasks (what `pclsim validate` does after the header checks).
+
+    Catches what headers cannot show: a file truncated after its header, pixel values the decoding rule
+    cannot interpret (NaN, negative, ...), a mask whose size differs from its image. Raises DataError
+    naming the first such file (in task and file order); returns the number of samples decoded.
+    Synthetic samples (no file) are skipped.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    samples = [s for t in tasks for s in list(t.train) + list(t.test) if s.path is not None]
+    if not samples:
+        return 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(samples), desc="decoding", unit="img", file=sys.stderr,
+                 disable=None if progress else True) as bar:  # None: a bar on a terminal only
+        for _ in pool.map(lambda s: s.load(), samples):  # map keeps order: the first bad file in order raises
+            bar.update(1)
+    return len(samples)
