@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,10 +25,12 @@ import pyarrow.parquet as pq
 
 from . import metrics as metric_fns
 from .metric_registry import chance_of, get_metric
-from .protocol import OrderResult
 from .results_schema import (LEGACY_COLUMNS, MATRIX_SCHEMA, ORDER_SEPARATOR, ROUTED_OUTCOMES, ROUTED_SCHEMA, ROUTING_SCHEMA,
                              STATISTICS_SCHEMA, STEPS_SCHEMA, SUMMARY_COLUMNS, legacy_renames)
-from .scenario import Run
+
+if TYPE_CHECKING:  # annotations only: reading and writing tables needs neither torch nor the scenario code
+    from .protocol import OrderResult
+    from .scenario import Run
 
 __all__ = ["MATRIX_SCHEMA", "STEPS_SCHEMA", "SUMMARY_COLUMNS", "ROUTING_SCHEMA", "ROUTED_SCHEMA", "STATISTICS_SCHEMA",
            "LEGACY_COLUMNS", "atomic_write_table", "atomic_write_bytes", "rows_table", "steps_table", "routing_table",
