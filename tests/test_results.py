@@ -9,8 +9,8 @@ import pytest
 from helpers_features import make_tasks
 from pclsim import metrics as metric_fns
 from pclsim.engine import simulate
-from pclsim.results import (MATRIX_SCHEMA, SUMMARY_COLUMNS, atomic_write_table, build_summary, read_table,
-                            rows_table, steps_table)
+from pclsim.results import (MATRIX_SCHEMA, STEPS_SCHEMA, SUMMARY_COLUMNS, atomic_write_table, build_summary,
+                            read_table, rows_table, steps_table)
 from pclsim.scenario import Run
 
 SC = {"coreset": {"projection": "jl", "projection_dim": 4, "joint": "composable"},
@@ -69,7 +69,9 @@ def test_summary_equals_metrics_of_each_matrix(pairs):
 
 
 def test_steps_table_bank_sizes(pairs):
-    st = steps_table(pairs, dim=8).to_pandas()
+    table = steps_table(pairs, dim=8)
+    assert table.schema == STEPS_SCHEMA
+    st = table.to_pandas()
     cl = st[st.run_id == next(r.run_id for r, _ in pairs if r.strategy == "patchcore_cl")]
     assert cl.bank_vectors.tolist() == [45, 44, 45]  # floor(45/1), 2*floor(45/2), 3*floor(45/3)
     assert cl.bank_mb.tolist() == pytest.approx([n * 8 * 4 / 1e6 for n in (45, 44, 45)])
