@@ -56,26 +56,25 @@ def _check_both_classes(y: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: needs both classes, found no {which} entry")
 
 
-def _check_image(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    y = _as_binary(labels, "labels")
-    s = _as_scores(scores, "scores")
-    if y.ndim != 1 or s.ndim != 1:
-        raise ValueError(f"labels and scores must be 1-D, got shapes {y.shape} and {s.shape}")
+def _check_pair(truth, scores, truth_name: str, scores_name: str, ndim: int, form: str):
+    """(truth as bool, scores) after the checks shared by image and pixel metrics."""
+    y = _as_binary(truth, truth_name)
+    s = _as_scores(scores, scores_name)
+    if y.ndim != ndim or s.ndim != ndim:
+        raise ValueError(f"{truth_name} and {scores_name} must be {form}, got shapes {y.shape} and {s.shape}")
     if y.shape != s.shape:
-        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
-    _check_both_classes(y, "labels")
+        what = f"length: {y.shape[0]} vs {s.shape[0]}" if ndim == 1 else f"shape: {y.shape} vs {s.shape}"
+        raise ValueError(f"{truth_name} and {scores_name} differ in {what}")
+    _check_both_classes(y, truth_name)
     return y, s
 
 
+def _check_image(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    return _check_pair(labels, scores, "labels", "scores", 1, "1-D")
+
+
 def _check_pixels(masks, maps) -> tuple[np.ndarray, np.ndarray]:
-    m = _as_binary(masks, "masks")
-    a = _as_scores(maps, "maps")
-    if m.ndim != 3 or a.ndim != 3:
-        raise ValueError(f"masks and maps must be (N,H,W), got shapes {m.shape} and {a.shape}")
-    if m.shape != a.shape:
-        raise ValueError(f"masks and maps differ in shape: {m.shape} vs {a.shape}")
-    _check_both_classes(m, "masks")
-    return m, a
+    return _check_pair(masks, maps, "masks", "maps", 3, "(N,H,W)")
 
 
 # ----------------------------------------------------------------------------- ranking curves

@@ -133,6 +133,37 @@ def grid_axes(d: ReportData, fig):
     return axes
 
 
+def _task_lines(d: ReportData, series, x: np.ndarray, tasks, xlabel: str, ylabel: str, ms: float, lw: float,
+                mark_trained: bool = False):
+    """A (memory sizes x strategies) grid with one line per task: series[(strategy, M, task, x)].
+
+    mark_trained: circle each task's value at the step it is trained (its position in `tasks`)."""
+    colors, markers = colors_for(d.tasks), markers_for(d.tasks)
+    fig = new_figure(3.3 * len(d.fig_strategies) + 0.6, 2.9 * len(d.fig_memory_sizes) + 1.1)
+    axes = grid_axes(d, fig)
+    for i, m in enumerate(d.fig_memory_sizes):
+        for j, s in enumerate(d.fig_strategies):
+            ax = axes[i, j]
+            if not ax.axison:
+                continue
+            for p, t in enumerate(tasks):
+                try:
+                    y = series.xs((s, m, t), level=("strategy", "memory_size", "eval_task")).reindex(x).to_numpy()
+                except KeyError:
+                    continue
+                ax.plot(x, y, color=colors[t], marker=markers[t], ms=ms, lw=lw, label=t)
+                if mark_trained and np.isfinite(y[p]):
+                    ax.plot([p], [y[p]], marker=markers[t], ms=9, mfc="none", mec=colors[t], mew=1.5)
+            ax.set_title(column_label(s, m), fontsize=10)
+            ax.set_xticks(x, [f"{k + 1}" for k in x], fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == len(d.fig_memory_sizes) - 1:
+                ax.set_xlabel(xlabel, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(ylabel, fontsize=9)
+    return fig
+
+
 def fig_curves(d: ReportData, out: Path) -> tuple[str, str]:
     """learning_curves.png: each task's value after every step of the first order."""
     colors, markers = colors_for(d.tasks), markers_for(d.tasks)
@@ -140,29 +171,8 @@ def fig_curves(d: ReportData, out: Path) -> tuple[str, str]:
     T = len(d.first_order)
     sub = d.mat[d.mat["order"] == first]
     g = sub.groupby(["strategy", "memory_size", "eval_task", "step"], observed=True)["value"].mean()
-    fig = new_figure(3.3 * len(d.fig_strategies) + 0.6, 2.9 * len(d.fig_memory_sizes) + 1.1)
-    axes = grid_axes(d, fig)
-    steps = np.arange(T)
-    for i, m in enumerate(d.fig_memory_sizes):
-        for j, s in enumerate(d.fig_strategies):
-            ax = axes[i, j]
-            if not ax.axison:
-                continue
-            for p, t in enumerate(d.first_order):
-                try:
-                    y = g.xs((s, m, t), level=("strategy", "memory_size", "eval_task")).reindex(steps).to_numpy()
-                except KeyError:
-                    continue
-                ax.plot(steps, y, color=colors[t], marker=markers[t], ms=4, lw=1.6, label=t)
-                if np.isfinite(y[p]):
-                    ax.plot([p], [y[p]], marker=markers[t], ms=9, mfc="none", mec=colors[t], mew=1.5)
-            ax.set_title(column_label(s, m), fontsize=10)
-            ax.set_xticks(steps, [f"{k + 1}" for k in steps], fontsize=8)
-            ax.grid(alpha=0.3)
-            if i == len(d.fig_memory_sizes) - 1:
-                ax.set_xlabel("after training step", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(d.metric, fontsize=9)
+    fig = _task_lines(d, g, np.arange(T), d.first_order, "after training step", d.metric, ms=4, lw=1.6,
+                      mark_trained=True)
     from matplotlib.lines import Line2D
 
     plotted = set(sub["eval_task"].astype(str).unique())
@@ -224,27 +234,7 @@ def fig_position(d: ReportData, out: Path) -> tuple[str, str]:
     fin = d.mat[d.mat["is_final"]]
     g = fin.groupby(["strategy", "memory_size", "eval_task", "pos"], observed=True)["value"].mean()
     T = max(len(d.first_order), int(fin["pos"].max()) + 1)
-    fig = new_figure(3.3 * len(d.fig_strategies) + 0.6, 2.9 * len(d.fig_memory_sizes) + 1.1)
-    axes = grid_axes(d, fig)
-    x = np.arange(T)
-    for i, m in enumerate(d.fig_memory_sizes):
-        for j, s in enumerate(d.fig_strategies):
-            ax = axes[i, j]
-            if not ax.axison:
-                continue
-            for t in d.tasks:
-                try:
-                    y = g.xs((s, m, t), level=("strategy", "memory_size", "eval_task")).reindex(x).to_numpy()
-                except KeyError:
-                    continue
-                ax.plot(x, y, color=colors[t], marker=markers[t], ms=5, lw=1.4, label=t)
-            ax.set_title(column_label(s, m), fontsize=10)
-            ax.set_xticks(x, [str(k + 1) for k in x], fontsize=8)
-            ax.grid(alpha=0.3)
-            if i == len(d.fig_memory_sizes) - 1:
-                ax.set_xlabel("task's position in the order", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(f"final {d.metric}", fontsize=9)
+    fig = _task_lines(d, g, np.arange(T), d.tasks, "task's position in the order", f"final {d.metric}", ms=5, lw=1.4)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=colors[t], marker=markers[t], label=t) for t in d.tasks]
