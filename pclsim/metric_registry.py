@@ -49,7 +49,6 @@ class Metric:
         task, a fraction in [0, 1]; n_tasks is T. Functions that need neither ignore them.
     function: the reference single-metric function in `pclsim.metrics` (labels, scores) or
         (masks, maps) -> float; None where the evaluator computes the value itself (task_id_acc).
-    higher_is_better: the direction of a better model.
     table1: a row of the report's Table 1 (the paper's layout, method.md section 7).
     """
 
@@ -58,7 +57,6 @@ class Metric:
     label: str
     chance: Callable[[float, int], float]
     function: Callable | None = None
-    higher_is_better: bool = True
     table1: bool = False
 
     def __post_init__(self):
