@@ -16,8 +16,8 @@ Kinds
 
 Chance levels (the value of a scorer without information, method.md section 6 for the metrics):
 - ROC AUC: 0.5, the area under the diagonal ROC curve of random scores.
-- F1-max: 2p / (1 + p), the F1 of calling every item anomalous (precision p, recall 1); with
-  scores carrying no information that is the curve's end point every threshold tends to.
+- F1-max: 2p / (1 + p). Random scores have precision p at every threshold, so at recall q
+  F1 = 2pq / (p + q), largest at q = 1 (calling every item anomalous).
 - PR area and average precision: p, the precision of random scores at every recall.
 - AU-PRO (fpr_limit 0.3): PRO(fpr) = fpr for random maps, so the normalised area up to 0.3 is
   (0.3^2 / 2) / 0.3 = 0.15.

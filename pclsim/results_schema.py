@@ -78,6 +78,11 @@ class Table:
         """Columns a folder may lack: newer writer columns and the later stages' extra ones."""
         return [c.name for c in self.columns if c.optional] + [c.name for c in self.extra]
 
+    @property
+    def strings(self) -> list[str]:
+        """The writer's text columns (names, labels), in order."""
+        return [c.name for c in self.columns if pa.types.is_string(c.type)]
+
     def column(self, name: str) -> Column:
         """The column called `name` (writer's or extra). Raises KeyError if the table has none."""
         for c in self.columns + self.extra:

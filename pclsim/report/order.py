@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PclsimError
-from ..results_schema import ORDER_SEPARATOR, ROUTED, ROUTING, STATISTICS
+from ..results_schema import MATRICES, ORDER_SEPARATOR, ROUTED, ROUTING, STATISTICS, SUMMARY
 from ..statistics import order_sentence, statistics_table
 from .order_figures import fig_distribution, fig_routing, fig_slopes
 from .page import escape, figure_tag, html_table
@@ -29,15 +29,13 @@ def order_statistics(d: ReportData) -> tuple[pd.DataFrame, str]:
     path = d.root / STATISTICS.file
     if path.exists():
         st = read_report_table(path, STATISTICS)
-        st = st.astype({c: object for c in ("strategy", "metric", "quantity", "statistic", "task", "order",
-                                            "method", "note")})
+        st = st.astype({c: object for c in STATISTICS.strings})
         st["note"] = st["note"].fillna("")
         if (st["metric"] == d.metric).any():
             return st[(st["metric"] == d.metric) | (st["statistic"] == "difficulty")].reset_index(drop=True), \
                 "statistics.parquet"
-    summ = d.summary.astype({"strategy": object, "order": object, "metric": object, "run_id": object})
-    mat = d.mat.drop(columns=["pos", "is_final"]).astype({"strategy": object, "order": object, "eval_task": object,
-                                                           "metric": object, "run_id": object})
+    summ = d.summary.astype({c: object for c in SUMMARY.strings})
+    mat = d.mat.drop(columns=["pos", "is_final"]).astype({c: object for c in MATRICES.strings})
     return statistics_table(summ, mat, metrics=[d.metric]), "computed by the report (no statistics.parquet)"
 
 
@@ -50,7 +48,7 @@ def routing_confusion(root: Path) -> pd.DataFrame | None:
     r = read_report_table(path, ROUTING)
     if r.empty:
         return None
-    r = r.astype({c: object for c in ("strategy", "order", "true_task", "chosen_task")})
+    r = r.astype({c: object for c in ROUTING.strings})
     n_tasks = r["order"].str.count(ORDER_SEPARATOR) + 1
     r = r[r["step"] == n_tasks - 1]
     g = r.groupby(["strategy", "memory_size", "true_task", "chosen_task"])["images"].sum().reset_index()
@@ -66,7 +64,7 @@ def _routed_table(d: ReportData) -> pd.DataFrame | None:
     r = read_report_table(path, ROUTED, metric=d.metric)
     if r.empty:
         return None
-    r = r.astype({c: object for c in ("strategy", "order", "routed")})
+    r = r.astype({c: object for c in ROUTED.strings})
     r = r[r["step"] == r["order"].str.count(ORDER_SEPARATOR)]
     return r.groupby(["strategy", "memory_size", "routed"])["value"].mean().unstack("routed")
 
