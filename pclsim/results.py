@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 
 from . import metrics as metric_fns
 from .metric_registry import chance_of, get_metric
-from .results_schema import (LEGACY_COLUMNS, MATRIX_SCHEMA, ORDER_SEPARATOR, ROUTED_OUTCOMES, ROUTED_SCHEMA, ROUTING_SCHEMA,
-                             STATISTICS_SCHEMA, STEPS_SCHEMA, SUMMARY_COLUMNS, legacy_renames)
+from .results_schema import (LEGACY_COLUMNS, MATRIX_SCHEMA, ORDER_SEPARATOR, ROUTED_OUTCOMES, ROUTED_SCHEMA,
+                             ROUTING_SCHEMA, STATISTICS_SCHEMA, STEPS_SCHEMA, SUMMARY_COLUMNS, legacy_renames)
 
 if TYPE_CHECKING:  # annotations only: reading and writing tables needs neither torch nor the scenario code
     from .protocol import OrderResult
@@ -208,7 +208,8 @@ def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[
     # every row's cell (step, position of its task in the run's order), placed in one (groups, T, T)
     # array at once; the per-run loop below then only reads numpy slices
     runs = mat[["run_id", "order"]].drop_duplicates("run_id")
-    pos = pd.DataFrame([(rid, t, i) for rid, o in runs.itertuples(index=False) for i, t in enumerate(o.split(ORDER_SEPARATOR))],
+    pos = pd.DataFrame([(rid, t, i) for rid, o in runs.itertuples(index=False)
+                        for i, t in enumerate(o.split(ORDER_SEPARATOR))],
                        columns=["run_id", "eval_task", "position"])
     cells = mat[keys + ["step", "eval_task", "value"]].merge(pos, on=["run_id", "eval_task"], how="left")
     grouped = cells.groupby(keys, sort=True)

@@ -130,8 +130,9 @@ def fig_routing(d: ReportData, conf: pd.DataFrame, out: Path):
         a = c.pivot_table(index="true_task", columns="chosen_task", values="share", aggfunc="sum")
         a = a.reindex(index=[t for t in d.tasks if t in a.index], columns=[t for t in d.tasks if t in a.columns])
         a = a.reindex(columns=a.index.union(a.columns, sort=False)).fillna(0.0)
-        im = heatmap(ax, a.to_numpy(float), [short_task(t) for t in a.index], [short_task(t) for t in a.columns], 0.0, 1.0,
-                   f"{column_label(strat, m)}: routing after the last task", xlabel="bank chosen (its task)")
+        im = heatmap(ax, a.to_numpy(float), [short_task(t) for t in a.index], [short_task(t) for t in a.columns],
+                     0.0, 1.0, f"{column_label(strat, m)}: routing after the last task",
+                     xlabel="bank chosen (its task)")
         ax.set_ylabel("true task of the test image", fontsize=9)
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.6, label="share of the task's test images")
