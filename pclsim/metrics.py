@@ -10,19 +10,24 @@ per-component sorted scores), so each path checks the other.
 
 Bad inputs (wrong shapes, NaN/inf, labels that are not 0/1, a single class, a NaN cell a
 continual metric needs) raise ValueError.
+
+The continual metrics of a T x T matrix (final mean, forgetting, BWT, FWT, relative gap, memory)
+live in `pclsim.continual_metrics` and are importable from here too (interface.md's names).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .continual_metrics import (PAPER_FORGETTING_DIVISOR, average_forgetting, bwt, final_mean, fwt,
+                                max_forgetting, memory_mb, relative_gap)
+
 __all__ = [
     "image_auroc", "f1_max", "image_metrics",
     "pixel_auroc", "pixel_f1", "pixel_pr", "pixel_ap", "aupro", "pixel_metrics", "mask_components",
     "final_mean", "average_forgetting", "max_forgetting", "bwt", "fwt", "relative_gap", "memory_mb",
+    "PAPER_FORGETTING_DIVISOR",
 ]
-
-PAPER_FORGETTING_DIVISOR = 9  # the authors' script divided by 9 whatever the number of tasks
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -56,26 +61,25 @@ def _check_both_classes(y: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: needs both classes, found no {which} entry")
 
 
-def _check_image(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    y = _as_binary(labels, "labels")
-    s = _as_scores(scores, "scores")
-    if y.ndim != 1 or s.ndim != 1:
-        raise ValueError(f"labels and scores must be 1-D, got shapes {y.shape} and {s.shape}")
+def _check_pair(truth, scores, truth_name: str, scores_name: str, ndim: int, form: str):
+    """(truth as bool, scores) after the checks shared by image and pixel metrics."""
+    y = _as_binary(truth, truth_name)
+    s = _as_scores(scores, scores_name)
+    if y.ndim != ndim or s.ndim != ndim:
+        raise ValueError(f"{truth_name} and {scores_name} must be {form}, got shapes {y.shape} and {s.shape}")
     if y.shape != s.shape:
-        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
-    _check_both_classes(y, "labels")
+        what = f"length: {y.shape[0]} vs {s.shape[0]}" if ndim == 1 else f"shape: {y.shape} vs {s.shape}"
+        raise ValueError(f"{truth_name} and {scores_name} differ in {what}")
+    _check_both_classes(y, truth_name)
     return y, s
 
 
+def _check_image(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    return _check_pair(labels, scores, "labels", "scores", 1, "1-D")
+
+
 def _check_pixels(masks, maps) -> tuple[np.ndarray, np.ndarray]:
-    m = _as_binary(masks, "masks")
-    a = _as_scores(maps, "maps")
-    if m.ndim != 3 or a.ndim != 3:
-        raise ValueError(f"masks and maps must be (N,H,W), got shapes {m.shape} and {a.shape}")
-    if m.shape != a.shape:
-        raise ValueError(f"masks and maps differ in shape: {m.shape} vs {a.shape}")
-    _check_both_classes(m, "masks")
-    return m, a
+    return _check_pair(masks, maps, "masks", "maps", 3, "(N,H,W)")
 
 
 # ----------------------------------------------------------------------------- ranking curves
@@ -302,127 +306,3 @@ def pixel_metrics(masks, maps, fpr_limit: float = 0.3, num_thresholds: int = 100
     out["pixel_aupro"] = _aupro_fast(m, a, s0, fpr_limit, num_thresholds, components)
     return out
 
-
-# ----------------------------------------------------------------------------- continual metrics
-# matrix[step][task]: value on the task-th task of the order after training the step-th one.
-
-def _check_matrix(matrix, name: str = "matrix") -> np.ndarray:
-    a = np.asarray(matrix)
-    if a.dtype.kind not in "iuf":
-        raise ValueError(f"{name}: expected a real numeric (T,T) matrix, got dtype {a.dtype}")
-    a = a.astype(np.float64)
-    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty square (T,T) matrix, got shape {a.shape}")
-    return a
-
-
-def _need(a: np.ndarray, rows, cols, name: str = "matrix") -> None:
-    """Raise if any of the cells a[rows, cols] is NaN or infinite."""
-    vals = a[rows, cols]
-    bad = ~np.isfinite(vals)
-    if bad.any():
-        r = np.broadcast_to(rows, vals.shape)[bad][0]
-        c = np.broadcast_to(cols, vals.shape)[bad][0]
-        raise ValueError(f"{name}[{r}][{c}] is {a[r, c]} but is needed")
-
-
-def final_mean(matrix) -> float:
-    """Mean of the last row: every task after training the whole stream."""
-    return _final_mean(_check_matrix(matrix), "matrix")
-
-
-def _final_mean(a: np.ndarray, name: str) -> float:
-    T = a.shape[0]
-    _need(a, np.full(T, T - 1), np.arange(T), name)
-    return float(a[-1].mean())
-
-
-def average_forgetting(matrix, paper_compatible: bool = False) -> float:
-    """Percent: 100/(T-1) * sum_{i<T-1} (a[i][i] - a[T-1][i]) / a[i][i].
-
-    paper_compatible=True divides by 9 instead of T-1, as the authors' script did.
-    """
-    a = _check_matrix(matrix)
-    T = a.shape[0]
-    if T == 1:
-        return 0.0
-    i = np.arange(T - 1)
-    _need(a, i, i)
-    _need(a, np.full(T - 1, T - 1), i)
-    diag = a[i, i]
-    if (diag == 0).any():
-        j = int(np.flatnonzero(diag == 0)[0])
-        raise ValueError(f"matrix[{j}][{j}] is 0: relative forgetting is undefined")
-    total = np.sum((diag - a[T - 1, i]) / diag)
-    divisor = PAPER_FORGETTING_DIVISOR if paper_compatible else T - 1
-    return float(100.0 * total / divisor)
-
-
-def max_forgetting(matrix) -> float:
-    """Chaudhry et al. (2018): mean over i<T-1 of max_{i<=l<T-1} a[l][i] - a[T-1][i] (metric points).
-
-    The max runs over the steps since task i was trained (Chaudhry's a[l][i] exists for l >= i
-    only), so a value seen before training the task is not counted as knowledge to forget.
-    """
-    a = _check_matrix(matrix)
-    T = a.shape[0]
-    if T == 1:
-        return 0.0
-    l, i = np.tril_indices(T - 1)  # l >= i
-    _need(a, l, i)
-    _need(a, np.full(T - 1, T - 1), np.arange(T - 1))
-    best = np.where(np.tril(np.ones((T - 1, T - 1), bool)), a[: T - 1, : T - 1], -np.inf).max(axis=0)
-    return float(np.mean(best - a[T - 1, : T - 1]))
-
-
-def bwt(matrix) -> float:
-    """Backward transfer (Lopez-Paz and Ranzato 2017): mean_{i<T-1} a[T-1][i] - a[i][i]."""
-    a = _check_matrix(matrix)
-    T = a.shape[0]
-    if T == 1:
-        return 0.0
-    i = np.arange(T - 1)
-    _need(a, i, i)
-    _need(a, np.full(T - 1, T - 1), i)
-    return float(np.mean(a[T - 1, i] - a[i, i]))
-
-
-def fwt(matrix, baseline) -> float:
-    """Forward transfer (Lopez-Paz and Ranzato 2017): mean_{i>0} a[i-1][i] - baseline[i].
-
-    baseline: per-task values (length T) of the untrained/initial model; baseline[0] is unused.
-    """
-    a = _check_matrix(matrix)
-    T = a.shape[0]
-    b = np.asarray(baseline)
-    if b.dtype.kind not in "iuf" or b.shape != (T,):
-        raise ValueError(f"baseline: expected a numeric vector of length {T}, got shape {b.shape} dtype {b.dtype}")
-    if T == 1:
-        return 0.0
-    i = np.arange(1, T)
-    _need(a, i - 1, i)
-    b = b.astype(np.float64)
-    if not np.isfinite(b[1:]).all():
-        j = int(np.flatnonzero(~np.isfinite(b[1:]))[0]) + 1
-        raise ValueError(f"baseline[{j}] is {b[j]} but is needed")
-    return float(np.mean(a[i - 1, i] - b[i]))
-
-
-def relative_gap(method_matrix, joint_matrix) -> float:
-    """final_mean(joint) - final_mean(method), in points of the metric."""
-    m = _check_matrix(method_matrix, "method_matrix")
-    j = _check_matrix(joint_matrix, "joint_matrix")
-    if m.shape != j.shape:
-        raise ValueError(f"method_matrix and joint_matrix differ in shape: {m.shape} vs {j.shape}")
-    return _final_mean(j, "joint_matrix") - _final_mean(m, "method_matrix")
-
-
-def memory_mb(n_vectors, dim, bytes_per=4) -> float:
-    """Decimal megabytes of n_vectors x dim values of bytes_per bytes (float32: 4)."""
-    vals = []
-    for name, v in (("n_vectors", n_vectors), ("dim", dim), ("bytes_per", bytes_per)):
-        ok = isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer())
-        if isinstance(v, (bool, np.bool_)) or not ok or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        vals.append(int(v))
-    return vals[0] * vals[1] * vals[2] / 1e6

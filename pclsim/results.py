@@ -1,20 +1,14 @@
-"""The results folder: Parquet tables with the interface.md schema, written atomically, and the summary.
+"""The results folder: the writers of its Parquet tables, atomic writes, the reader and the summary.
 
-Tables (one row per ...):
-- matrices.parquet/ (MATRIX_SCHEMA): (run, step, eval_task, metric), the full T x T matrices.
-- steps.parquet/ (STEPS_SCHEMA): (run, step): bank vectors, bank MB (decimal MB of float32), seconds.
-- summary.parquet (SUMMARY_COLUMNS): (run, metric): continual metrics of the run's matrix.
-- routing.parquet/ (ROUTING_SCHEMA): (run, step, true task, chosen bank's task): test images routed,
-  for strategies that identify the task (method.md section 3). Per (run, step, true task) the
-  counts add up to that task's test images; the diagonal share is `task_id_acc`.
-- routed.parquet/ (ROUTED_SCHEMA): (run, step, eval_task, routed, metric): every image metric on the
-  correctly ("correct") and wrongly ("wrong") routed test images of a task (NaN where undefined,
-  e.g. AUROC over images of one class).
-- statistics.parquet (STATISTICS_SCHEMA, see `pclsim.statistics`): (strategy, memory_size, metric,
-  quantity, statistic[, task]): the order-robustness study.
+The tables, their columns, units and meaning are defined once in `pclsim.results_schema` (the
+results contract, interface.md "Results folder"); this module writes them:
+- matrices.parquet/ (`rows_table`), steps.parquet/ (`steps_table`), routing.parquet/
+  (`routing_table`), routed.parquet/ (`routed_metrics_table`): one part file per group of runs.
+- summary.parquet (`build_summary`): continual metrics of each run's matrix (method.md section 6).
+- statistics.parquet: `pclsim.statistics.statistics_table`.
 
 `run_id` names one simulated run, i.e. one (strategy, memory_size, seed, order). 0.1.0 called it
-`trial_id`; `read_table` accepts both (LEGACY_COLUMNS).
+`trial_id`; `read_table` and `build_summary` accept both (LEGACY_COLUMNS).
 """
 
 from __future__ import annotations
@@ -22,48 +16,36 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import metrics as M
-from .protocol import OrderResult
-from .scenario import Run
-from .statistics import STATISTICS_SCHEMA
+from . import metrics as metric_fns
+from .metric_registry import chance_of, get_metric
+from .results_schema import (LEGACY_COLUMNS, MATRIX_SCHEMA, ORDER_SEPARATOR, ROUTED_OUTCOMES, ROUTED_SCHEMA,
+                             ROUTING_SCHEMA, STATISTICS_SCHEMA, STEPS_SCHEMA, SUMMARY_COLUMNS, legacy_renames)
+
+if TYPE_CHECKING:  # annotations only: reading and writing tables needs neither torch nor the scenario code
+    from .protocol import OrderResult
+    from .scenario import Run
 
 __all__ = ["MATRIX_SCHEMA", "STEPS_SCHEMA", "SUMMARY_COLUMNS", "ROUTING_SCHEMA", "ROUTED_SCHEMA", "STATISTICS_SCHEMA",
            "LEGACY_COLUMNS", "atomic_write_table", "atomic_write_bytes", "rows_table", "steps_table", "routing_table",
            "routed_metrics_table", "done_groups", "read_table", "read_matrices", "build_summary", "chance_level"]
 
-_RUN = [("run_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
-        ("order", pa.string())]
-MATRIX_SCHEMA = pa.schema(_RUN + [
-    ("step", pa.int64()), ("train_task", pa.string()), ("eval_task", pa.string()),
-    ("metric", pa.string()), ("value", pa.float64()),
-])
-STEPS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("step", pa.int64()), ("train_task", pa.string()),
-    ("bank_vectors", pa.int64()), ("bank_mb", pa.float64()), ("seconds", pa.float64()),
-])
-SUMMARY_COLUMNS = ["run_id", "strategy", "memory_size", "seed", "order", "metric", "final_mean",
-                   "avg_forgetting_pct", "bwt", "fwt", "relative_gap", "bank_mb", "arch_mb",
-                   "avg_forgetting_paper_pct", "max_forgetting"]
-ROUTING_SCHEMA = pa.schema(_RUN + [
-    ("step", pa.int64()), ("true_task", pa.string()), ("chosen_task", pa.string()), ("images", pa.int64()),
-])
-ROUTED_SCHEMA = pa.schema(_RUN + [
-    ("step", pa.int64()), ("eval_task", pa.string()), ("routed", pa.string()), ("metric", pa.string()),
-    ("value", pa.float64()),
-])
-# statistics.parquet: one row per (strategy, memory_size, metric, quantity, statistic, task); the
-# schema and what each statistic means (and which test) live in pclsim.statistics.
-LEGACY_COLUMNS = {"trial_id": "run_id"}
 
+def atomic_write_bytes(data: bytes, path: str | os.PathLike, mode: int = 0o644) -> None:
+    """Write a file so that readers see either nothing or the whole file.
 
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write a file so that readers see either nothing or the whole file (temp file + fsync + rename)."""
+    The bytes go to a hidden temporary file (".tmp-*", which Parquet dataset readers skip) in the
+    same folder, are flushed and fsynced, and the file is renamed over `path` (os.replace is atomic
+    on POSIX). `mode`: the file's permissions (the temporary file is created 0600; results and
+    reports are meant to be shared). Creates missing parent folders; raises OSError as the file
+    system does, leaving no temporary file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -72,6 +54,7 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -87,6 +70,9 @@ def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
 
 
 def rows_table(pairs: list[tuple[Run, OrderResult]]) -> pa.Table:
+    """matrices.parquet rows (MATRIX_SCHEMA): every cell of every metric's T x T matrix of each run.
+
+    pairs: (Run, OrderResult) as `engine.simulate` / `protocol.run_group` return them."""
     cols = {f.name: [] for f in MATRIX_SCHEMA}
     for run, res in pairs:
         for step, train_task, eval_task, metric, value in res.rows():
@@ -100,6 +86,8 @@ def rows_table(pairs: list[tuple[Run, OrderResult]]) -> pa.Table:
 
 
 def steps_table(pairs: list[tuple[Run, OrderResult]], dim: int) -> pa.Table:
+    """steps.parquet rows (STEPS_SCHEMA): per run and step, the bank's vectors and decimal MB of
+    dim-dimensional float32 vectors (method.md section 6), and the step's seconds (NaN if unmeasured)."""
     cols = {f.name: [] for f in STEPS_SCHEMA}
     for run, res in pairs:
         for s, n in enumerate(res.bank_vectors):
@@ -107,7 +95,7 @@ def steps_table(pairs: list[tuple[Run, OrderResult]], dim: int) -> pa.Table:
             cols["step"].append(s)
             cols["train_task"].append(run.order[s])
             cols["bank_vectors"].append(int(n))
-            cols["bank_mb"].append(M.memory_mb(n, dim))
+            cols["bank_mb"].append(metric_fns.memory_mb(n, dim))
             cols["seconds"].append(float(res.seconds[s]) if res.seconds else float("nan"))
     return pa.Table.from_pydict(cols, schema=STEPS_SCHEMA)
 
@@ -149,8 +137,8 @@ def routed_metrics_table(pairs: list[tuple[Run, OrderResult]]) -> pa.Table:
     cols = {f.name: [] for f in ROUTED_SCHEMA}
     for run, res in pairs:
         for step, eval_task, routed, metric, value in res.routed:
-            if routed not in ("correct", "wrong"):
-                raise ValueError(f"run {run.run_id}: routed must be 'correct' or 'wrong', got {routed!r}")
+            if routed not in ROUTED_OUTCOMES:
+                raise ValueError(f"run {run.run_id}: routed must be one of {ROUTED_OUTCOMES}, got {routed!r}")
             _run_columns(cols, run)
             cols["step"].append(int(step))
             cols["eval_task"].append(eval_task)
@@ -170,14 +158,14 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.
     if not path.exists():
         raise FileNotFoundError(path)
     if columns is not None:
-        have = set(pq.ParquetDataset(path).schema.names)
-        old = {v: k for k, v in LEGACY_COLUMNS.items()}
-        columns = [old[c] if c not in have and old.get(c) in have else c for c in columns]
+        old = {new: old for old, new in legacy_renames(pq.ParquetDataset(path).schema.names).items()}
+        columns = [old.get(c, c) for c in columns]
     df = pd.read_parquet(path, columns=columns)
-    return df.rename(columns={k: v for k, v in LEGACY_COLUMNS.items() if k in df.columns and v not in df.columns})
+    return df.rename(columns=legacy_renames(df.columns))
 
 
 def done_groups(out: Path) -> set[str]:
+    """Groups whose matrices and steps parts are both in the folder `out` (the writer writes matrices last)."""
     d = out / "matrices.parquet"
     if not d.is_dir():
         return set()
@@ -186,22 +174,24 @@ def done_groups(out: Path) -> set[str]:
 
 
 def read_matrices(out: Path) -> pd.DataFrame:
+    """matrices.parquet of the results folder `out` as one frame (see read_table)."""
     return read_table(Path(out) / "matrices.parquet")
 
 
 def chance_level(metric: str, labels: np.ndarray | None = None, masks: np.ndarray | None = None,
                  n_tasks: int = 1) -> float:
-    """The value a scorer without information gets: the FWT baseline of a task never trained on."""
-    if metric.endswith("auroc"):
-        return 0.5
-    if metric == "pixel_aupro":
-        return 0.15  # PRO(fpr) = fpr for random maps; integral to 0.3 divided by 0.3
-    if metric == "task_id_acc":
-        return 1.0 / n_tasks
-    p = float(np.mean(masks)) if metric.startswith("pixel") else float(np.mean(labels))
-    if metric.endswith("f1"):
-        return 2 * p / (1 + p)
-    return p  # precision-recall areas
+    """The value a scorer without information gets: the FWT baseline of a task never trained on.
+
+    The level comes from the metric registry (`pclsim.metric_registry`, which gives each formula
+    and its source). labels: the task's test labels (or their prevalence as a length-1 array),
+    used by image metrics; masks: its masks (or the pixel prevalence), used by pixel metrics;
+    n_tasks: T, used by task_id_acc. Raises KeyError for an unregistered metric and ValueError
+    when the metric's level needs labels or masks that are not given.
+    """
+    kind = get_metric(metric).kind
+    source = {"image": labels, "pixel": masks}.get(kind)
+    prevalence = None if source is None else float(np.mean(source))
+    return chance_of(metric, prevalence, n_tasks)
 
 
 def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[str, str], float],
@@ -211,43 +201,44 @@ def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[
     mat: matrices.parquet rows; steps: steps.parquet rows (either may use 0.1.0's `trial_id`).
     """
     out = []
-    mat = mat.rename(columns=LEGACY_COLUMNS)
-    steps = steps.rename(columns=LEGACY_COLUMNS)
+    mat = mat.rename(columns=legacy_renames(mat.columns))
+    steps = steps.rename(columns=legacy_renames(steps.columns))
     final_bank = steps.sort_values("step").groupby("run_id")["bank_mb"].last()
     keys = ["run_id", "strategy", "memory_size", "seed", "order", "metric"]
     # every row's cell (step, position of its task in the run's order), placed in one (groups, T, T)
     # array at once; the per-run loop below then only reads numpy slices
     runs = mat[["run_id", "order"]].drop_duplicates("run_id")
-    pos = pd.DataFrame([(rid, t, i) for rid, o in runs.itertuples(index=False) for i, t in enumerate(o.split(" > "))],
+    pos = pd.DataFrame([(rid, t, i) for rid, o in runs.itertuples(index=False)
+                        for i, t in enumerate(o.split(ORDER_SEPARATOR))],
                        columns=["run_id", "eval_task", "position"])
     cells = mat[keys + ["step", "eval_task", "value"]].merge(pos, on=["run_id", "eval_task"], how="left")
     grouped = cells.groupby(keys, sort=True)
     gid = grouped.ngroup().to_numpy()
     heads = cells.iloc[grouped.head(1).index][keys].assign(_gid=gid[grouped.head(1).index.to_numpy()]) \
         .sort_values("_gid")
-    t_max = int(max(len(o.split(" > ")) for o in runs["order"]))
+    t_max = int(max(len(o.split(ORDER_SEPARATOR)) for o in runs["order"]))
     cube = np.full((len(heads), t_max, t_max), np.nan)
     cube[gid, cells["step"].to_numpy(), cells["position"].to_numpy()] = cells["value"].to_numpy()
     base_of: dict = {}
     for key, a in zip(heads[keys].itertuples(index=False, name=None), cube):
         run_id, strategy, msize, seed, order, metric = key
-        tasks = order.split(" > ")
+        tasks = order.split(ORDER_SEPARATOR)
         T = len(tasks)
         a = a[:T, :T]
         row = dict(zip(keys, key))
         full = not np.isnan(a).any()
         # pixel metrics exist only for tasks with masks: their final mean is over those tasks, and
         # the order-dependent metrics (forgetting, BWT, FWT) are left null
-        row["final_mean"] = M.final_mean(a) if full else float(np.nanmean(a[-1])) if np.isfinite(a[-1]).any() \
+        row["final_mean"] = metric_fns.final_mean(a) if full else float(np.nanmean(a[-1])) if np.isfinite(a[-1]).any() \
             else np.nan
-        row["avg_forgetting_pct"] = M.average_forgetting(a) if full else np.nan
-        row["avg_forgetting_paper_pct"] = M.average_forgetting(a, paper_compatible=True) if full else np.nan
-        row["max_forgetting"] = M.max_forgetting(a) if full else np.nan
-        row["bwt"] = M.bwt(a) if full else np.nan
+        row["avg_forgetting_pct"] = metric_fns.average_forgetting(a) if full else np.nan
+        row["avg_forgetting_paper_pct"] = metric_fns.average_forgetting(a, paper_compatible=True) if full else np.nan
+        row["max_forgetting"] = metric_fns.max_forgetting(a) if full else np.nan
+        row["bwt"] = metric_fns.bwt(a) if full else np.nan
         if (order, metric) not in base_of:
             base_of[(order, metric)] = np.array([baselines.get((t, metric), np.nan) for t in tasks])
         base = base_of[(order, metric)]
-        row["fwt"] = M.fwt(a, base) if full and not np.isnan(base).any() else np.nan
+        row["fwt"] = metric_fns.fwt(a, base) if full and not np.isnan(base).any() else np.nan
         row["bank_mb"] = float(final_bank.get(run_id, np.nan))
         row["arch_mb"] = arch_mb
         out.append(row)

@@ -2,7 +2,8 @@
 
 Every statistic comes from the results tables (summary.parquet, matrices.parquet) and is computed
 with scipy.stats (the tests themselves live in `pclsim.order_tests`); `statistics_table` returns
-them as one frame with STATISTICS_SCHEMA's columns (written as statistics.parquet by the sweep). A
+them as one frame with STATISTICS_SCHEMA's columns (pclsim.results_schema; written as statistics.parquet
+by the sweep). A
 row is keyed by (strategy, memory_size, metric, quantity, statistic, task).
 
 Quantities
@@ -72,11 +73,11 @@ import math
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from .order_tests import (N_PERMUTATIONS, N_RESAMPLES, SEED, PermutationJobs, PositionStatistic,
                           R2Statistic, bootstrap_mean_ci, is_constant, kruskal_orders, linregress_ci,
                           pooled_position_slope, position_permutation_test, r2_permutation_test, random_effects_anova)
+from .results_schema import ORDER_SEPARATOR, STATISTICS_COLUMNS, STATISTICS_SCHEMA, legacy_renames
 
 __all__ = ["STATISTICS_SCHEMA", "STATISTICS_COLUMNS", "RUN_QUANTITIES", "TASK_QUANTITIES", "per_task_values",
            "statistics_table", "bootstrap_mean_ci", "random_effects_anova", "kruskal_orders", "pooled_position_slope",
@@ -84,24 +85,10 @@ __all__ = ["STATISTICS_SCHEMA", "STATISTICS_COLUMNS", "RUN_QUANTITIES", "TASK_QU
            "measure_difficulty", "difficulty_rows", "rebalancing_strategies", "order_sentence", "linregress_ci",
            "N_RESAMPLES", "N_PERMUTATIONS", "SEED"]
 
-STATISTICS_SCHEMA = pa.schema([
-    ("strategy", pa.string()), ("memory_size", pa.int64()), ("metric", pa.string()),
-    ("quantity", pa.string()),     # final_mean | avg_forgetting_pct (per run) | final_value | forgetting_pct (per task)
-    ("statistic", pa.string()),    # mean, seed_std, order_share, order_test, best_order, worst_order,
-                                   # best_worst_gap, position_slope, rereduction_slope, position_test, difficulty
-    ("task", pa.string()),         # null for run-level and pooled statistics
-    ("order", pa.string()),        # best / worst order (task names joined by " > "), else null
-    ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),   # 95 % interval
-    ("p_value", pa.float64()), ("effect_size", pa.float64()),
-    ("n", pa.int64()),             # observations behind the value (runs, orders or seeds: see the note)
-    ("method", pa.string()),       # e.g. "scipy.stats.kruskal"
-    ("note", pa.string()),         # why a value is NaN, or how to read it
-])
-STATISTICS_COLUMNS = [f.name for f in STATISTICS_SCHEMA]
 RUN_QUANTITIES = ("final_mean", "avg_forgetting_pct")
 TASK_QUANTITIES = ("final_value", "forgetting_pct")
 HIGHER_IS_BETTER = {"final_mean": True, "avg_forgetting_pct": False, "final_value": True, "forgetting_pct": False}
-_SEP = " > "
+_SEP = ORDER_SEPARATOR
 
 
 def rebalancing_strategies() -> set[str]:
@@ -121,7 +108,7 @@ def per_task_values(mat: pd.DataFrame) -> pd.DataFrame:
     step) with columns run_id, strategy, memory_size, seed, order, metric, task, position (0-based
     arrival step), n_tasks, final_value, forgetting_pct (NaN for the last task, or a zero diagonal).
     """
-    mat = mat.rename(columns={"trial_id": "run_id"})
+    mat = mat.rename(columns=legacy_renames(mat.columns))
     cols = ["run_id", "strategy", "memory_size", "seed", "order", "metric", "task", "position", "n_tasks",
             "final_value", "forgetting_pct"]
     if mat.empty:
@@ -311,7 +298,7 @@ def statistics_table(summary: pd.DataFrame, matrices: pd.DataFrame | None = None
 
     from tqdm import tqdm
 
-    summary = summary.rename(columns={"trial_id": "run_id"})
+    summary = summary.rename(columns=legacy_renames(summary.columns))
     if metrics is not None:
         summary = summary[summary["metric"].isin(metrics)]
     pt = None

@@ -19,17 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-MATRIX_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
-    ("order", pa.string()), ("step", pa.int64()), ("train_task", pa.string()), ("eval_task", pa.string()),
-    ("metric", pa.string()), ("value", pa.float64()),
-])
-SUMMARY_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("strategy", pa.string()), ("memory_size", pa.int64()), ("seed", pa.int64()),
-    ("order", pa.string()), ("metric", pa.string()), ("final_mean", pa.float64()),
-    ("avg_forgetting_pct", pa.float64()), ("bwt", pa.float64()), ("fwt", pa.float64()),
-    ("relative_gap", pa.float64()), ("bank_mb", pa.float64()), ("arch_mb", pa.float64()),
-])
+from pclsim.results_schema import MATRIX_SCHEMA, ROUTED, ROUTING, SUMMARY
+
+# the 0.1.0 summary columns (a sweep also writes the optional ones; the report must cope without them)
+SUMMARY_SCHEMA = pa.schema([SUMMARY.schema.field(c) for c in SUMMARY.required])
 
 STRATEGIES = ("patchcore_cl", "finetune", "joint", "multi_model")
 IMAGE_METRICS = ("image_auroc", "image_f1")
@@ -230,14 +223,14 @@ def fabricate_results(root, tasks=("Brain_AD", "Liver_AD", "Chest_AD"), orders="
         r = pd.DataFrame(routing_rows, columns=["strategy", "memory_size", "seed", "run_id", "step", "true_task",
                                                 "chosen_task", "images"])
         r["order"] = r["run_id"].map(order_of)
-        cols = ["run_id", "strategy", "memory_size", "seed", "order", "step", "true_task", "chosen_task", "images"]
-        pq.write_table(pa.Table.from_pandas(r[cols], preserve_index=False), root / "routing.parquet")
+        pq.write_table(pa.Table.from_pandas(r[ROUTING.names], schema=ROUTING.schema, preserve_index=False),
+                       root / "routing.parquet")
     if routed_rows:
         r = pd.DataFrame(routed_rows, columns=["strategy", "memory_size", "seed", "run_id", "step", "eval_task",
                                                "routed", "metric", "value"])
         r["order"] = r["run_id"].map(order_of)
-        cols = ["run_id", "strategy", "memory_size", "seed", "order", "step", "eval_task", "routed", "metric", "value"]
-        pq.write_table(pa.Table.from_pandas(r[cols], preserve_index=False), root / "routed.parquet")
+        pq.write_table(pa.Table.from_pandas(r[ROUTED.names], schema=ROUTED.schema, preserve_index=False),
+                       root / "routed.parquet")
     scenario = {
         "name": name,
         "dataset": {"kind": "synthetic", "root": None, "tasks": tasks, "image_size": 224, "protocol": "clean",

@@ -297,6 +297,26 @@ def test_without_routing_the_section_says_so(tmp_path):
     assert not (tmp_path / "report" / "routing_confusion.png").exists()
 
 
+def test_a_registered_metric_reaches_table1(tmp_path):
+    """One register_metric call: the new metric is a Table 1 row with its label, nothing else edited."""
+    from pclsim.metric_registry import Metric, register_metric, unregister_metric
+
+    fabricate_results(tmp_path, tasks=TASKS, orders=2, strategies=("patchcore_cl", "joint"), memory_sizes=(200,))
+    summ = pd.read_parquet(tmp_path / "summary.parquet")
+    iou = summ[summ.metric == "pixel_f1"].assign(metric="pixel_iou", final_mean=lambda f: f.final_mean / 2)
+    pd.concat([summ, iou]).to_parquet(tmp_path / "summary.parquet", index=False)
+    register_metric(Metric("pixel_iou", "pixel", "pixel IoU", lambda p, n_tasks: p / (2 - p), table1=True))
+    try:
+        index = build_report(tmp_path)
+    finally:
+        unregister_metric("pixel_iou")
+    t1 = pd.read_csv(index.parent / "table1.csv", index_col=0)
+    assert list(t1.index) == ROWS[:6] + ["pixel_iou"] + ROWS[6:]
+    assert t1.loc["pixel_iou", "CL M=200"] == pytest.approx(t1.loc["pixel_f1", "CL M=200"] / 2)
+    assert "| pixel IoU |" in (index.parent / "table1.md").read_text()
+    assert "<th>pixel IoU</th>" in index.read_text()
+
+
 # ----------------------------------------------------------------------------- variants
 
 def test_single_order_folder_parquet_explicit_first_order(tmp_path, capsys):

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from helpers_features import make_tasks
-from pclsim import metrics as M
+from pclsim import metrics as metric_fns
 from pclsim.engine import simulate
-from pclsim.results import (MATRIX_SCHEMA, SUMMARY_COLUMNS, atomic_write_table, build_summary, read_table,
-                            rows_table, steps_table)
+from pclsim.results import (MATRIX_SCHEMA, STEPS_SCHEMA, SUMMARY_COLUMNS, atomic_write_table, build_summary,
+                            read_table, rows_table, steps_table)
 from pclsim.scenario import Run
 
 SC = {"coreset": {"projection": "jl", "projection_dim": 4, "joint": "composable"},
@@ -53,13 +53,13 @@ def test_summary_equals_metrics_of_each_matrix(pairs):
     for run, res in pairs:
         a = res.matrices["image_f1"]
         r = by[(run.run_id, "image_f1")]
-        assert r.final_mean == pytest.approx(M.final_mean(a))
-        assert r.avg_forgetting_pct == pytest.approx(M.average_forgetting(a))
-        assert r.avg_forgetting_paper_pct == pytest.approx(M.average_forgetting(a, paper_compatible=True))
-        assert r.bwt == pytest.approx(M.bwt(a))
-        assert r.fwt == pytest.approx(M.fwt(a, np.full(3, 0.5)))
-        assert r.bank_mb == pytest.approx(M.memory_mb(res.bank_vectors[-1], 8))
-        finals[(run.strategy, run.order)] = M.final_mean(a)
+        assert r.final_mean == pytest.approx(metric_fns.final_mean(a))
+        assert r.avg_forgetting_pct == pytest.approx(metric_fns.average_forgetting(a))
+        assert r.avg_forgetting_paper_pct == pytest.approx(metric_fns.average_forgetting(a, paper_compatible=True))
+        assert r.bwt == pytest.approx(metric_fns.bwt(a))
+        assert r.fwt == pytest.approx(metric_fns.fwt(a, np.full(3, 0.5)))
+        assert r.bank_mb == pytest.approx(metric_fns.memory_mb(res.bank_vectors[-1], 8))
+        finals[(run.strategy, run.order)] = metric_fns.final_mean(a)
     for run, res in pairs:
         gap = by[(run.run_id, "image_f1")].relative_gap
         if run.strategy == "joint":
@@ -69,7 +69,9 @@ def test_summary_equals_metrics_of_each_matrix(pairs):
 
 
 def test_steps_table_bank_sizes(pairs):
-    st = steps_table(pairs, dim=8).to_pandas()
+    table = steps_table(pairs, dim=8)
+    assert table.schema == STEPS_SCHEMA
+    st = table.to_pandas()
     cl = st[st.run_id == next(r.run_id for r, _ in pairs if r.strategy == "patchcore_cl")]
     assert cl.bank_vectors.tolist() == [45, 44, 45]  # floor(45/1), 2*floor(45/2), 3*floor(45/3)
     assert cl.bank_mb.tolist() == pytest.approx([n * 8 * 4 / 1e6 for n in (45, 44, 45)])

@@ -13,10 +13,11 @@ import pyarrow as pa
 import pytest
 from scipy import stats
 
-from pclsim import metrics as M
+from pclsim import metrics as metric_fns
 from pclsim import statistics as S
 from pclsim.protocol import OrderResult
-from pclsim.results import ROUTED_SCHEMA, ROUTING_SCHEMA, STATISTICS_SCHEMA, routed_metrics_table, routing_table
+from pclsim.results import (MATRIX_SCHEMA, ROUTED_SCHEMA, ROUTING_SCHEMA, STATISTICS_SCHEMA, routed_metrics_table,
+                            routing_table)
 from pclsim.scenario import Run
 
 TASKS4 = ("A", "B", "C", "D")
@@ -40,10 +41,9 @@ def make_study(tasks, orders, seeds, cell, strategy="patchcore_cl", memory_size=
                     mat_rows.append((run.run_id, strategy, memory_size, seed, run.order_str, s, order[s], order[p],
                                      metric, a[s, p]))
             summ_rows.append({"run_id": run.run_id, "strategy": strategy, "memory_size": memory_size, "seed": seed,
-                              "order": run.order_str, "metric": metric, "final_mean": M.final_mean(a),
-                              "avg_forgetting_pct": M.average_forgetting(a)})
-    mat = pd.DataFrame(mat_rows, columns=["run_id", "strategy", "memory_size", "seed", "order", "step",
-                                          "train_task", "eval_task", "metric", "value"])
+                              "order": run.order_str, "metric": metric, "final_mean": metric_fns.final_mean(a),
+                              "avg_forgetting_pct": metric_fns.average_forgetting(a)})
+    mat = pd.DataFrame(mat_rows, columns=MATRIX_SCHEMA.names)
     return mat, pd.DataFrame(summ_rows)
 
 
