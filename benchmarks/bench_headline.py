@@ -4,6 +4,7 @@ of this commit, with an empty feature cache, in a new process.
     python benchmarks/bench_headline.py                  # time it, print JSON
     python benchmarks/bench_headline.py --readme         # ... and write the figure into README.md
     python benchmarks/bench_headline.py --keep results/orders   # keep the results folder
+    python benchmarks/bench_headline.py --readme-from headline.jsonl  # README figure from a saved line
 
 Prints one JSON line: wall seconds in all, the seconds at which each stage ended (the sweep's
 `--debug` stage stamps: Ray up, features, bank sources, trials), the peak resident memory of the
@@ -80,10 +81,10 @@ def readme_line(r: dict) -> str:
     ray, feats, banks, trials = at("ray started"), at("features done"), at("banks done"), at("trials done")
     return (f"Headline: `pclsim sweep scenarios/orders.yaml` (`rebalance: authors`) from a fresh clone of commit "
             f"{r['commit']} with an empty feature cache took **{m} min {s:02d} s** in all: Ray {ray:.0f} s, features {feats - ray:.0f} s, "
-            f"bank sources {banks - feats:.0f} s, trials {trials - banks:.0f} s, statistics and report "
+            f"bank sources {banks - feats:.0f} s, trials {trials - banks:.0f} s, summary and statistics "
             f"{r['wall_s'] - trials:.0f} s; {r.get('runs', '?')} runs, {r.get('matrix_rows', '?'):,} matrix rows; "
             f"peak RSS of the largest process {r['peak_rss_gb_largest_process']} GB "
-            f"(written by `benchmarks/bench_headline.py --readme`; load average {r['load_before']} before).")
+            f"(written by `benchmarks/bench_headline.py`; load average {r['load_before']} before).")
 
 
 def main():
@@ -91,10 +92,17 @@ def main():
     ap.add_argument("--scenario", default="scenarios/orders.yaml", help="path inside the clone")
     ap.add_argument("--keep", help="copy the results folder here")
     ap.add_argument("--readme", action="store_true", help="write the figure into README.md between the markers")
+    ap.add_argument("--readme-from", metavar="JSONL", help="write the README figure from this benchmark's saved "
+                                                          "output line (the last one) instead of running")
     a = ap.parse_args()
-    r = run(a.scenario, a.keep)
-    emit("headline", r)
-    if a.readme:
+    if a.readme_from:
+        import json
+
+        r = [json.loads(x) for x in open(a.readme_from) if x.strip().startswith("{")][-1]
+    else:
+        r = run(a.scenario, a.keep)
+        emit("headline", r)
+    if a.readme or a.readme_from:
         path = ROOT / "README.md"
         text = path.read_text()
         if BEGIN not in text or END not in text:
