@@ -105,8 +105,8 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
         n_runs = n_orders * len(sc["strategies"]) * len(sc["memory_sizes"]) * len(sc["seeds"])
         # group names do not depend on the orders: any stand-in for a difficulty order counts the groups
         runs = expand_runs(sc, difficulty={t: 0.0 for t in sc["dataset"]["tasks"]})
-        how = "headers read" if headers_only else "decoded"
-        print(f"scenario {sc['name']}: ok ({n_files} image and mask files checked, {how})")
+        checked = "headers read" if headers_only else "decoded"
+        print(f"scenario {sc['name']}: ok ({n_files} image and mask files checked, {checked})")
         for t in tasks:
             n_anom = sum(s.label for s in t.test)
             print(f"  task {t.name}: {len(t.train)} train, {len(t.test)} test ({n_anom} anomalous), "

@@ -118,7 +118,7 @@ def test_every_table_is_described():
 
 
 def test_categories_writer_follows_the_contract():
-    from pclsim.data.merge import categories_table
+    from pclsim.data.category_table import categories_table
 
     assert categories_table([]).schema == CATEGORIES.schema
 
