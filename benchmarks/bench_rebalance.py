@@ -112,12 +112,42 @@ print(json.dumps(out))
 '''
 
 
+BEGIN, END = "<!-- rebalance:begin -->", "<!-- rebalance:end -->"
+
+
+def readme_text(r: dict) -> str:
+    """The README's lines on what `authors` costs and what 0.2 changed, from this benchmark's JSON line."""
+    a, t = r["authors"], r["truncate"]
+    out = (f"All 720 orders of the headline study in one process (2 cores): `rebalance: authors` {a['total_s']:.0f} s "
+           f"vs `truncate` {t['total_s']:.0f} s, ratio **{r['ratio_authors_vs_truncate']:.2f}** (target <= 3); "
+           f"authors: selections {a['selections_s']:.0f} s, re-reductions and joint selections {a['banks_s']:.0f} s, "
+           f"candidate tables {a['tables_s']:.0f} s, trials {a['trials_s']:.0f} s; candidate-list fallback rate "
+           f"{100 * a['fallback_rate']:.1f} %.")
+    b = r.get("baseline_0.1.0")
+    if b:
+        joint_after = a["trial_joint_M1000_s"] + a["trial_joint_M3000_s"]
+        joint_before = sum(v for k, v in b.items() if k.startswith("trial_joint"))
+        out += (f" Same run, 0.1.0 (truncate, projection 128): bank stage {b['bank_stage_s']:.0f} s -> "
+                f"{a['bank_stage_s']:.0f} s now with authors ({b['bank_stage_s'] / a['bank_stage_s']:.1f}x); "
+                f"joint trials {joint_before:.0f} s -> {joint_after:.0f} s ({joint_before / joint_after:.1f}x).")
+    return out + " (`benchmarks/bench_rebalance.py`)"
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--readme-from", metavar="JSONL", help="write the README lines from a saved output line")
     ap.add_argument("--scenario", default=str(ROOT / "scenarios" / "orders.yaml"))
     ap.add_argument("--cache", default=os.environ.get("PCLSIM_CACHE_DIR", str(Path.home() / ".cache" / "pclsim")))
     ap.add_argument("--baseline", help="a checkout of pclsim 0.1.0 to time its bank stage and joint trials")
     a = ap.parse_args()
+    if a.readme_from:
+        r = [json.loads(x) for x in open(a.readme_from) if x.strip().startswith("{")][-1]
+        path = ROOT / "README.md"
+        text = path.read_text()
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        path.write_text(f"{head}{BEGIN}\n{readme_text(r)}\n{END}{tail}")
+        return
     import torch
 
     from pclsim.scenario import load_scenario
