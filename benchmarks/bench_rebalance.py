@@ -129,7 +129,9 @@ def readme_text(r: dict) -> str:
         joint_before = sum(v for k, v in b.items() if k.startswith("trial_joint"))
         out += (f" Same run, 0.1.0 (truncate, projection 128): bank stage {b['bank_stage_s']:.0f} s -> "
                 f"{a['bank_stage_s']:.0f} s now with authors ({b['bank_stage_s'] / a['bank_stage_s']:.1f}x); "
-                f"joint trials {joint_before:.0f} s -> {joint_after:.0f} s ({joint_before / joint_after:.1f}x).")
+                f"joint trials {joint_before:.0f} s -> {joint_after:.0f} s ({joint_before / joint_after:.1f}x; 0.1.0 "
+                f"here gets its candidate tables prepared in the bank stage, where its sweep rebuilt them in "
+                f"every joint trial).")
     return out + " (`benchmarks/bench_rebalance.py`)"
 
 
