@@ -50,3 +50,27 @@ def anomalib_or_none(what: str):
     except Exception as e:  # anomalib is an optional oracle (pip install -e '.[bench]')
         print(f"anomalib unavailable ({type(e).__name__}: {e}); its baseline is skipped", file=sys.stderr)
     return None
+
+
+def json_lines(*paths) -> list[dict]:
+    """The JSON objects a benchmark printed, from saved output files (other lines skipped)."""
+    return [json.loads(x) for p in paths for x in open(p) if x.strip().startswith("{")]
+
+
+def replace_readme_block(readme, name: str, body: str) -> None:
+    """Put `body` between README's `<!-- name:begin -->` and `<!-- name:end -->` markers (atomic rewrite).
+
+    Raises SystemExit naming the file when a marker is missing."""
+    from pathlib import Path
+
+    readme = Path(readme)
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"error: {readme}: markers {begin} ... {end} not found")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    body = body if body.endswith("\n") else body + "\n"
+    tmp = readme.with_name("." + readme.name + ".tmp")
+    tmp.write_text(f"{head}{begin}\n{body}{end}{tail}")
+    os.replace(tmp, readme)

@@ -26,10 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit
+from _common import emit, json_lines, replace_readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- headline:begin -->", "<!-- headline:end -->"
 
 
 def run(scenario: str, keep: str | None) -> dict:
@@ -96,20 +95,12 @@ def main():
                                                           "output line (the last one) instead of running")
     a = ap.parse_args()
     if a.readme_from:
-        import json
-
-        r = [json.loads(x) for x in open(a.readme_from) if x.strip().startswith("{")][-1]
+        r = json_lines(a.readme_from)[-1]
     else:
         r = run(a.scenario, a.keep)
         emit("headline", r)
     if a.readme or a.readme_from:
-        path = ROOT / "README.md"
-        text = path.read_text()
-        if BEGIN not in text or END not in text:
-            raise SystemExit(f"error: README.md lacks the markers {BEGIN} ... {END}")
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        path.write_text(f"{head}{BEGIN}\n{readme_line(r)}\n{END}{tail}")
+        replace_readme_block(ROOT / "README.md", "headline", readme_line(r))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from _common import anomalib_or_none, emit
+from _common import anomalib_or_none, emit, json_lines, replace_readme_block
 from pclsim.backbones import load_backbone
 from pclsim.data import BMAD_TASKS, iter_batches, synthetic_stream
 from pclsim.features import FeatureExtractor
@@ -80,18 +80,6 @@ def readme_table(lines: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def update_readme(jsonl: list[str], readme: str) -> None:
-    import json
-    import os
-
-    lines = [json.loads(x) for f in jsonl for x in open(f) if x.strip().startswith("{")]
-    text = open(readme).read()
-    head, rest = text.split("<!-- parity:begin -->", 1)
-    _, tail = rest.split("<!-- parity:end -->", 1)
-    with open(readme + ".tmp", "w") as fh:
-        fh.write(f"{head}<!-- parity:begin -->\n{readme_table(lines)}<!-- parity:end -->{tail}")
-    os.replace(readme + ".tmp", readme)
-
 
 def main():
     ap = argparse.ArgumentParser()
@@ -107,7 +95,8 @@ def main():
     if a.readme_from:
         import os
 
-        update_readme(a.readme_from, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"))
+        replace_readme_block(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"), "parity",
+                             readme_table(json_lines(*a.readme_from)))
         return
     Model = anomalib_or_none("patchcore")
     for name in a.tasks.split(","):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import emit
+from _common import emit, json_lines, replace_readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,9 +112,6 @@ print(json.dumps(out))
 '''
 
 
-BEGIN, END = "<!-- rebalance:begin -->", "<!-- rebalance:end -->"
-
-
 def readme_text(r: dict) -> str:
     """The README's lines on what `authors` costs and what 0.2 changed, from this benchmark's JSON line."""
     a, t = r["authors"], r["truncate"]
@@ -143,12 +140,7 @@ def main():
     ap.add_argument("--baseline", help="a checkout of pclsim 0.1.0 to time its bank stage and joint trials")
     a = ap.parse_args()
     if a.readme_from:
-        r = [json.loads(x) for x in open(a.readme_from) if x.strip().startswith("{")][-1]
-        path = ROOT / "README.md"
-        text = path.read_text()
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        path.write_text(f"{head}{BEGIN}\n{readme_text(r)}\n{END}{tail}")
+        replace_readme_block(ROOT / "README.md", "rebalance", readme_text(json_lines(a.readme_from)[-1]))
         return
     import torch
 

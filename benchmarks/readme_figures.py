@@ -25,10 +25,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _common, also when this file is loaded by path (tests)
 
 import pclsim  # noqa: E402
+from _common import replace_readme_block  # noqa: E402
 
-BEGIN, END = "<!-- readme-figures:begin -->", "<!-- readme-figures:end -->"
+MARKER = "readme-figures"
+BEGIN, END = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
+
 _NAMES = {"multi_model": "multi_model", "patchcore_cl": "patchcore_cl", "joint": "joint", "finetune": "finetune"}
 _ORDER = ["multi_model", "patchcore_cl", "joint", "finetune"]
 
@@ -131,15 +135,10 @@ def pd_read(p):
     return pd.read_parquet(p)
 
 
+
 def update_readme(readme: Path, body: str) -> None:
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{readme}: markers {BEGIN} ... {END} not found")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    tmp = readme.with_name("." + readme.name + ".tmp")
-    tmp.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
-    os.replace(tmp, readme)
+    """Put the figures between README's readme-figures markers."""
+    replace_readme_block(readme, MARKER, body)
 
 
 def main():
