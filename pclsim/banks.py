@@ -21,7 +21,7 @@ import numpy as np
 from .coreset import greedy_coreset
 from .strategies import BankRef, per_task_size
 
-__all__ = ["BankBuilder", "Part", "derive_seed", "bank_sources", "SelectionNeeds", "BankKind", "BANK_KINDS",
+__all__ = ["BankBuilder", "Part", "derive_seed", "bank_sources", "selection_source", "SelectionNeeds", "BankKind", "BANK_KINDS",
            "register_bank_kind"]
 
 Part = tuple[tuple, np.ndarray]   # (source, int64 row indices into the source's base vectors)
@@ -60,6 +60,13 @@ def _kind(ref: BankRef) -> BankKind:
         return BANK_KINDS[ref.kind]
     except KeyError:
         raise ValueError(f"unknown bank kind {ref.kind!r}; valid: {', '.join(sorted(BANK_KINDS))}") from None
+
+
+def selection_source(key: tuple) -> tuple:
+    """The source (set of base vectors) a selection order (kind, what, arrival) indexes: ("pool", tasks) or
+    ("task", t)."""
+    kind, what, _ = key
+    return ("pool", what) if kind == "pool" else ("task", what)
 
 
 def bank_sources(ref: BankRef) -> list[tuple]:
@@ -136,8 +143,7 @@ class BankBuilder:
                 rng = np.random.default_rng(derive_seed(self.seed, "random", what))
                 self.orders[key] = rng.permutation(len(x))[: min(n, len(x))].astype(np.int64)
             else:
-                src = ("pool", what) if kind == "pool" else ("task", what)
-                x = self.base(src)
+                x = self.base(selection_source(key))
                 if n > len(x):
                     raise ValueError(f"a bank of {n} vectors needs more patches than task(s) {what} have "
                                      f"({len(x)} training patches)")

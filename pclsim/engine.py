@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .banks import BankBuilder, SelectionNeeds, bank_sources
+from .banks import BankBuilder, SelectionNeeds, bank_sources, selection_source
 from .candidates import DEFAULT_K, CandidateTable, build_table
 from .protocol import Evaluator, OrderResult, TaskFeatures, run_order
 from .scenario import Run
@@ -104,12 +104,6 @@ def run_banks(tasks: dict, needs: SelectionNeeds, coreset: dict, seed: int, orde
     """Resolve banks (the bank manager's work: re-reductions, joint selections) -> {ref: parts}."""
     bb = _builder(tasks, needs, coreset, seed, orders, device=device)
     return {r: bb.resolve(r) for r in refs}
-
-
-def selection_source(key: tuple) -> tuple:
-    """The source (set of base vectors) a selection order indexes: ("pool", tasks) or ("task", t)."""
-    kind, what, _ = key
-    return ("pool", what) if kind == "pool" else ("task", what)
 
 
 def candidate_rows(needs: SelectionNeeds, orders: dict, source: tuple) -> np.ndarray:

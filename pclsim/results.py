@@ -214,8 +214,8 @@ def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[
     cells = mat[keys + ["step", "eval_task", "value"]].merge(pos, on=["run_id", "eval_task"], how="left")
     grouped = cells.groupby(keys, sort=True)
     gid = grouped.ngroup().to_numpy()
-    heads = cells.iloc[grouped.head(1).index][keys].assign(_gid=gid[grouped.head(1).index.to_numpy()]) \
-        .sort_values("_gid")
+    first = grouped.head(1).index.to_numpy()  # one row per group (cells has a default range index)
+    heads = cells.loc[first, keys].assign(_gid=gid[first]).sort_values("_gid")
     t_max = int(max(len(o.split(ORDER_SEPARATOR)) for o in runs["order"]))
     cube = np.full((len(heads), t_max, t_max), np.nan)
     cube[gid, cells["step"].to_numpy(), cells["position"].to_numpy()] = cells["value"].to_numpy()

@@ -186,7 +186,7 @@ ROUTED = Table(
 
 CATEGORIES = Table(
     "categories", "categories.parquet", "(run, step, merged eval_task, category, metric): per-category values "
-    "of merged tasks", "data.merge.categories_table", parts=True,
+    "of merged tasks", "data.category_table.categories_table", parts=True,
     columns=MATRICES.columns + (Column("category", _S, "", "the category inside the merged task"),))
 
 TASKS = Table(
