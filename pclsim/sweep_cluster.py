@@ -22,6 +22,9 @@ from .sweep_trials import run_trials as _run_trials
 __all__ = ["run_ray", "probe_address", "CHUNK_BATCHES"]
 
 
+_ADDRESS_HINT = "start one with `ray start --head` or fix the address (RAY_ADDRESS is read when --address is not given)"
+
+
 def ray_init(address, debug):
     import ray
 
@@ -37,9 +40,7 @@ def ray_init(address, debug):
             ray.init(address=address, **kw)
         except (ConnectionError, TimeoutError) as e:
             # something accepted the connection (a proxy or another service) but no Ray cluster answered
-            raise PclsimError(f"--address {address}: no Ray cluster answers there ({e}); start one with "
-                              "`ray start --head` or fix the address (RAY_ADDRESS is read when --address is not "
-                              "given)") from None
+            raise PclsimError(f"--address {address}: no Ray cluster answers there ({e}); {_ADDRESS_HINT}") from None
     else:
         ray.init(**kw)
     return ray
@@ -67,8 +68,7 @@ def probe_address(address: str, timeout: float = 10.0) -> None:
             pass
     except (OSError, ValueError) as e:
         raise PclsimError(f"--address {address}: no Ray cluster answers at {host}:{port} "
-                          f"({getattr(e, 'strerror', None) or e}); start one with `ray start --head` or fix the "
-                          "address (RAY_ADDRESS is read when --address is not given)") from None
+                          f"({getattr(e, 'strerror', None) or e}); {_ADDRESS_HINT}") from None
 
 
 def run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False,
