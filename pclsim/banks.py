@@ -20,6 +20,7 @@ import numpy as np
 
 from .coreset import greedy_coreset
 from .strategies import BankRef, per_task_size
+from .tensors import release_pages
 
 __all__ = ["BankBuilder", "Part", "derive_seed", "bank_sources", "selection_source", "SelectionNeeds", "BankKind", "BANK_KINDS",
            "register_bank_kind"]
@@ -127,8 +128,11 @@ class BankBuilder:
         return _Pooled([self.tasks[t].train for t in what])
 
     def vectors(self, source: tuple, idx: np.ndarray) -> np.ndarray:
-        """Rows `idx` of a source as float32 (m, D)."""
-        return np.asarray(self.base(source)[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
+        """Rows `idx` of a source as float32 (m, D); the store's mapped pages are released after the copy."""
+        base = self.base(source)
+        out = np.array(base[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
+        release_pages(base)  # a pooled view releases its tasks' pages itself
+        return out
 
     # -- selection orders ----------------------------------------------------------------------
     def order(self, kind: str, what, arrival: int = 0) -> np.ndarray:
@@ -147,7 +151,6 @@ class BankBuilder:
                 if n > len(x):
                     raise ValueError(f"a bank of {n} vectors needs more patches than task(s) {what} have "
                                      f"({len(x)} training patches)")
-                x = x.materialize() if isinstance(x, _Pooled) else x
                 # a task's projection depends on the scenario seed and its arrival step, not on its name:
                 # the same data gives the same bank whatever the task is called (a merged task of one
                 # category equals that category alone)
@@ -227,7 +230,10 @@ class BankBuilder:
 
 
 class _Pooled:
-    """Row access over several tasks' training patches as if concatenated (no copy until asked)."""
+    """Row access over several tasks' training patches as if concatenated (no copy: rows are read when
+    indexed, so the pooled (`coreset.joint: exact`) selection streams its tasks like one task)."""
+
+    ndim = 2
 
     def __init__(self, arrays):
         self.arrays = arrays
@@ -236,7 +242,13 @@ class _Pooled:
     def __len__(self):
         return int(self.offsets[-1])
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), int(self.arrays[0].shape[1]))
+
     def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            idx = np.arange(*idx.indices(len(self)))
         idx = np.asarray(idx, dtype=np.int64)
         which = np.searchsorted(self.offsets, idx, side="right") - 1
         out = np.empty((len(idx), self.arrays[0].shape[1]), dtype=np.float32)
@@ -244,10 +256,8 @@ class _Pooled:
             sel = which == k
             if sel.any():
                 out[sel] = a[idx[sel] - self.offsets[k]]
+                release_pages(a)
         return out
-
-    def materialize(self) -> np.ndarray:
-        return np.concatenate([np.asarray(a, dtype=np.float32) for a in self.arrays])
 
 
 def _one_task(ref):

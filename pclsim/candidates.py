@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .knn import knn
+from .tensors import read_rows
 
 __all__ = ["CandidateTable", "build_table", "subset_nn", "DEFAULT_K"]
 
@@ -64,7 +65,7 @@ def build_table(source: tuple, rows: np.ndarray, candidates: np.ndarray, tasks: 
         pos = np.empty((n, p, k), dtype=np.int32)
         dist = np.empty((n, p, k), dtype=np.float32)
         for s in range(0, n, chunk_images):
-            q = np.asarray(tf.test[s : s + chunk_images], dtype=np.float32).reshape(-1, d)
+            q = read_rows(tf.test, s, s + chunk_images).reshape(-1, d)  # one chunk resident, not the task
             dd, ii = knn(q, candidates, k, backend=backend, device=device)
             m = len(q) // p
             pos[s : s + m] = ii.reshape(m, p, k)

@@ -13,6 +13,15 @@ import math
 import numpy as np
 import torch
 
+from .tensors import read_rows
+
+_CHUNK_BYTES = 32 << 20  # float32 bytes of one block of rows read from the store for a projection
+# Greedy k-center reads the features at the float16 store's precision whatever the store holds: its
+# choices cascade (one flipped near-tie changes every later pick), so the 2^-11 relative rounding of a
+# float16 store would otherwise select different coresets than a float32 store of the same data. The
+# rounding is ~1/1000 of the JL projection's own distortion; scoring still uses the stored values.
+SELECTION_INPUT = torch.float16
+
 __all__ = ["greedy_coreset", "jl_dim", "sparse_projection", "isometric_basis", "project", "resolve_projection_dim"]
 
 
@@ -64,20 +73,27 @@ def isometric_basis(mat: torch.Tensor) -> torch.Tensor:
     return r.T.to(mat.dtype).contiguous()
 
 
-def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: int = 65536,
-            dtype: torch.dtype | None = None, force: bool = False, compact: bool = False) -> torch.Tensor:
+def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: int | None = None,
+            dtype: torch.dtype | None = None, force: bool = False, compact: bool = False,
+            round_to: torch.dtype | None = None) -> torch.Tensor:
     """Project rows of x (N, D) to (N, projection_dim) on `device`, chunk by chunk.
+
+    chunk: rows read at a time; None: as many as fill _CHUNK_BYTES in float32 (32 MiB: 5,461 rows
+    at D = 1,536), so the transient copy is bounded by bytes, not by the number of patches.
 
     projection_dim None or (>= D and not force) keeps the original vectors (no projection).
     compact: where projection_dim > D (with force), return instead the (N, D) image under
     `isometric_basis` of the projection: every pairwise distance equals the projected one.
-    x may be float16 (a feature store): each chunk is converted to float32 before the product.
+    x may be float16 (a feature store): each chunk is converted to float32 before the product, and
+    a memory-mapped x keeps only the chunk being read resident (`tensors.read_rows`).
+    round_to: round the inputs to this dtype first (values outside its finite range are kept), so a
+    float32 and a float16 copy of the same features give the same projection.
     """
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D (N, D) array, got shape {tuple(x.shape)}")
-    if isinstance(x, np.ndarray):  # memory-mapped store: read chunk by chunk, never whole
-        def block_of(s):
-            return torch.from_numpy(np.array(x[s : s + chunk], dtype=np.float32))  # a writable chunk copy
+    if not isinstance(x, torch.Tensor):  # memory-mapped store (or a pooled view of several): chunk by chunk
+        def block_of(s):  # a writable float32 copy; the store's mapped pages are released after each chunk
+            return torch.from_numpy(read_rows(x, s, s + chunk))
         device = torch.device(device) if device is not None else torch.device("cpu")
     else:
         def block_of(s):
@@ -86,6 +102,7 @@ def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: in
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     n, d = x.shape
+    chunk = int(chunk) if chunk else max(256, _CHUNK_BYTES // (4 * max(1, d)))
     keep = projection_dim is None or projection_dim <= 0 or (projection_dim >= d and not force)
     mat = None if keep else sparse_projection(d, projection_dim, seed)
     if mat is not None and compact and projection_dim > d:
@@ -94,6 +111,9 @@ def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: in
     out = torch.empty((n, d if keep else mat.shape[1]), dtype=dtype, device=device)
     for s in range(0, n, chunk):
         block = block_of(s).to(device=device, dtype=torch.float32)
+        if round_to is not None:
+            r = block.to(round_to).to(torch.float32)
+            block = torch.where(torch.isfinite(r), r, block)
         out[s : s + chunk] = (block if keep else block @ mat).to(dtype)
     return out
 
@@ -102,15 +122,17 @@ def greedy_coreset(x, k: int, *, projection_dim: int | str | None = 128, seed: i
                    start: int = 0) -> np.ndarray:
     """Greedy k-center selection; returns int64 indices into x in selection order (method.md section 2).
 
-    x: (N, D) numpy array or torch tensor. The first index is `start`; each next one is the point
+    x: (N, D) numpy array (a memory-mapped store is read chunk by chunk), torch tensor, or a row view
+    with `shape`, `ndim` and row slicing (banks' pooled tasks). The first index is `start`; each next one is the point
     farthest (Euclidean) from all points selected so far, measured in the projected space (where the
     projection has more dimensions than D, in its D-dimensional isometric image, `isometric_basis`).
     projection_dim: an integer, None (no projection) or "auto" (the JL dimension for N points,
     see `resolve_projection_dim`); the projection is drawn from `seed`.
-    Memory is O(N): one projected copy and one running distance vector.
+    Memory is O(N): one projected copy and one running distance vector. The features are read at
+    float16 precision (`SELECTION_INPUT`): a float32 and a float16 store select the same coreset.
     Raises ValueError for a non-2-D x, no points, k < 1 or start out of range.
     """
-    if not isinstance(x, (np.ndarray, torch.Tensor)):
+    if not isinstance(x, (np.ndarray, torch.Tensor)) and not (hasattr(x, "shape") and hasattr(x, "ndim")):
         raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
     if x.ndim != 2:
         raise ValueError(f"greedy_coreset expects (N, D) features, got shape {tuple(x.shape)}")
@@ -128,7 +150,7 @@ def greedy_coreset(x, k: int, *, projection_dim: int | str | None = 128, seed: i
     device = torch.device(device)
     pdim, force = resolve_projection_dim(projection_dim, n)
     with torch.inference_mode():
-        z = project(x, pdim, seed=seed, device=device, force=force, compact=True)
+        z = project(x, pdim, seed=seed, device=device, force=force, compact=True, round_to=SELECTION_INPUT)
         # distances are translation invariant: centring keeps |z|^2 small against the cross term
         z = z - z.float().mean(0).to(z.dtype)
         sq = z.float().pow(2).sum(1)

@@ -22,6 +22,7 @@ from .knn import knn
 from .reweighting import get_reweighting
 from .scoring import anomaly_maps, identify_task, reweight_scores
 from .strategies import BankRef, Strategy
+from .tensors import release_pages
 
 __all__ = ["TaskFeatures", "Evaluator", "run_order", "OrderResult", "IMAGE_METRICS", "PIXEL_METRICS"]
 
@@ -124,6 +125,7 @@ class Evaluator:
 
                 def exact(mask, vecs=part_vecs):
                     q = np.asarray(test[np.nonzero(mask.any(1))[0]], dtype=np.float32)
+                    release_pages(test)
                     q = q[mask[mask.any(1)]]
                     d, i = knn(q, vecs, 1, device=self.device)
                     return d[:, 0], i[:, 0]
@@ -211,6 +213,7 @@ class Evaluator:
                 m_star = self.nn(ref, eval_task)[1][rows, p[sel]]
                 nb = self.neighbours(ref, m_star, k)
                 m_test = np.asarray(test[rows, p[sel]], dtype=np.float64)
+                release_pages(test)
                 out[sel] = reweight_scores(s_star[sel], m_test, bank, nb, self.reweighting)
         return out, patch
 

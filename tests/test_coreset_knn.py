@@ -26,7 +26,9 @@ def blobs():
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(12, 40)) * 5
     x = centers[rng.integers(0, 12, 600)] + rng.normal(size=(600, 40))
-    return x.astype(np.float32)
+    # values a float16 store can hold: greedy_coreset reads features at float16 precision
+    # (SELECTION_INPUT), so on these the naive references below see exactly what it sees
+    return x.astype(np.float16).astype(np.float32)
 
 
 def test_greedy_matches_naive_loop_in_projected_space(blobs):
@@ -55,6 +57,22 @@ def test_greedy_without_projection_matches_naive(blobs):
     got = greedy_coreset(blobs, 50, projection_dim=None, device="cpu")
     assert got.tolist() == naive_greedy(blobs, 50)
     assert len(set(got.tolist())) == 50 and got[0] == 0
+
+
+def test_float32_and_float16_copies_select_the_same_coreset():
+    """Near-ties below float16 resolution: the float32 values order them, a float16 store cannot, and
+    greedy choices cascade. Reading at float16 precision makes both stores pick the same patches."""
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(40, 24)).astype(np.float16).astype(np.float32)
+    x32 = (np.repeat(base, 50, axis=0) * (1 + rng.uniform(-2e-5, 2e-5, size=(2000, 1)))).astype(np.float32)
+    x16 = x32.astype(np.float16)
+    assert not np.array_equal(x32, x16.astype(np.float32))
+    a = greedy_coreset(x32, 60, projection_dim=None, device="cpu")
+    np.testing.assert_array_equal(a, greedy_coreset(x16, 60, projection_dim=None, device="cpu"))
+    np.testing.assert_array_equal(greedy_coreset(x32, 60, projection_dim=16, seed=2, device="cpu"),
+                                  greedy_coreset(x16, 60, projection_dim=16, seed=2, device="cpu"))
+    # the premise: at full precision the two copies select differently
+    assert naive_greedy(x32, 60) != naive_greedy(x16.astype(np.float32), 60)
 
 
 def test_prefix_property(blobs):
