@@ -246,6 +246,10 @@ class _Pooled:
     def shape(self) -> tuple[int, int]:
         return (len(self), int(self.arrays[0].shape[1]))
 
+    @property
+    def dtype(self):
+        return np.result_type(*[a.dtype for a in self.arrays])
+
     def __getitem__(self, idx):
         if isinstance(idx, slice):
             idx = np.arange(*idx.indices(len(self)))

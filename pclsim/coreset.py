@@ -91,7 +91,8 @@ def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: in
     """
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D (N, D) array, got shape {tuple(x.shape)}")
-    if not isinstance(x, torch.Tensor):  # memory-mapped store (or a pooled view of several): chunk by chunk
+    owned = not isinstance(x, torch.Tensor)  # blocks are fresh copies (a tensor's may be views of it)
+    if owned:  # memory-mapped store (or a pooled view of several): chunk by chunk
         def block_of(s):  # a writable float32 copy; the store's mapped pages are released after each chunk
             return torch.from_numpy(read_rows(x, s, s + chunk))
         device = torch.device(device) if device is not None else torch.device("cpu")
@@ -103,6 +104,8 @@ def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: in
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     n, d = x.shape
     chunk = int(chunk) if chunk else max(256, _CHUNK_BYTES // (4 * max(1, d)))
+    # a float16 store already holds float16 values: rounding them again would only cost memory
+    rounding = round_to is not None and str(x.dtype).rsplit(".", 1)[-1] != str(round_to).rsplit(".", 1)[-1]
     keep = projection_dim is None or projection_dim <= 0 or (projection_dim >= d and not force)
     mat = None if keep else sparse_projection(d, projection_dim, seed)
     if mat is not None and compact and projection_dim > d:
@@ -111,9 +114,14 @@ def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: in
     out = torch.empty((n, d if keep else mat.shape[1]), dtype=dtype, device=device)
     for s in range(0, n, chunk):
         block = block_of(s).to(device=device, dtype=torch.float32)
-        if round_to is not None:
-            r = block.to(round_to).to(torch.float32)
-            block = torch.where(torch.isfinite(r), r, block)
+        if rounding:  # in place: no second float32 block
+            r = block.to(round_to)
+            fin = torch.isfinite(r)
+            if owned and bool(fin.all()):
+                block.copy_(r)
+            else:  # a caller's tensor is never written; values beyond round_to's range keep their own
+                block = torch.where(fin, r.to(torch.float32), block)
+            del r, fin
         out[s : s + chunk] = (block if keep else block @ mat).to(dtype)
     return out
 
