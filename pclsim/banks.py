@@ -20,7 +20,7 @@ import numpy as np
 
 from .coreset import greedy_coreset
 from .strategies import BankRef, per_task_size
-from .tensors import release_pages
+from .tensors import read_rows
 
 __all__ = ["BankBuilder", "Part", "derive_seed", "bank_sources", "selection_source", "SelectionNeeds", "BankKind", "BANK_KINDS",
            "register_bank_kind"]
@@ -129,10 +129,7 @@ class BankBuilder:
 
     def vectors(self, source: tuple, idx: np.ndarray) -> np.ndarray:
         """Rows `idx` of a source as float32 (m, D); the store's mapped pages are released after the copy."""
-        base = self.base(source)
-        out = np.array(base[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
-        release_pages(base)  # a pooled view releases its tasks' pages itself
-        return out
+        return read_rows(self.base(source), np.asarray(idx, dtype=np.int64))
 
     # -- selection orders ----------------------------------------------------------------------
     def order(self, kind: str, what, arrival: int = 0) -> np.ndarray:
@@ -259,8 +256,7 @@ class _Pooled:
         for k, a in enumerate(self.arrays):
             sel = which == k
             if sel.any():
-                out[sel] = a[idx[sel] - self.offsets[k]]
-                release_pages(a)
+                out[sel] = read_rows(a, idx[sel] - self.offsets[k])
         return out
 
 

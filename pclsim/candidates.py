@@ -65,7 +65,7 @@ def build_table(source: tuple, rows: np.ndarray, candidates: np.ndarray, tasks: 
         pos = np.empty((n, p, k), dtype=np.int32)
         dist = np.empty((n, p, k), dtype=np.float32)
         for s in range(0, n, chunk_images):
-            q = read_rows(tf.test, s, s + chunk_images).reshape(-1, d)  # one chunk resident, not the task
+            q = read_rows(tf.test, slice(s, s + chunk_images)).reshape(-1, d)  # one chunk resident, not the task
             dd, ii = knn(q, candidates, k, backend=backend, device=device)
             m = len(q) // p
             pos[s : s + m] = ii.reshape(m, p, k)

@@ -94,7 +94,7 @@ def project(x, projection_dim: int | None, seed: int = 0, device=None, chunk: in
     owned = not isinstance(x, torch.Tensor)  # blocks are fresh copies (a tensor's may be views of it)
     if owned:  # memory-mapped store (or a pooled view of several): chunk by chunk
         def block_of(s):  # a writable float32 copy; the store's mapped pages are released after each chunk
-            return torch.from_numpy(read_rows(x, s, s + chunk))
+            return torch.from_numpy(read_rows(x, slice(s, s + chunk)))
         device = torch.device(device) if device is not None else torch.device("cpu")
     else:
         def block_of(s):
@@ -140,7 +140,7 @@ def greedy_coreset(x, k: int, *, projection_dim: int | str | None = 128, seed: i
     float16 precision (`SELECTION_INPUT`): a float32 and a float16 store select the same coreset.
     Raises ValueError for a non-2-D x, no points, k < 1 or start out of range.
     """
-    if not isinstance(x, (np.ndarray, torch.Tensor)) and not (hasattr(x, "shape") and hasattr(x, "ndim")):
+    if not (hasattr(x, "shape") and hasattr(x, "ndim")):  # arrays, tensors, banks' pooled view
         raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
     if x.ndim != 2:
         raise ValueError(f"greedy_coreset expects (N, D) features, got shape {tuple(x.shape)}")

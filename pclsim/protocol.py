@@ -22,7 +22,7 @@ from .knn import knn
 from .reweighting import get_reweighting
 from .scoring import anomaly_maps, identify_task, reweight_scores
 from .strategies import BankRef, Strategy
-from .tensors import release_pages
+from .tensors import read_rows
 
 __all__ = ["TaskFeatures", "Evaluator", "run_order", "OrderResult", "IMAGE_METRICS", "PIXEL_METRICS"]
 
@@ -124,8 +124,7 @@ class Evaluator:
                 part_vecs = self.builder.vectors(source, rows)
 
                 def exact(mask, vecs=part_vecs):
-                    q = np.asarray(test[np.nonzero(mask.any(1))[0]], dtype=np.float32)
-                    release_pages(test)
+                    q = read_rows(test, np.nonzero(mask.any(1))[0])
                     q = q[mask[mask.any(1)]]
                     d, i = knn(q, vecs, 1, device=self.device)
                     return d[:, 0], i[:, 0]
@@ -212,8 +211,7 @@ class Evaluator:
                 rows = images[sel]
                 m_star = self.nn(ref, eval_task)[1][rows, p[sel]]
                 nb = self.neighbours(ref, m_star, k)
-                m_test = np.asarray(test[rows, p[sel]], dtype=np.float64)
-                release_pages(test)
+                m_test = read_rows(test, (rows, p[sel]), np.float64)
                 out[sel] = reweight_scores(s_star[sel], m_test, bank, nb, self.reweighting)
         return out, patch
 

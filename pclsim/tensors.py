@@ -56,10 +56,10 @@ def release_pages(a) -> bool:
     return True
 
 
-def read_rows(a, start: int, stop: int, dtype=np.float32) -> np.ndarray:
-    """Rows [start, stop) of `a` as a new writable array of `dtype`; a memory-mapped store is released
-    after the copy (`release_pages`), so streaming a whole task keeps one chunk resident, not the task.
-    `a` may be anything sliceable along its first axis (a memmap, an array, a pooled view)."""
-    out = np.array(a[start:stop], dtype=dtype)
+def read_rows(a, index, dtype=np.float32) -> np.ndarray:
+    """a[index] (a slice of rows, an index array, or a tuple of them) as a new writable array of `dtype`;
+    a memory-mapped store is released after the copy (`release_pages`), so streaming a whole task keeps
+    one block resident, not the task. `a`: a memmap, an array, or a pooled view (banks)."""
+    out = np.array(a[index], dtype=dtype)
     release_pages(a)
     return out

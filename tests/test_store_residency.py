@@ -47,7 +47,7 @@ def test_reading_a_whole_memmap_keeps_it_resident_unless_released(tmp_path):
     assert release_pages(a) and mapped_rss(p) < 0.05 * x.nbytes
     assert float(np.asarray(a, dtype=np.float32).sum()) == first  # faulted back in from the page cache
     assert not release_pages(x)  # not a mapping: nothing to release
-    np.testing.assert_array_equal(read_rows(a, 10, 20), x[10:20].astype(np.float32))
+    np.testing.assert_array_equal(read_rows(a, slice(10, 20)), x[10:20].astype(np.float32))
 
 
 def test_selection_streams_a_mapped_task(tmp_path):
