@@ -13,7 +13,7 @@ import time
 import ray
 
 from _common import emit
-from pclsim.actors import FeatureExtractorActor
+from pclsim.runner.actors import FeatureExtractorActor
 from pclsim.data import synthetic_stream
 
 

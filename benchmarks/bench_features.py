@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from _common import emit, sync  # noqa: E402
-from pclsim.features import FeatureExtractor  # noqa: E402
+from pclsim.core.features import FeatureExtractor  # noqa: E402
 
 
 def rate(fn, x, device, iters: int, warmup: int) -> float:

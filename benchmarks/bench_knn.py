@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from _common import anomalib_or_none, emit, sync, timed
-from pclsim.knn import faiss_available, knn
+from pclsim.core.knn import faiss_available, knn
 
 
 def main():

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from _common import emit
-from pclsim.sweep import run_sweep
+from pclsim.runner.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,12 +7,12 @@ patches against the 30,000 selected vectors, as the sweep builds it for a task s
 
 Stages, each timed and printed as one JSON line:
   extract   backbone + PatchCore aggregation of train and test images, written batch by batch
-            into the feature store (float16 by default; pclsim.store) and read back memory-mapped.
+            into the feature store (float16 by default; pclsim.store.writing) and read back memory-mapped.
             The images are random normalised tensors made once (decoding is not measured: it is
             the data loader's, on the CPU cores); weights random (timm, pretrained=False).
   select    greedy_coreset of M from the stored train patches (projection_dim "auto": the authors'
             JL dimension, 352 at 1.57 M patches), streamed from the memory-mapped store.
-  table     the candidate table of the task (pclsim.candidates.build_table): the K = 64 nearest of
+  table     the candidate table of the task (pclsim.core.candidates.build_table): the K = 64 nearest of
             the M selected vectors for every stored test patch, checked against brute force.
 Targets on one H200: extraction > 3,000 images/s, selection < 30 s, table < 60 s.
 
@@ -52,10 +52,10 @@ def main():
     m = max(2, int(round(a.memory * scale)))
 
     from pclsim.coreset import greedy_coreset, jl_dim
-    from pclsim.features import FeatureExtractor
-    from pclsim.candidates import DEFAULT_K, build_table
-    from pclsim.protocol import TaskFeatures
-    from pclsim import store
+    from pclsim.core.features import FeatureExtractor
+    from pclsim.core.candidates import DEFAULT_K, build_table
+    from pclsim.core.task_features import TaskFeatures
+    from pclsim.store import writing as store
 
     t0 = time.perf_counter()
     ex = FeatureExtractor("wide_resnet50_2", "none", ("layer2", "layer3"), image_size=a.image_size, device=a.device,
@@ -110,7 +110,7 @@ def main():
                                        seconds=round(t_sel, 2),
                                        target_s=30))
 
-        # the candidate table the sweep builds for a task source (pclsim.candidates): every test patch's
+        # the candidate table the sweep builds for a task source (pclsim.core.candidates): every test patch's
         # K nearest among the selected vectors, queries streamed from the store
         rows = np.sort(order)
         cand = np.asarray(train[rows], dtype=np.float32)

@@ -17,11 +17,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from _common import anomalib_or_none, emit, json_lines, replace_readme_block
-from pclsim.backbones import load_backbone
+from pclsim.core.backbones import load_backbone
 from pclsim.data import BMAD_TASKS, iter_batches, synthetic_stream
-from pclsim.features import FeatureExtractor
-from pclsim.engine import single_task_metrics
-from pclsim.protocol import TaskFeatures
+from pclsim.core.features import FeatureExtractor
+from pclsim.study.engine import single_task_metrics
+from pclsim.core.task_features import TaskFeatures
 
 
 def _pclsim(task, train, test, labels, masks, size, bank, resize):

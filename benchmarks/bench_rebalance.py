@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_tasks(sc, cache):
-    from pclsim.cache import load_or_extract
+    from pclsim.store.cache import load_or_extract
     from pclsim.data import load_stream
-    from pclsim.features import FeatureExtractor
+    from pclsim.core.features import FeatureExtractor
 
     streams = load_stream(sc["dataset"], sc["dataset"]["root"])
     fx = FeatureExtractor(sc["model"]["backbone"], sc["model"]["weights"], sc["model"]["layers"],
@@ -39,8 +39,8 @@ def load_tasks(sc, cache):
 
 
 def stages(sc, tasks, rebalance):
-    from pclsim.engine import plan_study, restore_evaluator, run_banks, run_group, run_selection, run_table, candidate_rows
-    from pclsim.scenario import expand_runs
+    from pclsim.study.engine import plan_study, restore_evaluator, run_banks, run_group, run_selection, run_table, candidate_rows
+    from pclsim.study.scenario import expand_runs
 
     co = dict(sc["coreset"], rebalance=rebalance)
     runs = expand_runs(sc)
@@ -84,12 +84,12 @@ def stages(sc, tasks, rebalance):
 
 BASELINE = r'''
 import sys, time, json, numpy as np
-from pclsim.cache import load_or_extract
+from pclsim.store.cache import load_or_extract
 from pclsim.data import load_stream
-from pclsim.features import FeatureExtractor
-from pclsim.engine import plan, make_sources, run_group
-from pclsim.protocol import Evaluator
-from pclsim.scenario import load_scenario, expand_runs
+from pclsim.core.features import FeatureExtractor
+from pclsim.study.engine import plan, make_sources, run_group
+from pclsim.study.protocol import Evaluator
+from pclsim.study.scenario import load_scenario, expand_runs
 sc = load_scenario(sys.argv[1]); cache = sys.argv[2]
 streams = load_stream(sc["dataset"], sc["dataset"]["root"])
 fx = FeatureExtractor(sc["model"]["backbone"], sc["model"]["weights"], sc["model"]["layers"], image_size=sc["dataset"]["image_size"])
@@ -144,7 +144,7 @@ def main():
         return
     import torch
 
-    from pclsim.scenario import load_scenario
+    from pclsim.study.scenario import load_scenario
 
     torch.set_num_threads(os.cpu_count() or 1)
     sc = load_scenario(a.scenario)

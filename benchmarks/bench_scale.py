@@ -181,12 +181,12 @@ def dtype_check(a) -> None:
 
     import numpy as np
 
-    from pclsim.cache import load_or_extract
+    from pclsim.store.cache import load_or_extract
     from pclsim.data import load_stream
-    from pclsim.engine import simulate
-    from pclsim.features import FeatureExtractor
-    from pclsim.protocol import TaskFeatures
-    from pclsim.scenario import Run, load_scenario
+    from pclsim.study.engine import simulate
+    from pclsim.core.features import FeatureExtractor
+    from pclsim.core.task_features import TaskFeatures
+    from pclsim.study.scenario import Run, load_scenario
 
     sc = load_scenario(ROOT / "scenarios" / "orders.yaml")
     ds, m = sc["dataset"], sc["model"]

@@ -13,9 +13,9 @@ import torch
 
 from _common import emit
 from pclsim.data import BMAD_TASKS, iter_batches, synthetic_stream
-from pclsim.features import FeatureExtractor
-from pclsim.engine import single_task_metrics
-from pclsim.protocol import TaskFeatures
+from pclsim.core.features import FeatureExtractor
+from pclsim.study.engine import single_task_metrics
+from pclsim.core.task_features import TaskFeatures
 
 
 def main():

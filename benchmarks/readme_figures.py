@@ -82,7 +82,7 @@ def figures_markdown(res, seconds: float | None = None) -> str:
                          f"{_cell(g[g.metric == 'image_f1'].bank_mb.to_numpy(dtype=float), 2)} |")
     st = getattr(res, "statistics", None)
     if st is not None and len(st):
-        from pclsim.statistics import order_sentence
+        from pclsim.analysis.statistics import order_sentence
 
         lines += ["", "Does the order matter? (`statistics.parquet`, final image AUROC; `pclsim/statistics.py` says "
                       "which test and why)", ""]
@@ -102,12 +102,13 @@ def run_serial(scenario: str, out: Path):
     import pyarrow as pa
     import yaml
 
-    from pclsim.cache import load_or_extract
+    from pclsim.store.cache import load_or_extract
     from pclsim.data import load_stream
-    from pclsim.engine import simulate
-    from pclsim.features import FeatureExtractor
-    from pclsim.results import atomic_write_table, build_summary, rows_table, steps_table
-    from pclsim.scenario import expand_runs, load_scenario, scenario_hash
+    from pclsim.study.engine import simulate
+    from pclsim.core.features import FeatureExtractor
+    from pclsim.analysis.summary import build_summary
+    from pclsim.results.tables import atomic_write_table, rows_table, steps_table
+    from pclsim.study.scenario import expand_runs, load_scenario, scenario_hash
 
     sc = load_scenario(scenario)
     streams = load_stream(sc["dataset"], sc["dataset"]["root"])
@@ -118,7 +119,7 @@ def run_serial(scenario: str, out: Path):
     pairs = simulate(expand_runs(sc), tasks, sc)
     atomic_write_table(rows_table(pairs), out / "matrices.parquet" / "part-serial.parquet")
     atomic_write_table(steps_table(pairs, ex.dim), out / "steps.parquet" / "part-serial.parquet")
-    from pclsim.backbones import architecture_mb
+    from pclsim.core.backbones import architecture_mb
 
     summary = build_summary(pd_read(out / "matrices.parquet"), pd_read(out / "steps.parquet"), {},
                             architecture_mb(ex.model))

@@ -105,7 +105,7 @@ def sweep(scenario: str | os.PathLike | dict, *, out: str | os.PathLike | None =
     current directory). The other arguments are the command's options. Raises PclsimError (and its
     ScenarioError / DataError / ModelError subclasses) for bad input, with the message the CLI prints.
     """
-    from .sweep import run_sweep
+    from .runner.sweep import run_sweep
 
     if isinstance(scenario, dict):
         sc = dict(scenario)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ._version import __version__
-from .errors import Interrupted, PclsimError
+from .errors import PclsimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Simulate continual visual anomaly detection (PatchCore / PatchCoreCL) over task streams.")
@@ -30,10 +30,8 @@ def _fail(e: BaseException, code: int = 2):
 def _guard(fn, *args, **kw):
     try:
         return fn(*args, **kw)
-    except Interrupted as e:
-        _fail(e, Interrupted.exit_code)
-    except PclsimError as e:
-        _fail(e)
+    except PclsimError as e:  # Interrupted: 130; FinishError: 1; bad input: 2
+        _fail(e, getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print("error: interrupted before the trials finished; rerun the same command to resume", file=sys.stderr)
         raise typer.Exit(130)
@@ -67,7 +65,7 @@ def sweep(scenario: str = typer.Argument(..., help="Scenario YAML file."),
                                                     "tracker: mlflow[=URI] (default <out>/mlruns) or wandb.")):
     """Run every (order x strategy x memory size x seed) of a scenario; write Parquet results."""
     _DEBUG["on"] = debug
-    from .sweep import run_sweep
+    from .runner.sweep import run_sweep
 
     _guard(run_sweep, scenario, out=out, data_root=data_root, address=address, fresh=fresh,
            max_concurrent=max_concurrent, quiet=quiet, debug=debug, gallery=gallery, track=track)
@@ -87,18 +85,18 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
 
     def _run():
         from .data import load_stream
-        from .scenario import describe_orders, expand_runs, group_runs, load_scenario, resolve
+        from .study.scenario import describe_orders, expand_runs, group_runs, load_scenario, resolve
 
         sc = load_scenario(scenario, data_root=data_root)
         tasks = load_stream(sc["dataset"], sc["dataset"]["root"])
-        from .data.preflight import check_stream
+        from .study.preflight import check_stream
 
         if sc["dataset"]["tasks"] is None:
             sc["dataset"]["tasks"] = [t.name for t in tasks]
             sc = resolve(sc, scenario)
         n_files = check_stream(sc, tasks)  # everything the sweep's preflight checks, before any Ray
         if not headers_only:
-            from .data.preflight import decode_all
+            from .study.preflight import decode_all
 
             decode_all(tasks)
         n_orders, how = describe_orders(sc)
@@ -173,6 +171,21 @@ def report(results_dir: str = typer.Argument(..., help="A sweep's results folder
         from .report import build_report
 
         print(build_report(results_dir, metric=metric))
+
+    _guard(_run)
+
+
+@app.command()
+def show(results_dir: str = typer.Argument(..., help="A sweep's results folder."),
+         metric: str = typer.Option("image_f1", "--metric", help="Metric of the summary table."),
+         debug: bool = typer.Option(False, "--debug")):
+    """Print what a results folder holds, its summary (undefined values as undefined) and how to open it."""
+    _DEBUG["on"] = debug
+
+    def _run():
+        from .report.show import show_text
+
+        print(show_text(results_dir, metric=metric))
 
     _guard(_run)
 

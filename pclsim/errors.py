@@ -21,3 +21,11 @@ class Interrupted(PclsimError):
     """The sweep was stopped (Ctrl-C) before every trial finished: exit code 130, no summary written."""
 
     exit_code = 130
+
+
+class FinishError(PclsimError):
+    """The trials finished but the summary, statistics or printed table could not be computed: the trial
+    results stay, and rerunning the same command redoes only this finish. Exit code 1 (a fault of pclsim,
+    not of the input)."""
+
+    exit_code = 1

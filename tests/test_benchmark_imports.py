@@ -32,6 +32,6 @@ def test_every_pclsim_name_a_benchmark_imports_exists(path):
 
 def test_the_check_sees_a_missing_name(tmp_path):
     p = tmp_path / "bench_old.py"
-    p.write_text("def main():\n    from pclsim.knn import prefix_nn\n")
-    assert list(pclsim_imports(p)) == [("pclsim.knn", "prefix_nn")]
-    assert not hasattr(importlib.import_module("pclsim.knn"), "prefix_nn")
+    p.write_text("def main():\n    from pclsim.core.knn import prefix_nn\n")
+    assert list(pclsim_imports(p)) == [("pclsim.core.knn", "prefix_nn")]
+    assert not hasattr(importlib.import_module("pclsim.core.knn"), "prefix_nn")

@@ -1,7 +1,9 @@
 """Data: the registry of data-set kinds (synthetic, bmad, mvtec, visa, folder; `kinds.py`), lazy parallel decoding.
 
 Importing the package registers the built-in kinds; a new kind registers itself with
-`register_dataset_kind` (see pclsim.data.kinds).
+`register_dataset_kind` (see pclsim.data.kinds): a new data-set layout is one module here.
+
+Imports only `pclsim.errors` (and numpy, Pillow, tifffile, pypng, torch for preprocessing).
 """
 
 from .bmad import BMAD_LAYOUTS, BMAD_TASKS, MASKED_TASKS, write_bmad_layout

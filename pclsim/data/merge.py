@@ -15,7 +15,7 @@ Per-category values: every merged task's test set is the concatenation of its ca
 sets, so a category's values are the metrics over its slice of the merged test set, scored
 against the same banks (the same image scores, task identification and maps). They are named
 "<merged>/<category>" and kept apart from the matrices (`categories.parquet`: the matrices'
-columns plus `category`, written by pclsim.data.category_table), so every consumer of the T x T
+columns plus `category`, written by pclsim.results.categories), so every consumer of the T x T
 matrices is unchanged.
 """
 
@@ -91,7 +91,7 @@ def category_parts(stream) -> dict[str, list[tuple[str, int]]]:
 # ---------------------------------------------------------------- per-category values
 
 def add_category_views(evaluator, parts: dict[str, list[tuple[str, int]]]) -> list[str]:
-    """Make "<merged>/<category>" evaluable on `evaluator` (pclsim.protocol.Evaluator.add_view): its slice of
+    """Make "<merged>/<category>" evaluable on `evaluator` (pclsim.study.protocol.Evaluator.add_view): its slice of
     the merged task's test images, scored against the same banks (no copies, no new distances).
     Returns the category task names, in order. Raises ValueError when the counts do not match the features."""
     names = []

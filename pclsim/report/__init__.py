@@ -1,6 +1,6 @@
 """`pclsim report`: a sweep's results folder -> one offline HTML page, PNG figures and the paper's Table 1.
 
-Reads only the results contract (`pclsim.results_schema`: matrices.parquet, summary.parquet and,
+Reads only the results contract (`pclsim.results.tables.tables.schema`: matrices.parquet, summary.parquet and,
 where present, statistics.parquet, routing.parquet, routed.parquet; scenario.yaml and
 gallery/*.npz). Everything is computed with grouped pandas operations, so a full 720-order study
 renders in seconds.
@@ -8,11 +8,14 @@ renders in seconds.
 Modules, in the order the data flows: `reading` (tables -> ReportData), `tables` (Table 1, per
 task), `figures` / `gallery` / `order_figures` (PNGs), `order` (the "Does the order matter?"
 section), `page` (HTML), `build` (the entry point); `style` holds the names and colours.
+
+Imports `pclsim.results.tables.tables`, `pclsim.analysis` (the order statistics), `pclsim.core.metric_registry` and the
+base modules; never Ray or the runner.
 """
 
 from __future__ import annotations
 
-from ..results_schema import MATRICES, SUMMARY_COLUMNS
+from ..results.schema import MATRICES, SUMMARY_COLUMNS
 from .build import build_report, report_command
 from .style import column_label
 

@@ -12,7 +12,7 @@ from .gallery import fig_gallery
 from .order import order_section
 from .page import page, write_text
 from .reading import ReportData, first_line
-from .tables import per_task_final, table1, table1_markdown
+from .tables import per_task_final, table1, table1_markdown, undefined_cells
 
 __all__ = ["build_report", "report_command"]
 
@@ -38,6 +38,7 @@ def build_report(results_dir, metric: str = "image_f1", out_dir=None) -> Path:
         raise PclsimError(f"{out}: cannot write the report: {first_line(e)}") from None
 
     mean, std, _n = table1(d)
+    undefined = undefined_cells(d)
     per_task = per_task_final(d)
     mean.index.name = "row"
     std.index.name = "row"
@@ -45,7 +46,7 @@ def build_report(results_dir, metric: str = "image_f1", out_dir=None) -> Path:
         mean.to_csv(out / "table1.csv", float_format="%.6g")
         std.to_csv(out / "table1_std.csv", float_format="%.6g")
         per_task.to_csv(out / "per_task_final.csv", float_format="%.6g")
-        write_text(out / "table1.md", table1_markdown(mean, std, metric))
+        write_text(out / "table1.md", table1_markdown(mean, std, metric, undefined))
     except OSError as e:
         raise PclsimError(f"{out}: cannot write the report: {first_line(e)}") from None
 
@@ -66,7 +67,7 @@ def build_report(results_dir, metric: str = "image_f1", out_dir=None) -> Path:
         warnings.simplefilter("ignore", RuntimeWarning)
         order_html, _ = order_section(d, out)  # "Does the order matter?" with its own figures
     index = out / "index.html"
-    write_text(index, page(d, mean, std, per_task, figs, note, order_html))
+    write_text(index, page(d, mean, std, per_task, figs, note, order_html, undefined))
     return index
 
 

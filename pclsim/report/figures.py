@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..results_schema import ORDER_SEPARATOR
+from ..results.schema import ORDER_SEPARATOR
 from .reading import ReportData
 from .style import (DPI, HEATMAP_CMAP, MISSING_COLOR, STRATEGY_NAMES, colors_for, column_label, markers_for,
                     short_task)

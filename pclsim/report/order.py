@@ -2,7 +2,7 @@
 the routing of task-identifying strategies and three figures (order_figures).
 
 Reads statistics.parquet where the sweep wrote it (else computes the statistics of the report's
-metric with `pclsim.statistics.statistics_table`), and routing.parquet / routed.parquet where they
+metric with `pclsim.analysis.statistics.statistics_table`), and routing.parquet / routed.parquet where they
 exist.
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PclsimError
-from ..results_schema import MATRICES, ORDER_SEPARATOR, ROUTED, ROUTING, STATISTICS, SUMMARY
-from ..statistics import order_sentence, statistics_table
+from ..results.schema import MATRICES, ORDER_SEPARATOR, ROUTED, ROUTING, STATISTICS, SUMMARY
+from ..analysis.statistics import order_sentence, statistics_table
 from .order_figures import fig_distribution, fig_routing, fig_slopes
 from .page import escape, figure_tag, html_table
 from .reading import ReportData, read_report_table

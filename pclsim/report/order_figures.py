@@ -64,7 +64,7 @@ _SLOPE_ROWS = (("final_value", 100.0, "final value", "points per later step"),
 
 def fig_slopes(d: ReportData, st: pd.DataFrame, out: Path):
     """position_slopes.png: per task and pooled, the slope of the final value and of the forgetting on
-    the arrival step with 95 % CIs (pclsim.statistics); None without finite slopes."""
+    the arrival step with 95 % CIs (pclsim.analysis.statistics); None without finite slopes."""
     sl = st[st.statistic == "position_slope"]
     task_colors = colors_for(d.tasks)
     rows_q = [q for q in _SLOPE_ROWS if np.isfinite(sl[sl.quantity == q[0]]["value"]).any()]

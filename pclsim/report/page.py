@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .reading import ReportData
 from .style import row_label
-from .tables import format_cell
+from .tables import format_cell, table1_cell
 
 __all__ = ["CSS", "escape", "html_table", "figure_tag", "page", "write_text"]
 
@@ -45,9 +45,12 @@ def html_table(frame: pd.DataFrame, cell) -> str:
             + "\n</tbody></table></div>")
 
 
-def page(d: ReportData, mean, std, per_task, figs, gallery_note: str, order_html: str = "") -> str:
-    """index.html's text: the study's facts, Table 1 (mean, std: frames of tables.table1), the per-task
-    table, the order section's HTML, the figures ((file name, caption) pairs) and the notes."""
+def page(d: ReportData, mean, std, per_task, figs, gallery_note: str, order_html: str = "",
+         undefined: dict | None = None) -> str:
+    """index.html's text: the study's facts, Table 1 (mean, std: frames of tables.table1; undefined:
+    tables.undefined_cells), the per-task table, the order section's HTML, the figures ((file name,
+    caption) pairs) and the notes."""
+    undefined = undefined or {}
     sc = d.scenario
     ds = sc.get("dataset") or {}
     model = sc.get("model") or {}
@@ -82,8 +85,11 @@ def page(d: ReportData, mean, std, per_task, figs, gallery_note: str, order_html
         "have masks; &ldquo;&ndash;&rdquo; marks a value that does not exist (e.g. the gap of joint to itself). "
         "Also written as <a href=\"table1.csv\">table1.csv</a> (means), <a href=\"table1_std.csv\">table1_std.csv"
         "</a> and <a href=\"table1.md\">table1.md</a>.</p>",
-        html_table(mean, lambda r, c: row_label(r, d.metric) if c is None else format_cell(r, mean.loc[r, c],
-                                                                                       std.loc[r, c])),
+        html_table(mean, lambda r, c: row_label(r, d.metric) if c is None else table1_cell(r, c, mean, std,
+                                                                                       undefined)),
+        ("<p class=\"note\">Undefined (no run has the value; summary.parquet's <code>undefined</code> column "
+         "gives each run's reason): " + "; ".join(f"{escape(row_label(r, d.metric))}, {escape(c)}: {escape(why)}"
+                                                 for (r, c), why in undefined.items()) + ".</p>") if undefined else "",
         f"<h2>Final {escape(d.metric)} per task</h2>",
         "<p class=\"note\">Each task's value after the whole stream, mean over orders and seeds. "
         "Also in <a href=\"per_task_final.csv\">per_task_final.csv</a>.</p>",

@@ -1,4 +1,4 @@
-"""Reading a results folder for the report: the contract's tables (pclsim.results_schema) as frames,
+"""Reading a results folder for the report: the contract's tables (pclsim.results.schema) as frames,
 with one-line PclsimErrors that name the file, and the study's shape worked out once (ReportData).
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PclsimError
-from ..results_schema import MATRICES, ORDER_SEPARATOR, SUMMARY, Table, legacy_renames
+from ..results.schema import MATRICES, ORDER_SEPARATOR, SUMMARY, Table, legacy_renames
 from .style import STRATEGY_NAMES
 
 __all__ = ["ReportData", "read_report_table", "first_line"]
@@ -90,7 +90,7 @@ def _read_scenario(path: Path) -> dict:
 
 def _scenario_first_order(sc: dict) -> tuple[str, ...] | None:
     try:
-        from ..scenario import _orders
+        from ..study.scenario import _orders
 
         return tuple(_orders(sc)[0])
     except Exception:  # an older or hand-written scenario.yaml: fall back to the data

@@ -1,13 +1,13 @@
 """The report's names and colours: strategy and row labels, palettes, markers, resolution.
 
-Metric labels come from the metric registry (`pclsim.metric_registry`); the rows of Table 1 that
+Metric labels come from the metric registry (`pclsim.core.metric_registry`); the rows of Table 1 that
 are not metrics (summary columns) are labelled here. Colours follow a list of tasks or strategies
 given by the caller, so one task keeps its colour in every figure of a report.
 """
 
 from __future__ import annotations
 
-from ..metric_registry import metric_label
+from ..core.metric_registry import metric_label
 
 __all__ = ["STRATEGY_NAMES", "PALETTE", "MARKERS", "DPI", "HEATMAP_CMAP", "MAP_CMAP", "MISSING_COLOR",
            "SUMMARY_ROW_LABELS", "PER_METRIC_ROWS", "column_label", "row_label", "short_task", "colors_for",

@@ -1,6 +1,6 @@
 """The report's tables: the paper's Table 1 (method.md section 7) and each task's final value.
 
-Table 1's metric rows are the registered metrics marked `table1` (pclsim.metric_registry), in
+Table 1's metric rows are the registered metrics marked `table1` (pclsim.core.metric_registry), in
 registration order, followed by the summary rows of style.SUMMARY_ROW_LABELS.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..metric_registry import metric_names
+from ..core.metric_registry import metric_names
 from .reading import ReportData
 from .style import SUMMARY_ROW_LABELS, column_label, row_label
 
@@ -79,11 +79,35 @@ def format_cell(row: str, v: float, sd: float = float("nan")) -> str:
     return s
 
 
-def table1_markdown(mean: pd.DataFrame, std: pd.DataFrame, metric: str) -> str:
-    """Table 1 as a Markdown table (table1.md), rows labelled as on the page."""
+def undefined_cells(d: ReportData) -> dict[tuple[str, str], str]:
+    """{(Table 1 row, column label): why}: the summary rows whose quantity summary.parquet leaves null in
+    every run of that (strategy, memory size), with the first reason its `undefined` column gives."""
+    s = d.summ_m
+    if "undefined" not in s.columns:
+        return {}
+    out = {}
+    for (st, m), g in s.groupby(["strategy", "memory_size"], observed=True):
+        reasons = g["undefined"].dropna().astype(str)
+        for row in SUMMARY_ROW_LABELS:
+            if row in g.columns and g[row].isna().all():
+                why = [r.split(f"{row}: ", 1)[1].split("; ")[0] for r in reasons if f"{row}: " in r]
+                if why:
+                    out[(row, column_label(str(st), int(m)))] = why[0]
+    return out
+
+
+def table1_cell(r: str, c: str, mean: pd.DataFrame, std: pd.DataFrame, undefined: dict) -> str:
+    """format_cell, or 'undefined' where the quantity exists for no run (undefined_cells), never '0'."""
+    if (r, c) in undefined and not np.isfinite(mean.loc[r, c]):
+        return "undefined"
+    return format_cell(r, mean.loc[r, c], std.loc[r, c])
+
+
+def table1_markdown(mean: pd.DataFrame, std: pd.DataFrame, metric: str, undefined: dict | None = None) -> str:
+    """Table 1 as a Markdown table (table1.md), rows labelled as on the page; `undefined` as undefined_cells."""
     head = ["", *mean.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in mean.index:
-        cells = [format_cell(r, mean.loc[r, c], std.loc[r, c]) for c in mean.columns]
+        cells = [table1_cell(r, c, mean, std, undefined or {}) for c in mean.columns]
         lines.append("| " + " | ".join([row_label(r, metric)] + cells) + " |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,106 @@
+"""The sweep's last stage: the summary, the order statistics and the printed table of everything in the folder."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .control import say as _say
+
+__all__ = ["finish"]
+
+
+def finish(sc, out_dir: Path, stream, quiet, cache_root):
+    """summary.parquet, statistics.parquet and the printed table of everything in the folder (rebuilt on
+    every run, so a resume completes it). A failure of any of them is one FinishError naming what could
+    not be computed and its cause; the trial tables are left as they are, and rerunning the same command
+    recomputes only this stage (every trial is found done)."""
+    (out_dir / "summary.parquet").unlink(missing_ok=True)  # never a summary of another set of runs
+    (out_dir / "statistics.parquet").unlink(missing_ok=True)
+    with _finishing(out_dir, "summary.parquet", "the summary"):
+        summary, tasks, mat = _write_summary(sc, out_dir)
+    with _finishing(out_dir, "statistics.parquet", "the order statistics"):
+        stats = _write_statistics(sc, out_dir, summary, mat, tasks, quiet)
+    if not quiet:
+        with _finishing(out_dir, "the printed table", "the printed table"):
+            _print_table(summary, sc, stats)
+
+
+@contextlib.contextmanager
+def _finishing(out_dir: Path, what: str, label: str):
+    from ..errors import FinishError, PclsimError
+
+    try:
+        yield
+    except (PclsimError, KeyboardInterrupt):
+        raise
+    except OSError as e:
+        raise PclsimError(f"{e.filename or out_dir}: cannot write {what}: {e.strerror or e}") from e
+    except Exception as e:
+        cause = " ".join(str(e).split()) or "no message"
+        raise FinishError(f"{what}: could not compute {label} ({type(e).__name__}: {cause[:300]}); the trial "
+                          f"results in {out_dir} are kept: rerun the same command to redo only this stage") from e
+
+
+def _write_summary(sc, out_dir: Path):
+    import pyarrow as pa
+
+    from ..analysis.summary import build_summary, chance_level
+    from ..results.schema import SUMMARY
+    from ..results.tables import atomic_write_table, read_table
+
+    mat = read_table(out_dir / "matrices.parquet")
+    steps = read_table(out_dir / "steps.parquet")
+    tasks = pd.read_parquet(out_dir / "tasks.parquet").set_index("task")
+    baselines = {}
+    for t, row in tasks.iterrows():
+        for metric in mat["metric"].unique():
+            pix = None if np.isnan(row.pixel_prevalence) else np.array([row.pixel_prevalence])
+            if metric.startswith("pixel") and pix is None:
+                continue
+            baselines[(t, metric)] = chance_level(metric, np.array([row.image_prevalence]), pix, n_tasks=len(tasks))
+    summary = build_summary(mat, steps, baselines, float(tasks["arch_mb"].iloc[0]))
+    summary["maskless_pixels"] = sc["evaluation"].get("maskless_pixels", "skip")  # what pixel means run over
+    schema = pa.schema([(n, SUMMARY.column(n).type) for n in summary.columns])  # the contract's types
+    atomic_write_table(pa.Table.from_pandas(summary, schema=schema, preserve_index=False), out_dir / "summary.parquet")
+    return summary, tasks, mat
+
+
+def _write_statistics(sc, out_dir: Path, summary: pd.DataFrame, mat: pd.DataFrame, tasks: pd.DataFrame, quiet):
+    """statistics.parquet: the order-robustness study of everything in the folder (pclsim.analysis.statistics)."""
+    import pyarrow as pa
+
+    from ..results.tables import STATISTICS_SCHEMA, atomic_write_table
+    from ..analysis.statistics import statistics_table
+
+    difficulty = None
+    if "difficulty_image_auroc" in tasks.columns and tasks["difficulty_image_auroc"].notna().all():
+        difficulty = {"values": tasks["difficulty_image_auroc"].astype(float).to_dict(),
+                      "memory_size": max(sc["memory_sizes"]), "seeds": list(sc["seeds"])}
+    _say(quiet, "order statistics ...")
+    stats = statistics_table(summary, mat, difficulty=difficulty, progress=not quiet)
+    atomic_write_table(pa.Table.from_pandas(stats, schema=STATISTICS_SCHEMA, preserve_index=False),
+                       out_dir / "statistics.parquet")
+    return stats
+
+
+def _print_table(summary: pd.DataFrame, sc, stats: pd.DataFrame | None = None) -> None:
+    from ..analysis.statistics import order_sentence
+
+    key = "image_f1" if "image_f1" in set(summary.metric) else summary.metric.iloc[0]
+    s = summary[summary.metric == key]
+    t = s.groupby(["strategy", "memory_size"]).agg(final_mean=("final_mean", "mean"),
+                                                    std_over_runs=("final_mean", "std"),
+                                                    forgetting_pct=("avg_forgetting_pct", "mean"),
+                                                    bank_mb=("bank_mb", "mean"), runs=("run_id", "count"))
+    print(f"\n{key}: mean over orders and seeds (std over runs: how much order and seed move the final mean; "
+          f"rebalance: {sc['coreset']['rebalance']})", file=sys.stderr)
+    print(t.round(3).to_string(), file=sys.stderr)
+    if stats is not None and s["order"].nunique() > 1:
+        print("\nDoes the order matter? (statistics.parquet)", file=sys.stderr)
+        for strategy, m in t.index:
+            print("  " + order_sentence(stats, strategy, int(m), key), file=sys.stderr)

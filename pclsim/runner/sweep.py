@@ -1,0 +1,131 @@
+"""`pclsim sweep`: a scenario's runs as Ray Tune trials, results as Parquet, resumable.
+
+The driver: check the scenario and its data before any Ray, prepare the results folder, run what is
+left (pclsim.runner.cluster: features, banks; pclsim.runner.trials: the Tune trials), then write the
+summary and statistics (pclsim.runner.finish). Ctrl-C and worker errors: pclsim.runner.control.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from .._version import __version__
+from ..atomic import atomic_write_json, atomic_write_text
+from ..errors import Interrupted, PclsimError
+from ..study.scenario import expand_runs, group_runs, load_scenario, needs_difficulty, scenario_hash
+from .cluster import probe_address as _probe_address, run_ray as _run_ray
+from .control import _T0, say as _say, unwrap as _unwrap  # noqa: F401 (_unwrap: tests)
+from .finish import finish as _finish
+
+__all__ = ["run_sweep", "prepare_output"]
+
+
+def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = None) -> None:
+    """Check the folder is writable and holds this scenario (or nothing); write scenario.yaml.
+
+    data_hash (`pclsim.study.preflight.data_fingerprint`) is stored in scenario.yaml. A resume whose data
+    differ from those the finished trials were computed from stops with an error (PclsimError) rather
+    than recomputing: replacing results is the user's decision (--fresh), never a side effect."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pclsim-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PclsimError(f"{out}: output folder is not writable ({e.strerror or e})") from None
+    meta = out / "scenario.yaml"
+    if meta.exists() and not fresh:
+        try:
+            old = yaml.safe_load(meta.read_text()) or {}
+        except yaml.YAMLError:
+            old = {}
+        if old.get("scenario_hash") != scenario_hash(sc):
+            raise PclsimError(f"{meta}: this folder holds results of a different scenario; "
+                              "use --fresh to start over or --out for another folder")
+        from ..results.tables import done_groups
+
+        if data_hash and old.get("data_hash") not in (None, data_hash) and done_groups(out):
+            raise PclsimError(f"{meta}: the results here were computed from different data or weights (data hash "
+                              f"{old.get('data_hash')}, now {data_hash}: files added, removed or modified); "
+                              "use --fresh to recompute them or --out for another folder")
+    # Tune's own experiment folder is scratch: resuming goes by the finished Parquet parts
+    shutil.rmtree(out / ".tune", ignore_errors=True)
+    if fresh:
+        for name in ("matrices.parquet", "steps.parquet", "summary.parquet", "tasks.parquet", "run_info.json",
+                     "report", "gallery", "statistics.parquet", "routing.parquet", "routed.parquet",
+                     "categories.parquet"):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    body = dict(sc, pclsim_version=__version__, scenario_hash=scenario_hash(sc))
+    if data_hash:
+        body["data_hash"] = data_hash
+    atomic_write_text(yaml.safe_dump(body, sort_keys=False), meta)
+
+
+def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None = None, address: str | None = None,
+              fresh: bool = False, max_concurrent: int | None = None, quiet: bool = False, debug: bool = False,
+              cache_dir: str | None = None, gallery: int | None = None, track: list[str] | None = None) -> Path:
+    from ..data import load_stream
+    from ..study.preflight import check_stream, data_fingerprint
+
+    t_start = _T0[0] = time.perf_counter()
+    from .tracking import parse_track
+
+    parse_track(track)  # a bad --track fails before any work
+    sc = load_scenario(scenario_path, data_root=data_root)
+    if address or os.environ.get("RAY_ADDRESS"):
+        _probe_address(address or os.environ["RAY_ADDRESS"])
+    if gallery is not None:
+        sc["evaluation"]["gallery"] = int(gallery)
+    out_dir = Path(out or Path("results") / sc["name"]).expanduser().resolve()
+    stream = load_stream(sc["dataset"], sc["dataset"]["root"])
+    if sc["dataset"]["tasks"] is None:  # folder-like data sets: every category found
+        from ..study.scenario import resolve
+
+        sc["dataset"]["tasks"] = [t.name for t in stream]
+        sc = resolve(sc, scenario_path)
+    cache_root = Path(cache_dir).resolve() if cache_dir else None
+    check_stream(sc, stream, cache_dir=cache_root)  # all that can fail before the sweep fails here, before Ray
+    # easy_to_hard / hard_to_easy: the orders are set once the features exist (_run_ray); group
+    # names and counts do not depend on them, so a stand-in difficulty plans the groups
+    runs = expand_runs(sc, difficulty=_stand_in_difficulty(sc) if needs_difficulty(sc) else None)
+    groups = group_runs(runs)
+    prepare_output(sc, out_dir, fresh, data_fingerprint(sc, stream))
+    atomic_write_json(_data_record(stream), out_dir / "data.json")
+    from ..results.tables import done_groups
+
+    done = done_groups(out_dir)
+    todo = {g: rs for g, rs in groups.items() if g not in done}
+    _say(quiet, f"pclsim {__version__}: {sc['name']}: {len(runs)} runs in {len(groups)} trials "
+                f"({len(groups) - len(todo)} already done) -> {out_dir}")
+    want_gallery = sc["evaluation"]["gallery"] > 0 and not (out_dir / "gallery").is_dir()
+    if todo or want_gallery:
+        try:
+            _run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery,
+                     track)
+        except (Interrupted, KeyboardInterrupt):
+            (out_dir / "summary.parquet").unlink(missing_ok=True)  # never a summary of an incomplete set
+            raise
+    _finish(sc, out_dir, stream, quiet, cache_root)
+    _say(quiet, f"done in {time.perf_counter() - t_start:.1f} s: {out_dir}")
+    return out_dir
+
+
+def _data_record(stream) -> dict:
+    """data.json: per task its sizes and, where seeded caps or the paper protocol chose files, which ones."""
+    return {"tasks": {t.name: {"train": len(t.train), "test": len(t.test),
+                               "test_anomalous": sum(int(s.label) for s in t.test), "has_masks": bool(t.has_masks),
+                               "chosen": t.chosen} for t in stream}}
+
+
+def _stand_in_difficulty(sc) -> dict:
+    """Any difficulty plans the groups of a difficulty-decided scenario: names and counts do not depend on it."""
+    return {t: 0.0 for t in sc["dataset"]["tasks"]}

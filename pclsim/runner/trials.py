@@ -1,0 +1,156 @@
+"""The sweep's Tune trials: one per group of runs, each restoring an evaluator from the prepared jobs.
+
+A trial's deterministic error (bad input, a bug) is reported once through Tune instead of being
+retried (`guarded_trial`); each trial hands its Parquet tables to the writer actor.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..errors import Interrupted, PclsimError
+from ..study.scenario import expand_runs, group_runs
+from .control import (DETERMINISTIC as _DETERMINISTIC, fit_catching_sigint as _fit_catching_sigint,
+                            get_or_recover as _get_or_recover, interrupted, root_cause as _root_cause,
+                            unwrap as _unwrap)
+
+__all__ = ["run_trials", "guarded_trial"]
+
+
+def guarded_trial(config, **kw):
+    """`_trial`, with a deterministic error reported through Tune (metric `pclsim_error`) instead of raised:
+    Tune then neither retries it nor prints its traceback, and the driver raises it once, naming the trial."""
+    from ray import tune
+
+    try:
+        return _trial(config, **kw)
+    except _DETERMINISTIC as e:
+        root = _root_cause(e)
+        if not isinstance(root, _DETERMINISTIC):
+            raise
+        text = str(_unwrap(e))
+        tune.report({"pclsim_error": text or type(root).__name__,
+                     "pclsim_user_error": isinstance(root, PclsimError)})
+
+
+def run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, max_concurrent, quiet,
+                track=None, categories=None):
+    """One Tune trial per group of runs; each hands its tables to a writer on this node."""
+    from ray import tune
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from tqdm import tqdm
+
+    from .actors import ResultsWriter
+    from .tracking import tracker_callbacks
+
+    writer = ResultsWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)).remote(str(out_dir))
+    trainable = tune.with_parameters(guarded_trial, groups=todo, task_refs=task_refs, prepared=prepared,
+                                     scenario=sc, writer=writer, dim=dim, feature_keys=feature_keys,
+                                     categories=categories or None)
+    bar = tqdm(total=sum(len(v) for v in todo.values()), desc="runs", unit="run", disable=quiet, file=sys.stderr)
+
+    class _Progress(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            bar.update(len(todo[trial.config["group"]]))
+
+    class _StopOnError(tune.stopper.Stopper):  # a deterministic error in one trial ends the sweep
+        failed = False
+
+        def __call__(self, trial_id, result):
+            self.failed = self.failed or bool(result.get("pclsim_error"))
+            return False
+
+        def stop_all(self):
+            return self.failed
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"group": tune.grid_search(sorted(todo))},
+        # reused trial actors: a new one per trial re-imports torch (seconds each on 2 cores)
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus), reuse_actors=True),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0, stop=_StopOnError(),
+                                  callbacks=[_Progress(), *tracker_callbacks(track, out_dir, sc, todo)],
+                                  failure_config=tune.FailureConfig(max_failures=3)),
+    )
+    grid = _fit_catching_sigint(tuner)
+    bar.close()
+    for r in grid:  # a deterministic error, reported once by _guarded_trial (not retried)
+        err = (r.metrics or {}).get("pclsim_error")
+        if err:
+            cls = PclsimError if (r.metrics or {}).get("pclsim_user_error") else RuntimeError
+            raise cls(f"trial {(r.config or {}).get('group')}: {err}")
+    from ..results.tables import done_groups
+
+    finished = done_groups(out_dir)
+    left = sorted(set(todo) - finished)
+    errors = [(r.config or {}, r.error) for r in grid if r.error is not None]
+    if errors and not interrupted():
+        cfg, e = errors[0]
+        raise _unwrap(e, f"trial {cfg.get('group')}")
+    if left:
+        total = len(group_runs(expand_runs(sc)))
+        if not interrupted():
+            raise RuntimeError(f"Tune ended with {len(left)} of {total} trials unfinished (e.g. {left[0]}) and no error")
+        raise Interrupted(f"interrupted after {total - len(left)} of {total} trials; rerun the same command to resume")
+
+
+def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_keys, categories=None):
+    import ray
+    from ray import tune
+
+    from ..results.tables import routed_metrics_table, routing_table, rows_table, steps_table
+
+    t0 = time.perf_counter()
+    group = config["group"]
+    runs = groups[group]
+    names = list(task_refs)
+    tasks = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
+                                            lambda: [_from_cache(*feature_keys[n]) for n in names])))
+    from ..study.maskless import apply_maskless_policy
+
+    tasks = apply_maskless_policy(tasks, scenario["evaluation"].get("maskless_pixels", "skip"),
+                                  scenario["dataset"].get("seed", 0))
+    pairs = _run_prepared(ray, runs, tasks, prepared, scenario, categories)
+    t1 = time.perf_counter()
+    cats = None
+    if categories:
+        from ..results.categories import categories_table
+
+        cats = categories_table([(r, res, res.categories) for r, res in pairs])
+    ray.get(writer.write.remote(group, rows_table(pairs), steps_table(pairs, dim), routing_table(pairs),
+                                routed_metrics_table(pairs), cats))
+    print(f"trial {group}: {len(runs)} runs, compute {t1 - t0:.1f} s, write {time.perf_counter() - t1:.1f} s",
+          file=sys.stderr, flush=True)
+    tune.report({"runs": len(runs)})
+
+
+def _run_prepared(ray, runs, tasks, prepared, scenario, categories=None):
+    """Runs against prepared bank sources; tables lost with their node are recomputed here."""
+    from ..study.engine import candidate_rows, plan_study, restore_evaluator, run_group, run_table
+
+    coreset = scenario["coreset"]
+    pairs = []
+    for seed, sp in plan_study(runs, coreset).seeds.items():
+        orders, banks, table_refs = prepared[seed]
+        got = _get_or_recover(ray, [table_refs[s] for s in sp.sources], lambda: None)
+        if got is None:
+            got = [run_table(tasks, sp.needs, coreset, seed, s, candidate_rows(sp.needs, orders, s))
+                   for s in sp.sources]
+        ev = restore_evaluator(tasks, sp, coreset, orders, banks, dict(zip(sp.sources, got)),
+                               reweighting=scenario["model"]["reweighting"],
+                               pixel=scenario["evaluation"]["pixel_metrics"])
+        pairs.extend(run_group([r for r in runs if r.seed == seed], ev, coreset, categories))
+    return pairs
+
+
+def _from_cache(root, key, name, image_size):
+    from ..store.cache import load_cached
+
+    task_features = load_cached(Path(root), key, name, image_size)
+    if task_features is None:
+        raise RuntimeError(f"features of task {name} were lost with their node and are not in the cache {root}")
+    return task_features

@@ -1,0 +1,15 @@
+"""The feature store on disk: content-addressed, memory-mapped, written chunk by chunk.
+
+- `entry`: an entry's key, files, checks and handle (`FeatureRef`), `lookup`;
+- `writing`: chunks, assembly (`finalise`) and `extract_task`;
+- `cache`: the cache folder (`PCLSIM_CACHE_DIR`) and `load_or_extract`.
+
+Imports only `pclsim.core`, `pclsim.data` and the base modules (errors, atomic). `pclsim.store.writing.X`
+names what `pclsim.store.writing` named before 0.3 (the writing module's public names).
+"""
+
+from .writing import (DTYPES, Chunk, FeatureRef, entry_dir, extract_task, feature_bytes, finalise, lookup,
+                      open_features, plan_chunks, store_key, write_chunk)
+
+__all__ = ["DTYPES", "FeatureRef", "store_key", "lookup", "plan_chunks", "write_chunk", "finalise",
+           "extract_task", "entry_dir", "feature_bytes", "open_features", "Chunk"]

@@ -1,0 +1,240 @@
+"""One entry of the feature store (pclsim.store.writing): its content address, its files, their checks, its handle.
+
+An entry is features/<key>/ under the cache folder (layout in pclsim.store.writing); `key` hashes the
+extractor's identity, the store format and dtype, and every sample's key and label (`task_key`),
+so changed data, backbone or dtype never reuse an entry. Entries are published by one atomic
+rename (`publish_entry`) and checked against their meta.json before use (`lookup`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DTYPES", "FORMAT", "FeatureRef", "hash_samples", "task_key", "store_key", "lookup", "entry_dir",
+           "parts_dir", "feature_bytes", "open_features", "publish_entry", "check_dtype", "write_meta",
+           "npy_header", "npy_data_offset", "save_small"]
+
+DTYPES = ("float16", "float32")
+FORMAT = "pclsim-feature-store/v1"
+
+
+def check_dtype(dtype: str) -> np.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"feature dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return np.dtype(dtype)
+
+
+def hash_samples(h, task) -> None:
+    """Feed a task's samples into the hashlib object h: per split, every sample's key (file path, size and
+    mtime, its mask's too; or the synthetic generator's version and parameters) and label."""
+    for split, samples in (("train", task.train), ("test", task.test)):
+        h.update(split.encode())
+        for s in samples:
+            h.update(f"{s.key}\x00{s.label}\x01".encode())
+
+
+def task_key(extractor_key: str, task) -> str:
+    """32 hex digits: the content address of a task's features under one extractor (`extractor_key`: backbone,
+    weights, layers, image size, ...) from its samples' keys and labels (`hash_samples`)."""
+    h = hashlib.sha256(extractor_key.encode())
+    h.update(task.name.encode())
+    hash_samples(h, task)
+    return h.hexdigest()[:32]
+
+
+def store_key(extractor_key: str, task, dtype: str = "float16") -> str:
+    """Content address of one task's entry: the extractor's identity, the store dtype, the task's samples."""
+    check_dtype(dtype)
+    return task_key(f"{extractor_key}|store={FORMAT}|dtype={dtype}", task)
+
+
+def entry_dir(root, key: str) -> Path:
+    return Path(root) / "features" / key
+
+
+def parts_dir(root, key: str) -> Path:
+    return Path(root) / "features" / f".parts-{key}"
+
+
+def feature_bytes(n_images: int, patches: int, dim: int, itemsize: int = 4) -> int:
+    """Bytes of n_images x patches x dim features at `itemsize` bytes a value (4: float32, 2: float16)."""
+    return int(n_images) * int(patches) * int(dim) * int(itemsize)
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """A small picklable handle on one task's entry in the store: what Ray passes instead of arrays.
+
+    `open()` maps the entry: TaskFeatures with train (n_train * patches, dim) and test
+    (n_test, patches, dim) as read-only memmaps in `dtype`, labels and masks in memory.
+    """
+
+    root: str
+    key: str
+    name: str
+    image_size: int
+    grid: tuple[int, int]
+    dim: int
+    n_train: int                 # images
+    n_test: int                  # images
+    dtype: str
+    has_masks: bool
+
+    @property
+    def path(self) -> Path:
+        return entry_dir(self.root, self.key)
+
+    @property
+    def patches(self) -> int:
+        return int(self.grid[0] * self.grid[1])
+
+    @property
+    def float32_bytes(self) -> int:
+        """Feature volume counted as float32 (train + test)."""
+        return feature_bytes(self.n_train + self.n_test, self.patches, self.dim, 4)
+
+    @property
+    def nbytes(self) -> int:
+        """Feature volume on disk, in the store dtype."""
+        return feature_bytes(self.n_train + self.n_test, self.patches, self.dim, np.dtype(self.dtype).itemsize)
+
+    def open(self):
+        """TaskFeatures over the memory-mapped entry. Raises FileNotFoundError when the entry is gone."""
+        from ..core.task_features import TaskFeatures
+
+        p = self.path
+        if not (p / "meta.json").is_file():
+            raise FileNotFoundError(f"features of task {self.name} are not in the store {p} "
+                                    "(the cache folder must be storage every node reaches)")
+        train = np.load(p / "train.npy", mmap_mode="r")
+        test = np.load(p / "test.npy", mmap_mode="r")
+        labels = np.load(p / "labels.npy")
+        masks = np.load(p / "masks.npy") if self.has_masks else None
+        return TaskFeatures(self.name, train, test, labels, masks, tuple(self.grid), self.image_size, ref=self)
+
+
+def open_features(x):
+    """TaskFeatures from a store handle; anything else (TaskFeatures already) unchanged."""
+    return x.open() if isinstance(x, FeatureRef) else x
+
+
+# ---------------------------------------------------------------------------------------------
+def npy_header(f, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(s) for s in shape)})
+
+
+def npy_data_offset(f) -> tuple[tuple[int, ...], np.dtype]:
+    major, _ = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def save_small(path: Path, a: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, a)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _valid(p: Path) -> dict | None:
+    """meta.json of a complete entry whose array files have exactly the sizes it announces, else None."""
+    try:
+        meta = json.loads((p / "meta.json").read_text())
+        if meta.get("format") != FORMAT:
+            return None
+        P = meta["grid"][0] * meta["grid"][1]
+        want = {"train.npy": ((meta["n_train"] * P, meta["dim"]), meta["dtype"]),
+                "test.npy": ((meta["n_test"], P, meta["dim"]), meta["dtype"]),
+                "labels.npy": ((meta["n_test"],), "int64")}
+        if meta["has_masks"]:
+            want["masks.npy"] = ((meta["n_test"], meta["image_size"], meta["image_size"]), "bool")
+        for fn, (shape, dt) in want.items():
+            with open(p / fn, "rb") as f:
+                got_shape, got_dt = npy_data_offset(f)
+                off = f.tell()
+            if tuple(got_shape) != tuple(shape) or got_dt != np.dtype(dt):
+                return None
+            if os.path.getsize(p / fn) != off + int(np.prod(shape)) * np.dtype(dt).itemsize:
+                return None
+        return meta
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def _ref(root, key: str, meta: dict) -> FeatureRef:
+    return FeatureRef(str(root), key, meta["name"], int(meta["image_size"]), tuple(meta["grid"]), int(meta["dim"]),
+                      int(meta["n_train"]), int(meta["n_test"]), meta["dtype"], bool(meta["has_masks"]))
+
+
+def lookup(root, key: str) -> FeatureRef | None:
+    """The handle of a complete entry, or None (missing, or damaged: then it is moved out of the way)."""
+    p = entry_dir(root, key)
+    if not p.exists():
+        return None
+    meta = _valid(p)
+    if meta is None:
+        _discard(p)
+        return None
+    return _ref(root, key, meta)
+
+
+def _discard(p: Path) -> None:
+    trash = p.with_name(f".trash-{p.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(p, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Rename a complete temporary entry into place; if another worker got there first, keep theirs."""
+    _fsync_dir(tmp)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        pass  # dest exists: another worker published the same content first
+    if tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(dest.parent)
+
+
+def publish_entry(tmp: Path, root, key: str, task_name: str) -> FeatureRef:
+    """Check a complete temporary entry against its meta.json, rename it into place (`_publish`) and return its
+    handle. Raises RuntimeError when the written arrays do not match their shapes or it cannot be found after."""
+    if _valid(tmp) is None:
+        raise RuntimeError(f"features of task {task_name}: the written entry does not match its shapes")
+    _publish(tmp, entry_dir(root, key))
+    ref = lookup(root, key)
+    if ref is None:
+        raise RuntimeError(f"features of task {task_name} could not be stored in {Path(root) / 'features'}")
+    return ref
+
+
+def write_meta(d: Path, task_name: str, image_size: int, grid, dim: int, n_train: int, n_test: int, dtype: str,
+                has_masks: bool) -> None:
+    meta = {"format": FORMAT, "name": task_name, "image_size": int(image_size), "grid": [int(g) for g in grid],
+            "dim": int(dim), "n_train": int(n_train), "n_test": int(n_test), "dtype": dtype,
+            "has_masks": bool(has_masks)}
+    (d / "meta.json").write_text(json.dumps(meta))

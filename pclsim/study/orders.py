@@ -1,0 +1,133 @@
+"""A scenario's orders (the `orders` key): checking them, expanding them, and the difficulty-decided ones.
+
+`orders` is all | {sample: N, seed: S} | easy_to_hard | hard_to_easy | a list of orders (task lists
+or either keyword). easy_to_hard / hard_to_easy sort the tasks by their measured single-task image
+AUROC (pclsim.analysis.statistics.measure_difficulty), known only once the features exist.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from ..errors import ScenarioError
+from .scenario_checks import check_int, fail
+
+__all__ = ["DIFFICULTY_ORDERS", "needs_difficulty", "order_entries", "difficulty_order", "describe_orders",
+           "check_orders", "expand_orders"]
+
+
+DIFFICULTY_ORDERS = ("easy_to_hard", "hard_to_easy")
+
+
+def needs_difficulty(sc: dict) -> bool:
+    """Whether the scenario's orders are decided by each task's measured difficulty (easy_to_hard, hard_to_easy)."""
+    o = sc["orders"]
+    return o in DIFFICULTY_ORDERS or (isinstance(o, list) and any(x in DIFFICULTY_ORDERS for x in o
+                                                                  if isinstance(x, str)))
+
+
+def order_entries(sc: dict) -> list:
+    """The orders as listed (a difficulty keyword stands for its order); 'all' and sample expanded."""
+    o = sc["orders"]
+    if o in DIFFICULTY_ORDERS:
+        return [o]
+    if isinstance(o, list):
+        return [x if isinstance(x, str) else tuple(x) for x in o]
+    return expand_orders(sc)
+
+
+def difficulty_order(tasks: list[str] | tuple[str, ...], difficulty: dict[str, float], kind: str) -> tuple[str, ...]:
+    """Tasks sorted by measured difficulty: easy_to_hard = highest single-task image AUROC first.
+
+    difficulty: {task: single-task PatchCore image AUROC} (see statistics.measure_difficulty).
+    Ties keep the scenario's task order; hard_to_easy is the exact reverse of easy_to_hard.
+    Raises ScenarioError when a task has no (finite) difficulty.
+    """
+    missing = [t for t in tasks if t not in difficulty or not np.isfinite(difficulty[t])]
+    if missing:
+        raise ScenarioError(f"orders: '{kind}' needs the measured difficulty of every task; missing for "
+                            f"{', '.join(missing)}")
+    easy = sorted(tasks, key=lambda t: (-float(difficulty[t]), list(tasks).index(t)))
+    return tuple(easy) if kind == "easy_to_hard" else tuple(reversed(easy))
+
+
+def describe_orders(sc: dict) -> tuple[int, str]:
+    """(number of orders, how they are chosen) of a resolved scenario, without measuring anything.
+
+    For easy_to_hard / hard_to_easy the count is an upper bound: an order that coincides with
+    another one once the difficulty is measured is run once.
+    """
+    o = sc["orders"]
+    if needs_difficulty(sc):
+        entries = [o] if isinstance(o, str) else o
+        kinds = sorted({x for x in entries if isinstance(x, str)})
+        return len(entries), (f"{' and '.join(kinds)}: decided by each task's measured difficulty (single-task "
+                              f"PatchCore image AUROC at M={max(sc['memory_sizes'])}), measured when the sweep runs")
+    n = len(expand_orders(sc))
+    if o == "all":
+        return n, "every permutation of the tasks"
+    if isinstance(o, dict):
+        return n, f"a seeded sample of permutations (seed {o.get('seed', 0)})"
+    return n, "listed in the scenario"
+
+
+def check_orders(sc: dict, src: str) -> None:
+    o = sc["orders"]
+    tasks = sc["dataset"]["tasks"]
+    if o in DIFFICULTY_ORDERS:
+        return
+    if o == "all":
+        if len(tasks) > 8:
+            fail(src, "orders", f"'all' over {len(tasks)} tasks is {math.factorial(len(tasks))} orders; use sample")
+        return
+    if isinstance(o, dict):
+        if set(o) - {"sample", "seed"} or "sample" not in o:
+            fail(src, "orders", "expected {sample: N, seed: S}")
+        check_int(src, "orders.sample", o["sample"], lo=1)
+        check_int(src, "orders.seed", o.get("seed", 0), lo=0)
+        if o["sample"] > math.factorial(len(tasks)):
+            fail(src, "orders.sample", f"{o['sample']} exceeds the {math.factorial(len(tasks))} possible orders")
+        return
+    if not isinstance(o, list) or not o:
+        fail(src, "orders", "expected 'all', {sample: N, seed: S}, easy_to_hard, hard_to_easy or a list of orders")
+    for n, order in enumerate(o):
+        if order in DIFFICULTY_ORDERS:
+            continue
+        if not isinstance(order, list) or not order:
+            fail(src, f"orders[{n}]", "expected a list of task names, easy_to_hard or hard_to_easy")
+        for t in order:
+            if t not in tasks:
+                fail(src, f"orders[{n}]", f"unknown task {t!r} (tasks: {', '.join(tasks)})")
+        if len(set(order)) != len(order):
+            dup = next(t for t in order if order.count(t) > 1)
+            fail(src, f"orders[{n}]", f"duplicate task {dup!r}")
+
+
+def expand_orders(sc: dict, difficulty: dict[str, float] | None = None) -> list[tuple[str, ...]]:
+    o = sc["orders"]
+    tasks = tuple(sc["dataset"]["tasks"])
+    if needs_difficulty(sc):
+        if difficulty is None:
+            raise ScenarioError("orders: easy_to_hard / hard_to_easy are decided by each task's measured "
+                                "difficulty, which is not known yet (it is measured once the features exist)")
+        out = []
+        for x in (o if isinstance(o, list) else [o]):
+            order = difficulty_order(tasks, difficulty, x) if isinstance(x, str) else tuple(x)
+            if order not in out:  # e.g. an explicit list equal to easy_to_hard: run it once
+                out.append(order)
+        return out
+    if o == "all":
+        return list(itertools.permutations(tasks))
+    if isinstance(o, dict):
+        rng = np.random.default_rng(o.get("seed", 0))
+        seen, out = set(), []
+        while len(out) < o["sample"]:
+            p = tuple(tasks[i] for i in rng.permutation(len(tasks)))
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+        return out
+    return [tuple(x) for x in o]
