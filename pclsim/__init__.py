@@ -3,7 +3,7 @@
 Python API: `pclsim.sweep(scenario, ...)` runs a study, `pclsim.load_results(folder)` reads one
 (pclsim.api); `pclsim.simulate(runs, tasks, scenario)` runs a study's runs in this process, without
 Ray (pclsim.study.engine). Registries: `register_strategy`, `register_metric`,
-`register_dataset_kind`, `register_bank_kind`, `register_reweighting`.
+`register_dataset_kind`, `register_bank_kind`, `register_reweighting`, `register_order_design`.
 
 The package's layers, each importing only those below it (tests/test_architecture.py):
 base (errors, atomic) < data < core < store < study < results < analysis < report, runner < api, cli.
@@ -15,7 +15,7 @@ from ._version import __version__
 _install_moved()
 
 __all__ = ["__version__", "sweep", "load_results", "Results", "simulate", "register_strategy", "register_metric",
-           "register_dataset_kind", "register_bank_kind", "register_reweighting"]
+           "register_dataset_kind", "register_bank_kind", "register_reweighting", "register_order_design"]
 
 # lazy: `import pclsim` (and the CLI's start) stays free of torch, pandas and Ray
 _LAZY = {
@@ -25,6 +25,7 @@ _LAZY = {
     "register_dataset_kind": ("pclsim.data.kinds", "register_dataset_kind"),
     "register_bank_kind": ("pclsim.study.banks", "register_bank_kind"),
     "register_reweighting": ("pclsim.core.reweighting", "register_reweighting"),
+    "register_order_design": ("pclsim.study.orders", "register_order_design"),
 }
 
 

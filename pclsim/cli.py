@@ -121,6 +121,10 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
               f"reweighting: {sc['model']['reweighting']}  "
               f"maskless pixels: {sc['evaluation'].get('maskless_pixels', 'skip')}  weights: {sc['model']['weights']}  "
               f"rebalance: {sc['coreset']['rebalance']}")
+        from .study.keys import set_keys
+
+        changed = set_keys(sc)
+        print("keys set (not their default): " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "none"))
 
     _guard(_run)
 

@@ -34,7 +34,7 @@ def order_statistics(d: ReportData) -> tuple[pd.DataFrame, str]:
         if (st["metric"] == d.metric).any():
             return st[(st["metric"] == d.metric) | (st["statistic"] == "difficulty")].reset_index(drop=True), \
                 "statistics.parquet"
-    summ = d.summary.astype({c: object for c in SUMMARY.strings})
+    summ = d.summary.astype({c: object for c in SUMMARY.strings if c in d.summary.columns})  # 0.2: no `undefined`
     mat = d.mat.drop(columns=["pos", "is_final"]).astype({c: object for c in MATRICES.strings})
     return statistics_table(summ, mat, metrics=[d.metric]), "computed by the report (no statistics.parquet)"
 

@@ -1,14 +1,18 @@
 """A scenario's orders (the `orders` key): checking them, expanding them, and the difficulty-decided ones.
 
-`orders` is all | {sample: N, seed: S} | easy_to_hard | hard_to_easy | a list of orders (task lists
-or either keyword). easy_to_hard / hard_to_easy sort the tasks by their measured single-task image
-AUROC (pclsim.analysis.statistics.measure_difficulty), known only once the features exist.
+`orders` is all | an order design {name: N, option: value, ...} | easy_to_hard | hard_to_easy | a list
+of orders (task lists or either keyword). easy_to_hard / hard_to_easy sort the tasks by their measured
+single-task image AUROC (pclsim.analysis.statistics.measure_difficulty), known only once the features
+exist. Order designs are a registry: `{sample: N, seed: S}` is the built-in one; a new design is one
+`register_order_design(OrderDesign(...))` call, and `orders: {its_name: N}` accepts it from then on.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -16,10 +20,75 @@ from ..errors import ScenarioError
 from .scenario_checks import check_int, fail
 
 __all__ = ["DIFFICULTY_ORDERS", "needs_difficulty", "order_entries", "difficulty_order", "describe_orders",
-           "check_orders", "expand_orders"]
+           "check_orders", "expand_orders", "OrderDesign", "ORDER_DESIGNS", "register_order_design"]
 
 
 DIFFICULTY_ORDERS = ("easy_to_hard", "hard_to_easy")
+
+
+@dataclass(frozen=True)
+class OrderDesign:
+    """An order design, written in a scenario as `orders: {name: N, option: value, ...}`.
+
+    name: the key that names it; options: its other keys with their defaults; expand(tasks, params) ->
+    the orders (tuples of task names, distinct), where params holds `name` (N, an integer >= 1) and every
+    option; check(tasks, params, src): extra checks of the values, failing through
+    `scenario_checks.fail` with the key (optional); describe(params) -> how the orders are chosen, for
+    `pclsim validate`.
+    """
+
+    name: str
+    expand: Callable[[tuple, dict], list]
+    describe: Callable[[dict], str]
+    options: dict = field(default_factory=dict)
+    check: Callable | None = None
+
+
+ORDER_DESIGNS: dict[str, OrderDesign] = {}
+
+
+def register_order_design(design: OrderDesign) -> OrderDesign:
+    """Add a design to the registry; ValueError when the name is taken or is a keyword of `orders`."""
+    if design.name in ORDER_DESIGNS or design.name in DIFFICULTY_ORDERS + ("all",):
+        raise ValueError(f"order design {design.name!r} is already registered or is a keyword of 'orders'")
+    ORDER_DESIGNS[design.name] = design
+    return design
+
+
+def _design_of(o: dict, src: str = "<scenario>") -> tuple[OrderDesign, dict]:
+    """(design, params with defaults filled) of a mapping `orders`; ScenarioError naming the key otherwise."""
+    names = [k for k in o if k in ORDER_DESIGNS]
+    if len(names) != 1:
+        fail(src, "orders", f"expected one order design {{name: N, ...}} with name one of "
+                            f"{', '.join(sorted(ORDER_DESIGNS))}; got keys {', '.join(map(str, o)) or 'none'}")
+    design = ORDER_DESIGNS[names[0]]
+    for k in o:
+        if k != design.name and k not in design.options:
+            fail(src, f"orders.{k}", f"unknown option of the {design.name} design (valid: "
+                                     f"{', '.join(sorted(design.options)) or 'none'})")
+    return design, {**design.options, **o}
+
+
+def _sample_check(tasks, params, src):
+    check_int(src, "orders.seed", params["seed"], lo=0)
+    if params["sample"] > math.factorial(len(tasks)):
+        fail(src, "orders.sample", f"{params['sample']} exceeds the {math.factorial(len(tasks))} possible orders")
+
+
+def _sample_expand(tasks, params):
+    rng = np.random.default_rng(params["seed"])
+    seen, out = set(), []
+    while len(out) < params["sample"]:
+        p = tuple(tasks[i] for i in rng.permutation(len(tasks)))
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+register_order_design(OrderDesign(
+    "sample", _sample_expand, lambda p: f"a seeded sample of permutations (seed {p['seed']})",
+    options={"seed": 0}, check=_sample_check))
 
 
 def needs_difficulty(sc: dict) -> bool:
@@ -70,7 +139,8 @@ def describe_orders(sc: dict) -> tuple[int, str]:
     if o == "all":
         return n, "every permutation of the tasks"
     if isinstance(o, dict):
-        return n, f"a seeded sample of permutations (seed {o.get('seed', 0)})"
+        design, params = _design_of(o)
+        return n, design.describe(params)
     return n, "listed in the scenario"
 
 
@@ -84,15 +154,14 @@ def check_orders(sc: dict, src: str) -> None:
             fail(src, "orders", f"'all' over {len(tasks)} tasks is {math.factorial(len(tasks))} orders; use sample")
         return
     if isinstance(o, dict):
-        if set(o) - {"sample", "seed"} or "sample" not in o:
-            fail(src, "orders", "expected {sample: N, seed: S}")
-        check_int(src, "orders.sample", o["sample"], lo=1)
-        check_int(src, "orders.seed", o.get("seed", 0), lo=0)
-        if o["sample"] > math.factorial(len(tasks)):
-            fail(src, "orders.sample", f"{o['sample']} exceeds the {math.factorial(len(tasks))} possible orders")
+        design, params = _design_of(o, src)
+        check_int(src, f"orders.{design.name}", params[design.name], lo=1)
+        if design.check is not None:
+            design.check(tuple(tasks), params, src)
         return
     if not isinstance(o, list) or not o:
-        fail(src, "orders", "expected 'all', {sample: N, seed: S}, easy_to_hard, hard_to_easy or a list of orders")
+        fail(src, "orders", "expected 'all', an order design such as {sample: N, seed: S}, easy_to_hard, "
+                            "hard_to_easy or a list of orders")
     for n, order in enumerate(o):
         if order in DIFFICULTY_ORDERS:
             continue
@@ -122,12 +191,6 @@ def expand_orders(sc: dict, difficulty: dict[str, float] | None = None) -> list[
     if o == "all":
         return list(itertools.permutations(tasks))
     if isinstance(o, dict):
-        rng = np.random.default_rng(o.get("seed", 0))
-        seen, out = set(), []
-        while len(out) < o["sample"]:
-            p = tuple(tasks[i] for i in rng.permutation(len(tasks)))
-            if p not in seen:
-                seen.add(p)
-                out.append(p)
-        return out
+        design, params = _design_of(o)
+        return [tuple(x) for x in design.expand(tasks, params)]
     return [tuple(x) for x in o]

@@ -19,6 +19,7 @@ import numpy as np
 from ..core import metrics as metric_fns
 from ..core.candidates import CandidateTable, subset_nn
 from ..core.knn import knn
+from ..core.metric_registry import METRICS
 from ..core.reweighting import get_reweighting
 from ..core.scoring import anomaly_maps, identify_task, reweight_scores
 from ..core.task_features import TaskFeatures
@@ -190,11 +191,20 @@ class Evaluator:
         task = self.tasks[eval_task]
         scores, patch = self.scores(eval_task, chosen)
         out = _image_metrics(task.labels, scores, eval_task)
+        maps = None
         if self.pixel and task.masks is not None:
             maps = anomaly_maps(patch, task.grid, task.masks.shape[-1], self.sigma)
             if eval_task not in self._components:
                 self._components[eval_task] = metric_fns.mask_components(task.masks)
             out.update(metric_fns.pixel_metrics(task.masks, maps, components=self._components[eval_task]))
+        for m in METRICS.values():  # a metric registered beyond the fast paths above: its own function
+            if m.name in out or m.function is None:
+                continue
+            if m.kind == "image":
+                two_classes = len(task.labels) and task.labels.min() != task.labels.max()
+                out[m.name] = float(m.function(task.labels, scores)) if two_classes else float("nan")
+            elif m.kind == "pixel" and maps is not None:
+                out[m.name] = float(m.function(task.masks, maps))
         if identify:
             correct = np.array([c.tasks == (eval_task,) for c in chosen])
             out["task_id_acc"] = float(correct.mean())

@@ -1,4 +1,9 @@
-"""Scenario files: loading, validation (unknown keys are errors), defaults, expansion into runs."""
+"""Scenario files: loading, validation (unknown keys are errors), defaults, expansion into runs.
+
+Every key, its default, meaning and check is in `pclsim.study.keys` (the scenario's typed model);
+`resolve` is the one pass that merges a file over those defaults, runs each key's check, then the
+checks that relate several keys (paths, tasks, orders, memory sizes against the tasks).
+"""
 
 from __future__ import annotations
 
@@ -11,74 +16,20 @@ from pathlib import Path
 
 import yaml
 
-from ..data import dataset_kind_names, get_dataset_kind
-from ..data.bmad import BMAD_TASKS, PROTOCOLS
-from ..data.images import MIN_IMAGE_SIZE, RESIZE_MODES
+from ..data import get_dataset_kind
 from ..errors import ScenarioError
 from .orders import (DIFFICULTY_ORDERS, check_orders, describe_orders, difficulty_order, expand_orders,
                      needs_difficulty, order_entries)
-from ..core.reweighting import REWEIGHTINGS
-from .scenario_checks import check_int, fail
-from ..store.entry import DTYPES
-from .strategies import JOINTS, REBALANCES, STRATEGIES
+from .keys import check_keys, defaults
+from .scenario_checks import fail
 
 _orders = expand_orders  # the name pclsim.report imports
 
 __all__ = ["DEFAULTS", "load_scenario", "resolve", "Run", "expand_runs", "group_runs", "scenario_hash",
            "DIFFICULTY_ORDERS", "needs_difficulty", "difficulty_order", "describe_orders"]
 
-DEFAULTS = {
-    "name": None,
-    "dataset": {
-        "kind": "synthetic",
-        "root": None,
-        "tasks": list(BMAD_TASKS),
-        "image_size": 224,
-        "resize": "crop",  # crop: shorter side + centre crop (the authors') | full: whole image (anomalib's)
-        "protocol": "clean",
-        "max_train": 2000,
-        "max_test": 2000,
-        "seed": 0,
-        "synthetic": {"train": 100, "test": 40, "seed": 0},
-    },
-    "model": {
-        "backbone": "efficientnet_lite0",
-        "weights": "bundled",  # bundled | pretrained (timm, by name) | none | path to a checkpoint
-        "layers": None,
-        "reweighting": "paper",
-        "batch_size": 32,
-        "feature_dtype": "float16",  # the on-disk feature store: float16 (half the disk) | float32 (exact)
-    },
-    # all | {sample: N, seed: S} | easy_to_hard | hard_to_easy | a list of orders (task lists or either keyword);
-    # easy_to_hard: by each task's single-task image AUROC at the largest memory size, measured in the study
-    "orders": "all",
-    "strategies": ["patchcore_cl", "multi_model", "joint", "finetune"],
-    "memory_sizes": [1000, 3000],
-    # rebalance: authors = the method as published (fresh projection per re-reduction); truncate = idealised
-    # (fixed projection: a re-reduction keeps a prefix; the final state depends only on the SET of tasks).
-    # projection_dim: auto = the JL dimension (eps 0.9) of the number of points of each selection.
-    "coreset": {"projection": "jl", "projection_dim": "auto", "rebalance": "authors", "joint": "composable"},
-    "evaluation": {"pixel_metrics": True, "gallery": 0,  # gallery: anomaly maps stored per task for the report
-                   "maskless_pixels": "skip"},  # skip | paper: the authors' random all-0/all-1 masks (method.md 5)
-    "seeds": [0],
-}
-
-# The allowed values of each key with a closed set, each read from the one place that defines it; the
-# registries (dataset kinds, reweightings) are read when a scenario is checked, so a kind or a
-# reweighting registered later is accepted.
-_CHOICES = {
-    "dataset.kind": dataset_kind_names,
-    "dataset.protocol": lambda: PROTOCOLS,
-    "dataset.resize": lambda: RESIZE_MODES,
-    "evaluation.maskless_pixels": lambda: ("skip", "paper"),  # pclsim.study.maskless.MASKLESS_POLICIES (torch-free here)
-    "model.reweighting": lambda: tuple(REWEIGHTINGS),
-    "model.feature_dtype": lambda: DTYPES,
-    "coreset.projection": lambda: ("jl", "none"),
-    "coreset.rebalance": lambda: REBALANCES,
-    "coreset.joint": lambda: JOINTS,
-}
-
-
+# The built-in keys' defaults (0.2's name); `keys.defaults()` also holds keys registered later.
+DEFAULTS = defaults()
 
 
 def _merge(defaults: dict, given: dict, src: str, prefix: str = "") -> dict:
@@ -101,31 +52,12 @@ def _merge(defaults: dict, given: dict, src: str, prefix: str = "") -> dict:
 
 
 
-def _int_list(sc: dict, src: str, key: str, lo: int) -> list[int]:
-    """A top-level list of integers (a single integer is accepted as a list of one)."""
-    v = sc[key]
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = sc[key] = [v]
-    if not isinstance(v, list) or not v:
-        fail(src, key, "expected a non-empty list of integers")
-    for x in v:
-        check_int(src, key, x, lo=lo)
-    return v
-
-
 def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, base_dir: str | None = None) -> dict:
     """Validate a scenario mapping and fill in every default. Paths become absolute."""
     if not isinstance(raw, dict):
         raise ScenarioError(f"{src}: expected a mapping at the top level, got {type(raw).__name__}")
-    sc = _merge(DEFAULTS, raw, src)
-    if isinstance(raw.get("coreset"), dict) and raw["coreset"].get("rebalance") == "recompute":
-        fail(src, "coreset.rebalance", "'recompute' was removed in 0.2 (it ran truncation): use 'authors' "
-                                        "(the authors' re-reduction, fresh projection each time) or 'truncate'")
-    for key, allowed in _CHOICES.items():
-        sect, k = key.split(".")
-        choices = allowed()
-        if not isinstance(sc[sect][k], str) or sc[sect][k] not in choices:
-            fail(src, key, f"{sc[sect][k]!r} is not one of {', '.join(choices)}")
+    sc = _merge(defaults(), raw, src)
+    check_keys(sc, src)  # every key's own check, once (pclsim.study.keys)
     if sc["name"] is None:
         sc["name"] = Path(src).stem if src != "<scenario>" else "scenario"
     if not isinstance(sc["name"], str) or not sc["name"] or "/" in sc["name"]:
@@ -154,41 +86,14 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
             fail(src, "dataset.tasks", "expected a non-empty list of task names")
         if len(set(tasks)) != len(tasks):
             fail(src, "dataset.tasks", "duplicate task names")
-    for k in ("image_size", "max_train", "max_test", "seed"):
-        check_int(src, f"dataset.{k}", ds[k], lo=1 if k != "seed" else 0)
-    if ds["image_size"] < MIN_IMAGE_SIZE:
-        fail(src, "dataset.image_size", f"must be at least {MIN_IMAGE_SIZE}, got {ds['image_size']}")
-    for k in ("train", "test", "seed"):
-        check_int(src, f"dataset.synthetic.{k}", ds["synthetic"][k], lo=0 if k == "seed" else 2)
-    if unknown := set(ds["synthetic"]) - {"train", "test", "seed"}:
-        fail(src, f"dataset.synthetic.{sorted(unknown)[0]}", "unknown key")
     m = sc["model"]
-    if not isinstance(m["backbone"], str):
-        fail(src, "model.backbone", "expected a timm model name")
     w = m["weights"]
     if w not in ("bundled", "none", "pretrained"):
         wp = Path(os.path.expanduser(str(w)))
         if not wp.is_absolute():
             wp = Path(base_dir or ".") / wp
         m["weights"] = str(wp.resolve())
-    if m["layers"] is not None and (not isinstance(m["layers"], list) or len(m["layers"]) != 2):
-        fail(src, "model.layers", "expected null or a list of two layer names")
-    check_int(src, "model.batch_size", m["batch_size"], lo=1)
-    strategies = sc["strategies"]
-    if isinstance(strategies, str):
-        strategies = sc["strategies"] = [strategies]
-    if not isinstance(strategies, list) or not strategies:
-        fail(src, "strategies", "expected a non-empty list")
-    for s in strategies:
-        if s not in STRATEGIES:
-            fail(src, "strategies", f"unknown strategy {s!r} (valid: {', '.join(sorted(STRATEGIES))})")
-    if len(set(strategies)) != len(strategies):
-        fail(src, "strategies", "duplicate strategy")
-    ms = _int_list(sc, src, "memory_sizes", lo=1)
-    _int_list(sc, src, "seeds", lo=0)
-    if sc["coreset"]["projection_dim"] != "auto":
-        check_int(src, "coreset.projection_dim", sc["coreset"]["projection_dim"], lo=1)
-    check_int(src, "evaluation.gallery", sc["evaluation"]["gallery"], lo=0)
+    ms = sc["memory_sizes"]
     if tasks is not None:
         check_orders(sc, src)
         n_max = max(len(tasks) if o in DIFFICULTY_ORDERS else len(o) for o in order_entries(sc))

@@ -113,7 +113,7 @@ def test_every_table_is_described():
         assert all(c.meaning for c in t.columns + t.extra), t.name
         assert t.file == f"{t.name}.parquet"
         assert set(t.required) | set(t.optional) == set(names)
-    assert SUMMARY.optional == ["avg_forgetting_paper_pct", "max_forgetting", "maskless_pixels"]
+    assert SUMMARY.optional == ["avg_forgetting_paper_pct", "max_forgetting", "undefined", "maskless_pixels"]
     assert SUMMARY.is_numeric("bank_mb") and not SUMMARY.is_numeric("order")
     with pytest.raises(KeyError, match="summary.parquet"):
         SUMMARY.column("nope")
