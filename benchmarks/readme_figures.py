@@ -99,7 +99,6 @@ def figures_markdown(res, seconds: float | None = None) -> str:
 def run_serial(scenario: str, out: Path):
     """The scenario through the in-process executor (engine.simulate: the same plan and core the Ray trials
     run, with equal results), written as a results folder; for machines where Ray cannot be kept up."""
-    import pyarrow as pa
     import yaml
 
     from pclsim.store.cache import load_or_extract
@@ -107,7 +106,7 @@ def run_serial(scenario: str, out: Path):
     from pclsim.study.engine import simulate
     from pclsim.core.features import FeatureExtractor
     from pclsim.analysis.summary import build_summary
-    from pclsim.results.tables import atomic_write_table, rows_table, steps_table
+    from pclsim.results.tables import rows_table, steps_table, write_table
     from pclsim.study.scenario import expand_runs, load_scenario, scenario_hash
 
     sc = load_scenario(scenario)
@@ -117,13 +116,13 @@ def run_serial(scenario: str, out: Path):
                           batch_size=m["batch_size"], resize=sc["dataset"]["resize"])
     tasks = {t.name: load_or_extract(t, ex) for t in streams}
     pairs = simulate(expand_runs(sc), tasks, sc)
-    atomic_write_table(rows_table(pairs), out / "matrices.parquet" / "part-serial.parquet")
-    atomic_write_table(steps_table(pairs, ex.dim), out / "steps.parquet" / "part-serial.parquet")
+    write_table(rows_table(pairs), out, "matrices", "part-serial")
+    write_table(steps_table(pairs, ex.dim), out, "steps", "part-serial")
     from pclsim.core.backbones import architecture_mb
 
     summary = build_summary(pd_read(out / "matrices.parquet"), pd_read(out / "steps.parquet"), {},
                             architecture_mb(ex.model))
-    atomic_write_table(pa.Table.from_pandas(summary, preserve_index=False), out / "summary.parquet")
+    write_table(summary, out, "summary")
     (out / "scenario.yaml").write_text(yaml.safe_dump(dict(sc, pclsim_version=pclsim.__version__,
                                                            scenario_hash=scenario_hash(sc),
                                                            executor="serial (engine.simulate)"), sort_keys=False))

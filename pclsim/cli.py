@@ -121,6 +121,12 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
               f"reweighting: {sc['model']['reweighting']}  "
               f"maskless pixels: {sc['evaluation'].get('maskless_pixels', 'skip')}  weights: {sc['model']['weights']}  "
               f"rebalance: {sc['coreset']['rebalance']}")
+        from .core.backbones import load_backbone, resolved_backbone, weights_digest
+
+        m = sc["model"]
+        model, layers = load_backbone(m["backbone"], m["weights"], m["layers"])  # offline pretrained: one error
+        print(f"backbone: {resolved_backbone(m['backbone'], m['weights'])} (weights {m['weights']}, digest "
+              f"{weights_digest(model)}, layers {', '.join(layers)})")
         from .study.keys import set_keys
 
         changed = set_keys(sc)

@@ -286,7 +286,8 @@ def _task_level(key, quantity, g_all: pd.DataFrame, rebalancing: bool, jobs: Per
         const = st.note.startswith("constant")
         row = _row(*key, quantity, "position_test", value=pooled["slope"], p=1.0 if const else np.nan,
                    effect=pooled["r2"], n=len(V), method="scipy.stats.permutation_test of the within-task "
-                   "covariance of value and arrival step (orders permuted)", note=st.note)
+                   "covariance of value and arrival step (orders permuted)",
+                   note=st.note or (pooled["note"] if not np.isfinite(pooled["slope"]) else ""))
         if st.usable:
             jobs.add(V.index, st, row)
         rows.append(row)

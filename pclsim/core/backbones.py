@@ -8,6 +8,8 @@ cached copy it is a ModelError that says how to use a local file instead.
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 from collections import OrderedDict
 
@@ -16,7 +18,7 @@ import torch
 from ..errors import ModelError
 
 __all__ = ["DEFAULT_LAYERS", "bundled_weights_path", "load_backbone", "load_state_dict_file", "resolve_layers",
-           "layer_candidates", "architecture_mb", "pretrained_id"]
+           "layer_candidates", "architecture_mb", "pretrained_id", "resolved_backbone", "weights_digest"]
 
 # Last block at stride 8 and at stride 16 (PatchCore's layer2 + layer3 for ResNets).
 DEFAULT_LAYERS: dict[str, tuple[str, str]] = {
@@ -100,6 +102,29 @@ def pretrained_id(name: str) -> str:
     if cfg is None:
         return f"pretrained:{name}"
     return f"pretrained:{name}:{cfg.hf_hub_id or cfg.url or cfg.file}:{cfg.tag or ''}"
+
+
+def resolved_backbone(name: str, weights: str) -> str:
+    """The backbone as timm resolves it: with weights 'pretrained', the architecture and the tag of the
+    weights timm loads (an untagged 'wide_resnet50_2' is timm's default tag, 'wide_resnet50_2.racm_in1k' in
+    current timm, not the torchvision weights PatchCore used, 'wide_resnet50_2.tv_in1k'); otherwise `name`."""
+    import timm
+
+    if weights != "pretrained":
+        return name
+    cfg = timm.models.get_pretrained_cfg(name)
+    arch, _ = timm.models.split_model_name_tag(name)
+    return f"{arch}.{cfg.tag}" if cfg is not None and cfg.tag else name
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """16 hex digits of sha256 over the loaded weights (every state-dict entry: name, dtype, shape, bytes)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def load_state_dict_file(path: str) -> "OrderedDict[str, torch.Tensor]":

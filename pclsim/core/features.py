@@ -245,11 +245,22 @@ class FeatureExtractor:
             self._weights_id = wid
         return self._weights_id
 
+    def weights_record(self) -> dict:
+        """The weights this extractor really uses: {"backbone": the name as timm resolves it (with the
+        pretrained tag), "weights": weights_id(), "digest": sha256 of the loaded state dict (16 hex digits)}."""
+        if getattr(self, "_weights_record", None) is None:
+            from .backbones import resolved_backbone, weights_digest
+
+            self._weights_record = {"backbone": resolved_backbone(self.backbone, self.weights),
+                                    "weights": self.weights_id(), "digest": weights_digest(self.model)}
+        return self._weights_record
+
     def cache_key(self) -> str:
-        """sha256 of everything the features depend on: backbone, weights, layers, image size, resize mode,
-        precision, recipe."""
+        """sha256 of everything the features depend on: backbone, weights (and the digest of the loaded
+        ones), layers, image size, resize mode, precision, recipe."""
         ident = {"backbone": self.backbone, "weights": self.weights_id(), "layers": list(self.layers),
-                 "image_size": self.image_size, "precision": self.precision, "recipe": _RECIPE}
+                 "image_size": self.image_size, "precision": self.precision, "recipe": _RECIPE,
+                 "weights_digest": self.weights_record()["digest"]}
         if self.resize != "crop":  # 'crop' keys stay as they were: existing caches remain valid
             ident["resize"] = self.resize
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()

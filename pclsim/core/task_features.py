@@ -26,7 +26,7 @@ class TaskFeatures:
     masks: np.ndarray | None     # (N_test, S, S) bool, None when the task has no pixel labels
     grid: tuple[int, int]        # patch grid, h * w = P
     image_size: int
-    ref: object | None = field(default=None, repr=False, compare=False)  # pclsim.store.writing.FeatureRef
+    ref: object | None = field(default=None, repr=False, compare=False)  # pclsim.store.entry.FeatureRef
 
     @property
     def dim(self) -> int:

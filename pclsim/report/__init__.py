@@ -1,6 +1,6 @@
 """`pclsim report`: a sweep's results folder -> one offline HTML page, PNG figures and the paper's Table 1.
 
-Reads only the results contract (`pclsim.results.tables.tables.schema`: matrices.parquet, summary.parquet and,
+Reads only the results contract (`pclsim.results.schema`: matrices.parquet, summary.parquet and,
 where present, statistics.parquet, routing.parquet, routed.parquet; scenario.yaml and
 gallery/*.npz). Everything is computed with grouped pandas operations, so a full 720-order study
 renders in seconds.
@@ -9,7 +9,7 @@ Modules, in the order the data flows: `reading` (tables -> ReportData), `tables`
 task), `figures` / `gallery` / `order_figures` (PNGs), `order` (the "Does the order matter?"
 section), `page` (HTML), `build` (the entry point); `style` holds the names and colours.
 
-Imports `pclsim.results.tables.tables`, `pclsim.analysis` (the order statistics), `pclsim.core.metric_registry` and the
+Imports `pclsim.results`, `pclsim.analysis` (the order statistics), `pclsim.core.metric_registry` and the
 base modules; never Ray or the runner.
 """
 

@@ -55,8 +55,8 @@ def show_text(results_dir, metric: str = "image_f1") -> str:
     if "undefined" in s.columns and s["undefined"].notna().any():
         counts = s["undefined"].dropna().str.split("; ").explode().value_counts()
         lines += ["", "why values are undefined (runs):"] + [f"  {n:5d}  {why}" for why, n in counts.items()]
-    lines += ["", "open the tables (matrices, steps, routing, routed: folders of part files; the others: files):",
+    lines += ["", "open the tables (each a folder of part files: <table>.parquet/*.parquet):",
               f"  pandas: pd.read_parquet('{root / 'matrices.parquet'}')",
-              f"  polars: pl.read_parquet('{root / 'matrices.parquet'}/**/*.parquet')",
-              f"  duckdb: SELECT * FROM read_parquet('{root / 'matrices.parquet'}/**/*.parquet')"]
+              f"  polars: pl.read_parquet('{root / 'matrices.parquet'}/*.parquet')",
+              f"  duckdb: duckdb.sql(\"SELECT * FROM read_parquet('{root / 'matrices.parquet'}/*.parquet')\")"]
     return "\n".join(lines)

@@ -83,6 +83,16 @@ class Table:
         """The writer's text columns (names, labels), in order."""
         return [c.name for c in self.columns if pa.types.is_string(c.type)]
 
+    def schema_of(self, names) -> pa.Schema:
+        """The contract's Arrow schema for the columns `names` (the writer's order, then the extra columns).
+        Raises KeyError naming a column the contract does not define (it would be dropped silently)."""
+        names = list(names)
+        known = [c.name for c in self.columns + self.extra]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise KeyError(f"{self.file}: column(s) {', '.join(map(str, unknown))} not in the results contract")
+        return pa.schema([(c.name, c.type) for c in self.columns + self.extra if c.name in names])
+
     def column(self, name: str) -> Column:
         """The column called `name` (writer's or extra). Raises KeyError if the table has none."""
         for c in self.columns + self.extra:

@@ -1,6 +1,6 @@
 """The results folder: the writers of its Parquet tables and the reader.
 
-The tables, their columns, units and meaning are defined once in `pclsim.results.tables.schema` (the
+The tables, their columns, units and meaning are defined once in `pclsim.results.schema` (the
 results contract, interface.md "Results folder"); this module writes them:
 - matrices.parquet/ (`rows_table`), steps.parquet/ (`steps_table`), routing.parquet/
   (`routing_table`), routed.parquet/ (`routed_metrics_table`): one part file per group of runs.
@@ -17,14 +17,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_write_bytes
 from ..core import metrics as metric_fns
-from .schema import (LEGACY_COLUMNS, MATRIX_SCHEMA, ORDER_SEPARATOR, ROUTED_OUTCOMES, ROUTED_SCHEMA,
+from .schema import (LEGACY_COLUMNS, MATRIX_SCHEMA, ROUTED_OUTCOMES, ROUTED_SCHEMA,
                              ROUTING_SCHEMA, STATISTICS_SCHEMA, STEPS_SCHEMA, SUMMARY_COLUMNS, legacy_renames)
 
 if TYPE_CHECKING:  # annotations only: reading and writing tables needs neither torch nor the scenario code
@@ -33,7 +32,7 @@ if TYPE_CHECKING:  # annotations only: reading and writing tables needs neither 
 
 __all__ = ["MATRIX_SCHEMA", "STEPS_SCHEMA", "SUMMARY_COLUMNS", "ROUTING_SCHEMA", "ROUTED_SCHEMA", "STATISTICS_SCHEMA",
            "LEGACY_COLUMNS", "atomic_write_table", "atomic_write_bytes", "rows_table", "steps_table", "routing_table",
-           "routed_metrics_table", "done_groups", "read_table", "read_matrices"]
+           "routed_metrics_table", "done_groups", "read_table", "read_matrices", "write_table", "remove_table"]
 
 
 def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
@@ -41,6 +40,31 @@ def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     atomic_write_bytes(buf.getvalue().to_pybytes(), path)
+
+
+def write_table(data: pd.DataFrame | pa.Table, out_dir: str | os.PathLike, name: str, part: str = "part-0") -> Path:
+    """Publish `data` as `<out_dir>/<table file>/<part>.parquet` with the results contract's types.
+
+    Every table of a results folder is a folder of part files (one per group of runs for the trial
+    tables, `part-0` for the others), so one glob, `<table>.parquet/*.parquet`, reads any of them with
+    any reader. The columns get the contract's Arrow types whatever the data and the pandas version
+    (text: string; `maskless_all_ones`: list<int64> even when every list is empty). name: a key of
+    `TABLES`. Raises KeyError for a column the contract does not define; OSError as the file system.
+    A 0.2 folder's single-file table of that name is replaced.
+    """
+    from .schema import TABLES
+
+    table = TABLES[name]
+    if isinstance(data, pd.DataFrame):
+        arrow = pa.Table.from_pandas(data, schema=table.schema_of(data.columns), preserve_index=False)
+    else:
+        arrow = data.select(table.schema_of(data.column_names).names).cast(table.schema_of(data.column_names))
+    folder = Path(out_dir) / table.file
+    if folder.is_file():
+        folder.unlink()
+    path = folder / f"{part}.parquet"
+    atomic_write_table(arrow, path)
+    return path
 
 
 def rows_table(pairs: list[tuple[Run, OrderResult]]) -> pa.Table:
@@ -120,6 +144,17 @@ def routed_metrics_table(pairs: list[tuple[Run, OrderResult]]) -> pa.Table:
             cols["metric"].append(metric)
             cols["value"].append(float(value))
     return pa.Table.from_pydict(cols, schema=ROUTED_SCHEMA)
+
+
+def remove_table(path: str | os.PathLike) -> None:
+    """Remove a table (a folder of parts, or a 0.2 single file), or any file or folder, if it exists."""
+    import shutil
+
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:

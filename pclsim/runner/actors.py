@@ -38,7 +38,8 @@ class FeatureExtractorActor:
         return {"node": ray.get_runtime_context().get_node_id(), "dim": self.extractor.dim,
                 "grid": list(self.extractor.grid), "batch_size": self.extractor.batch_size,
                 "arch_mb": architecture_mb(self.extractor.model), "device": str(self.extractor.device),
-                "pid": os.getpid(), "cache_key": self.extractor.cache_key()}
+                "pid": os.getpid(), "cache_key": self.extractor.cache_key(),
+                "weights_record": self.extractor.weights_record()}
 
     def extract_chunk(self, key: str, task, chunk) -> dict:
         from ..store.writing import write_chunk
@@ -175,15 +176,16 @@ class ResultsWriter:
         self.out = Path(out_dir)
 
     def write(self, group: str, matrices, steps, routing=None, routed=None, categories=None) -> int:
-        from ..results.tables import atomic_write_table
+        from ..results.tables import write_table
 
+        part = f"part-{group}"
         if categories is not None:  # per-category values of merged tasks (pclsim.data.merge)
-            atomic_write_table(categories, self.out / "categories.parquet" / f"part-{group}.parquet")
+            write_table(categories, self.out, "categories", part)
         # matrices last: a group counts as done only once every other part exists
-        atomic_write_table(steps, self.out / "steps.parquet" / f"part-{group}.parquet")
+        write_table(steps, self.out, "steps", part)
         if routing is not None:
-            atomic_write_table(routing, self.out / "routing.parquet" / f"part-{group}.parquet")
+            write_table(routing, self.out, "routing", part)
         if routed is not None:
-            atomic_write_table(routed, self.out / "routed.parquet" / f"part-{group}.parquet")
-        atomic_write_table(matrices, self.out / "matrices.parquet" / f"part-{group}.parquet")
+            write_table(routed, self.out, "routed", part)
+        write_table(matrices, self.out, "matrices", part)
         return matrices.num_rows

@@ -14,7 +14,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_write_json
+import yaml
+
+from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import PclsimError
 from ..study.scenario import expand_runs, group_runs, needs_difficulty
 from .control import say as _say, stage as _stage, unwrap as _unwrap
@@ -124,11 +126,10 @@ def _extract_features(ray, sc, stream, out_dir, cache, quiet, debug):
     """
     from collections import deque
 
-    import pyarrow as pa
     from tqdm import tqdm
 
     from .actors import FeatureExtractorActor, task_stats
-    from ..results.tables import atomic_write_table
+    from ..results.tables import write_table
     from ..store.writing import lookup, plan_chunks, store_key
 
     res = ray.cluster_resources()
@@ -181,7 +182,11 @@ def _extract_features(ray, sc, stream, out_dir, cache, quiet, debug):
     for a in actors:
         ray.kill(a)
     _stage(debug, "features done")
+    weights = infos[0]["weights_record"]  # the weights the extractors really loaded: in both records
+    record = yaml.safe_load((out_dir / "scenario.yaml").read_text())
+    atomic_write_text(yaml.safe_dump(dict(record, weights_used=weights), sort_keys=False), out_dir / "scenario.yaml")
     atomic_write_json({
+        "backbone": weights,
         "ray_nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cluster_resources": res,
         "extractors": [{k: v for k, v in i.items() if k != "cache_key"} for i in infos],
         "extractor_nodes": sorted({i["node"] for i in infos}),
@@ -203,7 +208,7 @@ def _extract_features(ray, sc, stream, out_dir, cache, quiet, debug):
         [int(i) for i in np.flatnonzero(maskless_all_ones([s.label for s in t.test], t.name, sc["dataset"]["seed"]))]
         if policy == "paper" and not t.has_masks else [] for t in stream]
     stats["backbone_device"] = infos[0]["device"]
-    atomic_write_table(pa.Table.from_pandas(stats, preserve_index=False), out_dir / "tasks.parquet")
+    write_table(stats, out_dir, "tasks")
     # (root, store key, name, image size): cache.load_cached / store.lookup(root, key) give them back
     feature_keys = {t.name: (cache, keys[t.name], t.name, sc["dataset"]["image_size"]) for t in stream}
     return task_refs, feature_keys, infos[0]["dim"]
@@ -276,9 +281,8 @@ def _order_by_difficulty(ray, sc, task_refs, todo, out_dir, quiet):
     memory size (statistics.measure_difficulty, in a Ray task next to the features), record it in
     tasks.parquet (columns difficulty_image_auroc, difficulty_rank: 1 = easiest) and give the groups
     still to run their real orders. Returns (difficulty, todo)."""
-    import pyarrow as pa
 
-    from ..results.tables import atomic_write_table
+    from ..results.tables import read_table, write_table
 
     names = list(task_refs)
 
@@ -291,11 +295,10 @@ def _order_by_difficulty(ray, sc, task_refs, todo, out_dir, quiet):
     _say(quiet, "measuring each task's single-task difficulty for the order")
     measured = ray.get(measure.remote(sc, *[task_refs[n] for n in names]))
     values = measured["values"]
-    path = out_dir / "tasks.parquet"
-    tasks = pd.read_parquet(path)
+    tasks = read_table(out_dir / "tasks.parquet")
     ranked = sorted(values, key=lambda t: -values[t])
     tasks["difficulty_image_auroc"] = tasks["task"].map(values).astype(float)
     tasks["difficulty_rank"] = tasks["task"].map({t: i + 1 for i, t in enumerate(ranked)}).astype("int64")
-    atomic_write_table(pa.Table.from_pandas(tasks, preserve_index=False), path)
+    write_table(tasks, out_dir, "tasks")
     real = group_runs(expand_runs(sc, difficulty=values))
     return values, {g: real[g] for g in todo}

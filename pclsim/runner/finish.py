@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..results.tables import remove_table
 from .control import say as _say
 
 __all__ = ["finish"]
@@ -19,8 +20,8 @@ def finish(sc, out_dir: Path, stream, quiet, cache_root):
     every run, so a resume completes it). A failure of any of them is one FinishError naming what could
     not be computed and its cause; the trial tables are left as they are, and rerunning the same command
     recomputes only this stage (every trial is found done)."""
-    (out_dir / "summary.parquet").unlink(missing_ok=True)  # never a summary of another set of runs
-    (out_dir / "statistics.parquet").unlink(missing_ok=True)
+    for name in ("summary.parquet", "statistics.parquet"):  # never a summary of another set of runs
+        remove_table(out_dir / name)
     with _finishing(out_dir, "summary.parquet", "the summary"):
         summary, tasks, mat = _write_summary(sc, out_dir)
     with _finishing(out_dir, "statistics.parquet", "the order statistics"):
@@ -47,15 +48,12 @@ def _finishing(out_dir: Path, what: str, label: str):
 
 
 def _write_summary(sc, out_dir: Path):
-    import pyarrow as pa
-
     from ..analysis.summary import build_summary, chance_level
-    from ..results.schema import SUMMARY
-    from ..results.tables import atomic_write_table, read_table
+    from ..results.tables import read_table, write_table
 
     mat = read_table(out_dir / "matrices.parquet")
     steps = read_table(out_dir / "steps.parquet")
-    tasks = pd.read_parquet(out_dir / "tasks.parquet").set_index("task")
+    tasks = read_table(out_dir / "tasks.parquet").set_index("task")
     baselines = {}
     for t, row in tasks.iterrows():
         for metric in mat["metric"].unique():
@@ -65,17 +63,14 @@ def _write_summary(sc, out_dir: Path):
             baselines[(t, metric)] = chance_level(metric, np.array([row.image_prevalence]), pix, n_tasks=len(tasks))
     summary = build_summary(mat, steps, baselines, float(tasks["arch_mb"].iloc[0]))
     summary["maskless_pixels"] = sc["evaluation"].get("maskless_pixels", "skip")  # what pixel means run over
-    schema = pa.schema([(n, SUMMARY.column(n).type) for n in summary.columns])  # the contract's types
-    atomic_write_table(pa.Table.from_pandas(summary, schema=schema, preserve_index=False), out_dir / "summary.parquet")
+    write_table(summary, out_dir, "summary")
     return summary, tasks, mat
 
 
 def _write_statistics(sc, out_dir: Path, summary: pd.DataFrame, mat: pd.DataFrame, tasks: pd.DataFrame, quiet):
     """statistics.parquet: the order-robustness study of everything in the folder (pclsim.analysis.statistics)."""
-    import pyarrow as pa
-
-    from ..results.tables import STATISTICS_SCHEMA, atomic_write_table
     from ..analysis.statistics import statistics_table
+    from ..results.tables import write_table
 
     difficulty = None
     if "difficulty_image_auroc" in tasks.columns and tasks["difficulty_image_auroc"].notna().all():
@@ -83,8 +78,7 @@ def _write_statistics(sc, out_dir: Path, summary: pd.DataFrame, mat: pd.DataFram
                       "memory_size": max(sc["memory_sizes"]), "seeds": list(sc["seeds"])}
     _say(quiet, "order statistics ...")
     stats = statistics_table(summary, mat, difficulty=difficulty, progress=not quiet)
-    atomic_write_table(pa.Table.from_pandas(stats, schema=STATISTICS_SCHEMA, preserve_index=False),
-                       out_dir / "statistics.parquet")
+    write_table(stats, out_dir, "statistics")
     return stats
 
 

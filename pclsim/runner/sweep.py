@@ -18,6 +18,7 @@ from .._version import __version__
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import Interrupted, PclsimError
 from ..study.scenario import expand_runs, group_runs, load_scenario, needs_difficulty, scenario_hash
+from ..results.tables import remove_table
 from .cluster import probe_address as _probe_address, run_ray as _run_ray
 from .control import _T0, say as _say, unwrap as _unwrap  # noqa: F401 (_unwrap: tests)
 from .finish import finish as _finish
@@ -25,9 +26,30 @@ from .finish import finish as _finish
 __all__ = ["run_sweep", "prepare_output"]
 
 
-def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = None) -> None:
-    """Check the folder is writable and holds this scenario (or nothing); write scenario.yaml.
+# Everything a sweep or `pclsim report` writes into a results folder: what --fresh may delete.
+WRITTEN = ("matrices.parquet", "steps.parquet", "summary.parquet", "tasks.parquet", "statistics.parquet",
+           "routing.parquet", "routed.parquet", "categories.parquet", "run_info.json", "data.json", "report",
+           "gallery", ".tune")
 
+
+def results_record(out: Path) -> dict | None:
+    """The folder's pclsim record (scenario.yaml with a scenario_hash), or None: no record, or a
+    scenario.yaml that pclsim did not write (the user's own)."""
+    meta = out / "scenario.yaml"
+    try:
+        body = yaml.safe_load(meta.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) and "scenario_hash" in body else None
+
+
+def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = None) -> None:
+    """Check the folder is writable and holds this scenario (or nothing of pclsim's); write scenario.yaml.
+
+    pclsim recognises a folder it wrote by its record (scenario.yaml with a scenario_hash). It never
+    overwrites a scenario.yaml it did not write (the user's scenario, say): PclsimError naming it.
+    --fresh deletes only what pclsim writes (WRITTEN), and only in a folder with pclsim's record;
+    in another folder holding any of those names it refuses (PclsimError naming the folder).
     data_hash (`pclsim.study.preflight.data_fingerprint`) is stored in scenario.yaml. A resume whose data
     differ from those the finished trials were computed from stops with an error (PclsimError) rather
     than recomputing: replacing results is the user's decision (--fresh), never a side effect."""
@@ -39,11 +61,12 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
     except OSError as e:
         raise PclsimError(f"{out}: output folder is not writable ({e.strerror or e})") from None
     meta = out / "scenario.yaml"
-    if meta.exists() and not fresh:
-        try:
-            old = yaml.safe_load(meta.read_text()) or {}
-        except yaml.YAMLError:
-            old = {}
+    old = results_record(out)
+    if meta.exists() and old is None:
+        raise PclsimError(f"{meta}: not a pclsim results record (no scenario_hash: your own file?); pclsim writes "
+                          f"its record under that name and never overwrites yours: use another --out, e.g. "
+                          f"{out / 'results'}")
+    if old is not None and not fresh:
         if old.get("scenario_hash") != scenario_hash(sc):
             raise PclsimError(f"{meta}: this folder holds results of a different scenario; "
                               "use --fresh to start over or --out for another folder")
@@ -53,17 +76,15 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
             raise PclsimError(f"{meta}: the results here were computed from different data or weights (data hash "
                               f"{old.get('data_hash')}, now {data_hash}: files added, removed or modified); "
                               "use --fresh to recompute them or --out for another folder")
+    ours = [name for name in WRITTEN if (out / name).exists()]
+    if fresh and old is None and ours:
+        raise PclsimError(f"{out}: --fresh deletes results only in a folder pclsim wrote (it has a scenario.yaml "
+                          f"record); this one has none but holds {', '.join(ours)}: use another --out")
     # Tune's own experiment folder is scratch: resuming goes by the finished Parquet parts
     shutil.rmtree(out / ".tune", ignore_errors=True)
     if fresh:
-        for name in ("matrices.parquet", "steps.parquet", "summary.parquet", "tasks.parquet", "run_info.json",
-                     "report", "gallery", "statistics.parquet", "routing.parquet", "routed.parquet",
-                     "categories.parquet"):
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        for name in ours:
+            remove_table(out / name)
     body = dict(sc, pclsim_version=__version__, scenario_hash=scenario_hash(sc))
     if data_hash:
         body["data_hash"] = data_hash
@@ -112,7 +133,7 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
             _run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery,
                      track)
         except (Interrupted, KeyboardInterrupt):
-            (out_dir / "summary.parquet").unlink(missing_ok=True)  # never a summary of an incomplete set
+            remove_table(out_dir / "summary.parquet")  # never a summary of an incomplete set
             raise
     _finish(sc, out_dir, stream, quiet, cache_root)
     _say(quiet, f"done in {time.perf_counter() - t_start:.1f} s: {out_dir}")

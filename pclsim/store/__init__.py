@@ -4,8 +4,8 @@
 - `writing`: chunks, assembly (`finalise`) and `extract_task`;
 - `cache`: the cache folder (`PCLSIM_CACHE_DIR`) and `load_or_extract`.
 
-Imports only `pclsim.core`, `pclsim.data` and the base modules (errors, atomic). `pclsim.store.writing.X`
-names what `pclsim.store.writing` named before 0.3 (the writing module's public names).
+Imports only `pclsim.core`, `pclsim.data` and the base modules (errors, atomic). `pclsim.store.X`
+names what `pclsim.store` named before 0.3 (the writing module's public names).
 """
 
 from .writing import (DTYPES, Chunk, FeatureRef, entry_dir, extract_task, feature_bytes, finalise, lookup,

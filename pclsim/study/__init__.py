@@ -8,5 +8,5 @@
 - `protocol`: the evaluator and the continual protocol (`run_order`: the T x T matrices);
 - `preflight`: checks of the data before a sweep; `maskless`, `gallery`: evaluation options.
 
-Imports `pclsim.core`, `pclsim.store.writing`, `pclsim.data` and the base modules; never Ray.
+Imports `pclsim.core`, `pclsim.store`, `pclsim.data` and the base modules; never Ray.
 """

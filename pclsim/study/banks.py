@@ -194,6 +194,10 @@ class BankBuilder:
         under that projection. Orders then differ only by what the order changes, the re-reductions,
         not by an extra projection draw (and each task needs one selection instead of one per step)."""
         task, a, s, m = ref.tasks[0], ref.arrival, ref.step, ref.budget
+        if ref.size != per_task_size(m, s + 1):
+            raise ValueError(f"BankRef('rereduced', {task!r}, size {ref.size}): the authors' re-reduction keeps "
+                             f"floor({m} / {s + 1}) = {per_task_size(m, s + 1)} vectors at step {s}; a strategy with "
+                             "other bank sizes needs its own bank kind (register_bank_kind)")
         if s == a:
             return self.order("select", task, 0)[: per_task_size(m, a + 1)]
         prev = self.resolve(BankRef("rereduced", (task,), per_task_size(m, s), arrival=a, step=s - 1, budget=m))[0][1]

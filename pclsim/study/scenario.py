@@ -196,7 +196,8 @@ _NEW_KEYS = (("dataset", "resize", "crop"), ("evaluation", "maskless_pixels", "s
 
 def scenario_hash(sc: dict) -> str:
     """Content hash of everything that changes results (not the name or output folder)."""
-    body = {k: v for k, v in sc.items() if k not in ("name", "pclsim_version", "scenario_hash", "data_hash")}
+    body = {k: v for k, v in sc.items() if k not in ("name", "pclsim_version", "scenario_hash", "data_hash",
+                                                       "weights_used")}
     body["evaluation"] = {k: v for k, v in body.get("evaluation", {}).items() if k != "gallery"}  # output only
     # keys added after 0.1.0 leave the hash of a scenario at their default unchanged (old folders still resume)
     for sect, k, default in _NEW_KEYS:

@@ -263,3 +263,25 @@ def test_skip_gives_todays_values_and_paper_adds_pixels_for_maskless_tasks():
         assert np.isnan(pa[:, pos["T1"]]).all() and np.isfinite(pc).all()
         np.testing.assert_array_equal(pa[:, pos["T0"]], pc[:, pos["T0"]])
         np.testing.assert_array_equal(a.matrices["image_auroc"], c.matrices["image_auroc"])
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite0.ra_in1k"])
+def test_validate_names_the_weights_a_pretrained_backbone_really_loads(tmp_path, backbone):
+    """Issue 28: untagged and tagged names both print the tag timm resolves and the digest of the weights
+    loaded (here a cached copy made by the test, offline); run_info and the record carry the same."""
+    import torch
+
+    from pclsim.core.backbones import _create, weights_digest
+
+    home = tmp_path / "hf"
+    ref = tmp_path / "ref.pth"
+    subprocess.run([sys.executable, "-c", _FAKE_HUB, str(home), str(ref)], check=True, env=_offline_env(home))
+    model = _create("efficientnet_lite0")
+    model.load_state_dict(torch.load(ref, weights_only=True))
+    sc = tmp_path / "s.yaml"
+    sc.write_text((ROOT / "scenarios/smoke.yaml").read_text().replace(
+        "  backbone: efficientnet_lite0\n  weights: bundled", f"  backbone: {backbone}\n  weights: pretrained"))
+    r = subprocess.run([sys.executable, "-m", "pclsim.cli", "validate", str(sc), "--headers-only"], capture_output=True,
+                       text=True, cwd=ROOT, env=_offline_env(home), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"backbone: efficientnet_lite0.ra_in1k (weights pretrained, digest {weights_digest(model)}," in r.stdout
