@@ -30,6 +30,10 @@ _LAZY = {
 
 
 def __getattr__(name):
+    if name in ("metrics", "coreset"):  # the stable public modules (interface.md): pclsim.metrics.f1_max(...)
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     if name in _LAZY:
         import importlib
 

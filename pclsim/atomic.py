@@ -35,9 +35,11 @@ def atomic_file(path: str | os.PathLike, mode: int = 0o644):
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # name the file (pyarrow and fsync errors carry none)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 

@@ -32,6 +32,13 @@ def _guard(fn, *args, **kw):
         return fn(*args, **kw)
     except PclsimError as e:  # Interrupted: 130; FinishError: 1; bad input: 2
         _fail(e, getattr(e, "exit_code", 2))
+    except OSError as e:  # a full, read-only or forbidden file system: the path and the cause, exit 2
+        from .errors import file_system_error
+
+        fs = file_system_error(e)
+        if fs is None:
+            raise
+        _fail(fs)
     except KeyboardInterrupt:
         print("error: interrupted before the trials finished; rerun the same command to resume", file=sys.stderr)
         raise typer.Exit(130)
@@ -65,8 +72,10 @@ def sweep(scenario: str = typer.Argument(..., help="Scenario YAML file."),
                                                     "tracker: mlflow[=URI] (default <out>/mlruns) or wandb.")):
     """Run every (order x strategy x memory size x seed) of a scenario; write Parquet results."""
     _DEBUG["on"] = debug
+    from .runner.control import sigterm_as_ctrl_c
     from .runner.sweep import run_sweep
 
+    sigterm_as_ctrl_c()
     _guard(run_sweep, scenario, out=out, data_root=data_root, address=address, fresh=fresh,
            max_concurrent=max_concurrent, quiet=quiet, debug=debug, gallery=gallery, track=track)
 

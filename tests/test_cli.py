@@ -49,7 +49,7 @@ def results(tmp_path):
     out = tmp_path / "results"
     (out / "matrices.parquet").mkdir(parents=True)
     (out / "matrices.parquet" / "part-x.parquet").write_bytes(b"earlier results")
-    (out / "scenario.yaml").write_text("name: earlier\n")
+    (out / "scenario.yaml").write_text("name: earlier\nscenario_hash: 0123456789abcdef\n")  # pclsim's record
     return out
 
 

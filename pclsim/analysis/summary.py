@@ -15,13 +15,14 @@ __all__ = ["build_summary", "chance_level", "summarise", "QUANTITIES"]
 QUANTITIES = ("final_mean", "avg_forgetting_pct", "avg_forgetting_paper_pct", "max_forgetting", "bwt", "fwt")
 
 
-def summarise(matrix: np.ndarray, baseline: np.ndarray, metric: str) -> dict:
+def summarise(matrix: np.ndarray, baseline: np.ndarray, metric: str, tasks=None) -> dict:
     """The continual quantities of one T x T matrix (method.md section 6), total: never raises on a matrix
     the engine writes.
 
     matrix: (T, T) float, NaN where a task has no value (pixel metrics of mask-less tasks); baseline:
     (T,) chance levels for FWT (NaN where unknown); metric: its registry name (a quantity the registry
     marks as not meaningful for it, `Metric.not_summarised`, is null with the registry's reason).
+    tasks: the task names in matrix order, to name a task without values in the reason.
     Returns {quantity: float or NaN for each of QUANTITIES, "undefined": "quantity: reason; ..." or None}.
     final_mean is the mean over the tasks with a value after the last step (null when none has one);
     the others are null, with the cell that makes them undefined, where the matrix does not define
@@ -42,9 +43,13 @@ def summarise(matrix: np.ndarray, baseline: np.ndarray, metric: str) -> dict:
         "bwt": lambda: metric_fns.bwt(matrix),
         "fwt": lambda: metric_fns.fwt(matrix, baseline),
     }
-    bad = np.argwhere(~np.isfinite(matrix))
-    partial = (f"matrix[{bad[0][0]}][{bad[0][1]}] is {matrix[tuple(bad[0])]}: the order-dependent quantities need "
-               "every task's values (a pixel metric has none for a task without masks)") if len(bad) else None
+    partial = None
+    if not np.isfinite(matrix).all():
+        empty = [j for j in range(matrix.shape[1]) if not np.isfinite(matrix[:, j]).any()]
+        names = [str(tasks[j]) if tasks is not None else f"column {j}" for j in empty]
+        partial = (f"no values for {', '.join(names)} (a pixel metric of a task without masks): the order-dependent "
+                   "quantities need every task" if names else
+                   "cells without a value: the order-dependent quantities need every cell they use")
     for q, fn in compute.items():
         if q in skip or partial:
             out[q], why[q] = np.nan, f"not defined for {metric}: {skip[q]}" if q in skip else partial
@@ -105,7 +110,7 @@ def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[
         if (order, metric) not in base_of:
             base_of[(order, metric)] = np.array([baselines.get((t, metric), np.nan) for t in tasks])
         row = dict(zip(keys, key))
-        row.update(summarise(a[: len(tasks), : len(tasks)], base_of[(order, metric)], metric))
+        row.update(summarise(a[: len(tasks), : len(tasks)], base_of[(order, metric)], metric, tasks))
         row["bank_mb"] = float(final_bank.get(run_id, np.nan))
         row["arch_mb"] = arch_mb
         out.append(row)
@@ -114,4 +119,9 @@ def build_summary(mat: pd.DataFrame, steps: pd.DataFrame, baselines: dict[tuple[
     idx = pd.MultiIndex.from_frame(df[["memory_size", "seed", "order", "metric"]])
     df["relative_gap"] = joint.reindex(idx).to_numpy() - df["final_mean"].to_numpy()
     df.loc[df.strategy == "joint", "relative_gap"] = np.nan
+    gap_why = np.where(df.strategy == "joint", "relative_gap: the gap of joint to itself",
+                       "relative_gap: no joint run with this memory size, seed and order (or no final mean)")
+    missing = df["relative_gap"].isna().to_numpy()
+    df["undefined"] = [(f"{u}; {w}" if isinstance(u, str) else w) if m else u
+                       for u, w, m in zip(df["undefined"], gap_why, missing)]
     return df[SUMMARY_COLUMNS]

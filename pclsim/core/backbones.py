@@ -8,6 +8,7 @@ cached copy it is a ModelError that says how to use a local file instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import os
@@ -81,17 +82,52 @@ def _create_pretrained(name: str) -> torch.nn.Module:
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise ModelError(f"timm has no pretrained weights for {name}; use weights: none or a path to a checkpoint")
+    offline = not _hub_reachable()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _cache_only(offline):
             torch.manual_seed(0)
             model = timm.create_model(name, pretrained=True)
     except Exception as e:  # offline (HF_HUB_OFFLINE, no network), blocked host, broken cache entry
         where = cfg.hf_hub_id or cfg.url or cfg.file
-        raise ModelError(f"cannot get pretrained weights for {name} ({where}): {type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160] if str(e).strip() else 'no detail'}; without internet, "
+        why = ("the hub is unreachable and the cache holds no copy" if offline else
+               f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e).strip() else 'no detail'}")
+        raise ModelError(f"cannot get pretrained weights for {name} ({where}): {why}; without internet, "
                          f"download the checkpoint elsewhere and set model.weights to its local path "
                          f"(e.g. weights: /path/to/{name}.safetensors)") from None
     return model.eval()
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) answers a TCP connection within `timeout` seconds. With a
+    proxy configured the answer is left to the proxy (True). Without network the hub client retries for
+    about a minute before it gives up; this answers in seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _cache_only(on: bool):
+    """The hub client in offline mode (its cache only) while `on`."""
+    if not on:
+        yield
+        return
+    import huggingface_hub.constants as hub
+
+    old = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = old
 
 
 def pretrained_id(name: str) -> str:

@@ -24,9 +24,11 @@ def show_text(results_dir, metric: str = "image_f1") -> str:
     or no rows for `metric`."""
     root = Path(results_dir)
     summ_path = root / TABLES["summary"].file
+    if not root.is_dir():
+        raise PclsimError(f"{root}: results folder not found")
     if not summ_path.exists():
-        raise PclsimError(f"{summ_path}: not found (not a finished pclsim results folder; rerun the sweep "
-                          "to complete it)")
+        raise PclsimError(f"{summ_path}: not found (not a pclsim results folder, or its sweep did not finish: "
+                          "rerun the same sweep command to complete it)")
     try:
         summary = read_table(summ_path)
         sc = yaml.safe_load((root / "scenario.yaml").read_text()) if (root / "scenario.yaml").exists() else {}

@@ -19,7 +19,7 @@ import yaml
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import PclsimError
 from ..study.scenario import expand_runs, group_runs, needs_difficulty
-from .control import say as _say, stage as _stage, unwrap as _unwrap
+from .control import say as _say, sigterm_as_ctrl_c, sigterm_is_ctrl_c, stage as _stage, unwrap as _unwrap
 from .trials import run_trials as _run_trials
 
 __all__ = ["run_ray", "probe_address", "CHUNK_BATCHES"]
@@ -37,6 +37,15 @@ def ray_init(address, debug):
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kw = dict(include_dashboard=False, log_to_driver=debug, logging_level="INFO" if debug else "ERROR",
               configure_logging=True)
+    if sigterm_is_ctrl_c():  # ray.init installs a SIGTERM handler that aborts the driver: put ours back after
+        try:
+            return _init(ray, address, kw)
+        finally:
+            sigterm_as_ctrl_c()
+    return _init(ray, address, kw)
+
+
+def _init(ray, address, kw):
     if address:
         probe_address(address)  # again: the sweep's preflight took time, the cluster may have gone
         try:
@@ -99,7 +108,7 @@ def run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, ca
 
             ray.get(write_gallery.remote(str(out_dir), gallery_run, stream, task_refs, prepared[gallery_run.seed], sc))
     except Exception as e:
-        raise _unwrap(e) from None
+        raise _unwrap(e) from e  # --debug prints the whole chain, the remote traceback included
     finally:
         ray.shutdown()
 

@@ -6,13 +6,14 @@ Used by every stage of `pclsim sweep` (pclsim.runner: sweep, cluster, trials, fi
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
 from ..errors import PclsimError
 
 __all__ = ["say", "stage", "interrupted", "fit_catching_sigint", "DETERMINISTIC", "root_cause",
-           "unwrap", "get_or_recover"]
+           "cause_message", "unwrap", "get_or_recover", "sigterm_as_ctrl_c", "sigterm_is_ctrl_c"]
 
 
 def say(quiet: bool, msg: str) -> None:
@@ -73,17 +74,39 @@ def root_cause(e: BaseException) -> BaseException:
     return e
 
 
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure)): ?(.*)$")
+
+
+def cause_message(root: BaseException) -> tuple[str, str]:
+    """(type name, message) of the innermost exception `root` carries, found in its text when a wrapper
+    (Tune's TuneError, Ray's RayTaskError) holds a whole remote traceback: the last "Type: message" line
+    after the last "Traceback" header. A long plain message keeps its first and last lines."""
+    lines = [ln.rstrip() for ln in str(root).splitlines() if ln.strip()]
+    name = type(root).__name__
+    if any("Traceback (most recent call last)" in ln or ln.startswith("ray::") for ln in lines):
+        for ln in reversed(lines):
+            m = _EXC_LINE.match(ln.strip())
+            if m:
+                inner = m.group(1).rsplit(".", 1)[-1]
+                return inner, m.group(2).strip()
+        return name, lines[-1].strip()
+    if not lines:
+        return name, ""
+    first, last = lines[0].strip(), lines[-1].strip()
+    return name, first if len(lines) == 1 else f"{first} ... {last}"
+
+
 def unwrap(e: BaseException, where: str | None = None) -> BaseException:
     """An error raised inside a Ray worker, with its own message (and `where`: the trial it belongs to).
 
     A PclsimError comes back as one of its own class (the CLI: `error:` line, exit 2); anything else as a
-    RuntimeError "where: Type: message" (the CLI: an internal error). A driver-side PclsimError is kept as is.
+    RuntimeError "where: Type: message" (the CLI: an internal error) with the innermost cause's type and
+    message (`cause_message`). A driver-side PclsimError is kept as is.
     """
     if isinstance(e, PclsimError) and not hasattr(e, "cause"):
         return e
     root = root_cause(e)
-    lines = [ln for ln in str(root).splitlines() if ln.strip()]
-    msg = lines[-1].strip() if lines and lines[0].startswith("ray::") else (lines[0].strip() if lines else "")
+    name, msg = cause_message(root)
     prefix = f"{where}: " if where else ""
     if isinstance(root, PclsimError):
         try:
@@ -92,7 +115,7 @@ def unwrap(e: BaseException, where: str | None = None) -> BaseException:
             return PclsimError(prefix + msg)
     fn = getattr(e, "function_name", None)
     prefix = prefix or (f"in {fn}: " if fn else "")
-    return RuntimeError(f"{prefix}{type(root).__name__}: {msg}" if msg else f"{prefix}{type(root).__name__}")
+    return RuntimeError(f"{prefix}{name}: {msg}" if msg else f"{prefix}{name}")
 
 
 def get_or_recover(ray, refs, recover):
@@ -103,6 +126,30 @@ def get_or_recover(ray, refs, recover):
     except (ray.exceptions.ObjectLostError, ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError,
             ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
         return recover()
+
+
+def sigterm_as_ctrl_c() -> None:
+    """SIGTERM (what Kubernetes, KubeRay and `kill` send on preemption) is handled as Ctrl-C: the running
+    trials stop, the finished ones stay, exit 130 with how many finished, and the rerun resumes. Called
+    before Ray starts and again after ray.init, whose driver installs a SIGTERM handler that aborts."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _term_to_int)
+
+
+def _term_to_int(sig, frame):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def sigterm_is_ctrl_c() -> bool:
+    """Whether this process handles SIGTERM as Ctrl-C (the CLI set it up with `sigterm_as_ctrl_c`)."""
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) is _term_to_int
 
 
 def interrupted() -> bool:

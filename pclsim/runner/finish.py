@@ -12,7 +12,7 @@ import pandas as pd
 from ..results.tables import remove_table
 from .control import say as _say
 
-__all__ = ["finish"]
+__all__ = ["finish", "check_complete"]
 
 
 def finish(sc, out_dir: Path, stream, quiet, cache_root):
@@ -98,3 +98,37 @@ def _print_table(summary: pd.DataFrame, sc, stats: pd.DataFrame | None = None) -
         print("\nDoes the order matter? (statistics.parquet)", file=sys.stderr)
         for strategy, m in t.index:
             print("  " + order_sentence(stats, strategy, int(m), key), file=sys.stderr)
+
+
+def check_complete(out_dir: Path, n_runs: int) -> None:
+    """The folder against the results contract before a sweep says done: every table the sweep writes is
+    there, matrices.parquet holds `n_runs` runs, each with its full T x T image_auroc matrix and T steps,
+    and summary.parquet one row set per run. FinishError naming what is missing otherwise."""
+    from ..errors import FinishError
+    from ..results.schema import ORDER_SEPARATOR
+    from ..results.tables import read_table
+
+    missing = [n for n in ("matrices", "steps", "summary", "statistics", "tasks")
+               if not list((out_dir / f"{n}.parquet").glob("*.parquet"))]
+    if missing:
+        raise FinishError(f"{out_dir}: incomplete results, no {', '.join(f'{n}.parquet' for n in missing)}; rerun "
+                          "the same command to complete the folder")
+    mat = read_table(out_dir / "matrices.parquet", columns=["run_id", "order", "metric", "step", "eval_task"])
+    img = mat[mat["metric"] == "image_auroc"]
+    cells = img.groupby("run_id")[["step", "eval_task"]].apply(lambda g: len(set(zip(g.step, g.eval_task))))
+    size = img.drop_duplicates("run_id").set_index("run_id")["order"].map(lambda o: len(o.split(ORDER_SEPARATOR)))
+    short = cells[cells != size.reindex(cells.index) ** 2]
+    steps = read_table(out_dir / "steps.parquet", columns=["run_id", "step"]).groupby("run_id")["step"].nunique()
+    summary_runs = set(read_table(out_dir / "summary.parquet", columns=["run_id"])["run_id"])
+    problems = []
+    if mat["run_id"].nunique() != n_runs:
+        problems.append(f"matrices.parquet holds {mat['run_id'].nunique()} runs, the scenario has {n_runs}")
+    if len(short):
+        problems.append(f"run {short.index[0]} has {short.iloc[0]} of its {size[short.index[0]] ** 2} image_auroc cells")
+    lacking = sorted(set(size.index) - set(steps[steps == size.reindex(steps.index)].index))
+    if lacking:
+        problems.append(f"steps.parquet lacks steps of run {lacking[0]}")
+    if summary_runs != set(mat["run_id"]):
+        problems.append(f"summary.parquet covers {len(summary_runs)} of {mat['run_id'].nunique()} runs")
+    if problems:
+        raise FinishError(f"{out_dir}: incomplete results: {'; '.join(problems)}; rerun the same command")

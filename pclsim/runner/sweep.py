@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -21,15 +22,35 @@ from ..study.scenario import expand_runs, group_runs, load_scenario, needs_diffi
 from ..results.tables import remove_table
 from .cluster import probe_address as _probe_address, run_ray as _run_ray
 from .control import _T0, say as _say, unwrap as _unwrap  # noqa: F401 (_unwrap: tests)
-from .finish import finish as _finish
+from .finish import check_complete, finish as _finish
 
-__all__ = ["run_sweep", "prepare_output"]
+__all__ = ["run_sweep", "prepare_output", "results_record", "WRITTEN"]
 
 
-# Everything a sweep or `pclsim report` writes into a results folder: what --fresh may delete.
-WRITTEN = ("matrices.parquet", "steps.parquet", "summary.parquet", "tasks.parquet", "statistics.parquet",
-           "routing.parquet", "routed.parquet", "categories.parquet", "run_info.json", "data.json", "report",
-           "gallery", ".tune")
+# Everything a sweep or `pclsim report` writes into a results folder, and inside a folder the files it
+# writes there: what --fresh may delete (a user's own file inside one of these folders stays).
+WRITTEN = {**{f"{t}.parquet": ("part-*.parquet", ".tmp-*") for t in
+              ("matrices", "steps", "summary", "tasks", "statistics", "routing", "routed", "categories")},
+           "run_info.json": None, "data.json": None, ".tune": ("*",),
+           "report": ("index.html", "*.png", "*.csv", "table1.md", ".tmp-*"), "gallery": ("*.npz", ".tmp-*")}
+
+
+def _remove_written(out: Path, name: str) -> list[Path]:
+    """Delete what pclsim wrote under out/name (WRITTEN); returns the files of others it kept."""
+    p = out / name
+    if not p.is_dir():
+        p.unlink(missing_ok=True)
+        return []
+    for pattern in WRITTEN[name] or ():
+        for f in p.glob(pattern):
+            if f.is_dir():
+                shutil.rmtree(f)
+            else:
+                f.unlink()
+    kept = [f for f in p.rglob("*") if f.is_file()]
+    if not kept:
+        shutil.rmtree(p)
+    return kept
 
 
 def results_record(out: Path) -> dict | None:
@@ -47,12 +68,15 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
     """Check the folder is writable and holds this scenario (or nothing of pclsim's); write scenario.yaml.
 
     pclsim recognises a folder it wrote by its record (scenario.yaml with a scenario_hash). It never
-    overwrites a scenario.yaml it did not write (the user's scenario, say): PclsimError naming it.
-    --fresh deletes only what pclsim writes (WRITTEN), and only in a folder with pclsim's record;
-    in another folder holding any of those names it refuses (PclsimError naming the folder).
+    overwrites a scenario.yaml it did not write (the user's scenario, say): PclsimError naming it. A
+    folder without the record that holds any of the names pclsim writes (WRITTEN) is refused, with or
+    without --fresh. --fresh deletes only what pclsim writes, file by file, and keeps (with a warning)
+    a user's file inside one of pclsim's folders.
     data_hash (`pclsim.study.preflight.data_fingerprint`) is stored in scenario.yaml. A resume whose data
     differ from those the finished trials were computed from stops with an error (PclsimError) rather
     than recomputing: replacing results is the user's decision (--fresh), never a side effect."""
+    if out.exists() and not out.is_dir():
+        raise PclsimError(f"{out}: --out is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".pclsim-write-test"
@@ -66,6 +90,10 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
         raise PclsimError(f"{meta}: not a pclsim results record (no scenario_hash: your own file?); pclsim writes "
                           f"its record under that name and never overwrites yours: use another --out, e.g. "
                           f"{out / 'results'}")
+    ours = [name for name in WRITTEN if (out / name).exists()]
+    if old is None and ours:
+        raise PclsimError(f"{out}: holds {', '.join(ours)} but no pclsim record (scenario.yaml): not a folder "
+                          f"pclsim wrote, so it neither writes nor deletes there (--fresh too): use another --out")
     if old is not None and not fresh:
         if old.get("scenario_hash") != scenario_hash(sc):
             raise PclsimError(f"{meta}: this folder holds results of a different scenario; "
@@ -76,18 +104,18 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
             raise PclsimError(f"{meta}: the results here were computed from different data or weights (data hash "
                               f"{old.get('data_hash')}, now {data_hash}: files added, removed or modified); "
                               "use --fresh to recompute them or --out for another folder")
-    ours = [name for name in WRITTEN if (out / name).exists()]
-    if fresh and old is None and ours:
-        raise PclsimError(f"{out}: --fresh deletes results only in a folder pclsim wrote (it has a scenario.yaml "
-                          f"record); this one has none but holds {', '.join(ours)}: use another --out")
     # Tune's own experiment folder is scratch: resuming goes by the finished Parquet parts
-    shutil.rmtree(out / ".tune", ignore_errors=True)
+    kept = _remove_written(out, ".tune") if (out / ".tune").exists() else []
     if fresh:
         for name in ours:
-            remove_table(out / name)
+            kept += _remove_written(out, name)
+    if kept:
+        print(f"warning: --fresh kept {len(kept)} file(s) pclsim did not write, e.g. {kept[0]}", file=sys.stderr)
     body = dict(sc, pclsim_version=__version__, scenario_hash=scenario_hash(sc))
     if data_hash:
         body["data_hash"] = data_hash
+    if old is not None and not fresh and "weights_used" in old:  # a resume keeps what the features came from
+        body["weights_used"] = old["weights_used"]
     atomic_write_text(yaml.safe_dump(body, sort_keys=False), meta)
 
 
@@ -119,25 +147,84 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
     # names and counts do not depend on them, so a stand-in difficulty plans the groups
     runs = expand_runs(sc, difficulty=_stand_in_difficulty(sc) if needs_difficulty(sc) else None)
     groups = group_runs(runs)
-    prepare_output(sc, out_dir, fresh, data_fingerprint(sc, stream))
-    atomic_write_json(_data_record(stream), out_dir / "data.json")
-    from ..results.tables import done_groups
+    lock = _lock(out_dir)  # held until the sweep returns: a second sweep into this folder refuses
+    try:
+        prepare_output(sc, out_dir, fresh, data_fingerprint(sc, stream))
+        atomic_write_json(_data_record(stream), out_dir / "data.json")
+        from ..results.tables import done_groups
 
-    done = done_groups(out_dir)
-    todo = {g: rs for g, rs in groups.items() if g not in done}
-    _say(quiet, f"pclsim {__version__}: {sc['name']}: {len(runs)} runs in {len(groups)} trials "
-                f"({len(groups) - len(todo)} already done) -> {out_dir}")
-    want_gallery = sc["evaluation"]["gallery"] > 0 and not (out_dir / "gallery").is_dir()
-    if todo or want_gallery:
+        done = done_groups(out_dir)
+        todo = {g: rs for g, rs in groups.items() if g not in done}
+        _say(quiet, f"pclsim {__version__}: {sc['name']}: {len(runs)} runs in {len(groups)} trials "
+                    f"({len(groups) - len(todo)} already done) -> {out_dir}")
+        want_gallery = sc["evaluation"]["gallery"] > 0 and not (out_dir / "gallery").is_dir()
         try:
-            _run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery,
-                     track)
-        except (Interrupted, KeyboardInterrupt):
-            remove_table(out_dir / "summary.parquet")  # never a summary of an incomplete set
-            raise
-    _finish(sc, out_dir, stream, quiet, cache_root)
-    _say(quiet, f"done in {time.perf_counter() - t_start:.1f} s: {out_dir}")
+            if todo or want_gallery:
+                try:
+                    _run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root,
+                             want_gallery, track)
+                except (Interrupted, KeyboardInterrupt):
+                    remove_table(out_dir / "summary.parquet")  # never a summary of an incomplete set
+                    raise
+            _finish(sc, out_dir, stream, quiet, cache_root)
+            check_complete(out_dir, len(runs))  # never exit 0 on an incomplete folder
+        except Exception as e:
+            raise _storage_problem(e, out_dir) or e
+        _say(quiet, f"done in {time.perf_counter() - t_start:.1f} s: {out_dir}")
+    finally:
+        os.close(lock)
     return out_dir
+
+
+def _lock(out_dir: Path) -> int:
+    """An exclusive lock on the results folder (flock on the folder itself: no file is left behind); a
+    PclsimError naming the folder when another sweep holds it. Returns the descriptor to close."""
+    import fcntl
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PclsimError(f"{out_dir}: --out is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir, os.O_RDONLY)
+    except OSError as e:
+        raise PclsimError(f"{out_dir}: cannot use as the output folder ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise PclsimError(f"{out_dir}: another pclsim sweep is writing into this folder; wait for it to end or "
+                          "use another --out") from None
+    return fd
+
+
+
+def _storage_problem(e: BaseException, out_dir: Path) -> PclsimError | None:
+    """The file-system fault behind a failure, as one PclsimError naming the path, or None.
+
+    A full or read-only disk surfaces in many shapes (pyarrow's OSError, Tune's truncated pickles, an
+    EOFError of its experiment state): the error chain is searched for a file-system OSError, and the
+    results folder is probed with a small write, so the user reads the cause, not its echo."""
+    if isinstance(e, PclsimError):
+        return None
+    from ..errors import file_system_error
+
+    seen, x = 0, e
+    while x is not None and seen < 20:
+        found = file_system_error(x, out_dir)
+        if found is not None:
+            return found
+        x, seen = getattr(x, "cause", None) or x.__cause__ or x.__context__, seen + 1
+    probe = out_dir / ".pclsim-space-probe"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * (1 << 16))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as pe:
+        return file_system_error(pe, out_dir)
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 
 def _data_record(stream) -> dict:

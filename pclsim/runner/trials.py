@@ -24,15 +24,18 @@ def guarded_trial(config, **kw):
     Tune then neither retries it nor prints its traceback, and the driver raises it once, naming the trial."""
     from ray import tune
 
+    from ..errors import file_system_error
+
     try:
         return _trial(config, **kw)
-    except _DETERMINISTIC as e:
+    except Exception as e:
         root = _root_cause(e)
-        if not isinstance(root, _DETERMINISTIC):
+        fs = file_system_error(root)  # a full or read-only disk: retrying cannot help either
+        if fs is None and not (isinstance(e, _DETERMINISTIC) and isinstance(root, _DETERMINISTIC)):
             raise
-        text = str(_unwrap(e))
+        text = str(fs) if fs is not None else str(_unwrap(e))
         tune.report({"pclsim_error": text or type(root).__name__,
-                     "pclsim_user_error": isinstance(root, PclsimError)})
+                     "pclsim_user_error": fs is not None or isinstance(root, PclsimError)})
 
 
 def run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, max_concurrent, quiet,
@@ -51,6 +54,11 @@ def run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, m
                                      scenario=sc, writer=writer, dim=dim, feature_keys=feature_keys,
                                      categories=categories or None)
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="runs", unit="run", disable=quiet, file=sys.stderr)
+    if quiet:  # Tune's own log lines and tracebacks (a failed sync, a retried trial): the error line says it all
+        import logging
+
+        for name in ("ray.tune", "ray.train", "ray.air"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     class _Progress(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):

@@ -80,7 +80,7 @@ def check_keys(sc: dict, src: str) -> None:
 
 def set_keys(sc: dict) -> dict:
     """{path: value} of the keys whose resolved value differs from their default (what `validate` prints);
-    name, the data root and the weights path (resolved to absolute paths) are left out."""
+    the name and the data root are left out (validate prints them on their own lines)."""
     out = {}
     for key in KEYS.values():
         if key.path in ("name", "dataset.root"):
@@ -112,7 +112,7 @@ def choice(values: Callable[[], tuple]) -> Callable:
 
 
 def int_list(lo: int) -> Callable:
-    """A non-empty list of integers >= lo (a single integer is a list of one)."""
+    """A non-empty list of distinct integers >= lo (a single integer is a list of one)."""
     def check(src, path, v):
         if isinstance(v, int) and not isinstance(v, bool):
             v = [v]
@@ -120,6 +120,8 @@ def int_list(lo: int) -> Callable:
             fail(src, path, "expected a non-empty list of integers")
         for x in v:
             check_int(src, path, x, lo=lo)
+        if len(set(v)) != len(v):
+            fail(src, path, f"duplicate value {next(x for x in v if v.count(x) > 1)} (each would run twice)")
         return v
     return check
 

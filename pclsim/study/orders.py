@@ -173,6 +173,8 @@ def check_orders(sc: dict, src: str) -> None:
         if len(set(order)) != len(order):
             dup = next(t for t in order if order.count(t) > 1)
             fail(src, f"orders[{n}]", f"duplicate task {dup!r}")
+        if order in o[:n]:
+            fail(src, f"orders[{n}]", f"the same order as orders[{o.index(order)}] (each would run twice)")
 
 
 def expand_orders(sc: dict, difficulty: dict[str, float] | None = None) -> list[tuple[str, ...]]:

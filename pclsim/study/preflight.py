@@ -243,7 +243,19 @@ def check_stream(sc: dict, tasks, warn=print_warning, cache_dir=None) -> int:
 
     check_cache_dir(cache_dir if cache_dir is not None else default_cache_dir())
     check_memory(sc, tasks, patch_grid(sc["model"], sc["dataset"]["image_size"]))
+    check_weights(sc["model"])
     return n
+
+
+def check_weights(model: dict) -> None:
+    """ModelError (naming the model and the fix) when `weights: pretrained` cannot be had: no cached copy
+    and no network. Checked here, before Ray starts, in seconds; the weights timm finds in its cache are
+    loaded once (the extractors load them again from the same cache)."""
+    if model.get("weights") != "pretrained":
+        return
+    from ..core.backbones import load_backbone
+
+    load_backbone(model["backbone"], "pretrained", model.get("layers"))
 
 
 def decode_all(tasks, workers: int = 4, progress: bool = True) -> int:

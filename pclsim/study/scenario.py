@@ -65,6 +65,9 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
     ds = sc["dataset"]
     if data_root is not None:
         ds["root"] = data_root
+    if not get_dataset_kind(ds["kind"]).needs_root and ds["root"] is not None:
+        fail(src, "dataset.root", f"a {ds['kind']} data set reads no folder, but one was given "
+                                  f"({'--data-root' if data_root is not None else 'dataset.root'}: {ds['root']})")
     if get_dataset_kind(ds["kind"]).needs_root:
         if not ds["root"]:
             fail(src, "dataset.root", f"a {ds['kind']} data set needs a root folder (or --data-root)")

@@ -155,6 +155,7 @@ def test_summary_and_statistics_are_total_on_random_studies(quick_resampling, st
     assert len(summary) == mat.groupby(["run_id", "metric"]).ngroups
     for row in summary.to_dict("records"):
         check_row(row)
+        assert np.isfinite(row["relative_gap"]) or "relative_gap: " in row["undefined"], row
     stats = statistics.statistics_table(summary, mat)
     for r in stats.to_dict("records"):
         assert np.isfinite(r["value"]) or r["note"] or r["statistic"] in ("order_share",), r

@@ -54,15 +54,19 @@ def test_a_scenario_under_another_name_gets_the_record_beside_it(tmp_path):
     assert results_record(exp) is not None
 
 
-def test_fresh_refuses_in_a_folder_pclsim_did_not_write(tmp_path):
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_folder_pclsim_did_not_write_is_refused_when_it_holds_pclsims_names(tmp_path, fresh):
     own = tmp_path / "mine"
     (own / "report").mkdir(parents=True)
     (own / "report" / "index.html").write_text("<p>my own report</p>")
+    (own / ".tune").mkdir()
+    (own / ".tune" / "x").write_text("mine")
+    (own / "data.json").write_text("{}")
     (own / "notes.txt").write_text("notes")
     sc = load_scenario(ROOT / "scenarios/smoke.yaml")
     before = digest(own)
-    with pytest.raises(PclsimError, match=r"mine: --fresh deletes results only in a folder pclsim wrote .* report"):
-        prepare_output(sc, own, fresh=True)
+    with pytest.raises(PclsimError, match=r"mine: holds .*report.* but no pclsim record"):
+        prepare_output(sc, own, fresh=fresh)
     assert digest(own) == before
 
 
@@ -70,20 +74,24 @@ def test_fresh_on_a_pclsim_folder_deletes_only_what_pclsim_writes(tmp_path):
     out = tmp_path / "out"
     sc = load_scenario(ROOT / "scenarios/smoke.yaml")
     prepare_output(sc, out, fresh=False)
-    for name in WRITTEN:  # everything pclsim writes, as a file or a folder of parts
+    for name, patterns in WRITTEN.items():  # everything pclsim writes, as a file or a folder
         p = out / name
-        if name.endswith(".parquet") or name in ("report", "gallery", ".tune"):
-            p.mkdir()
-            (p / "part-0.parquet").write_bytes(b"x")
-        else:
+        if patterns is None:
             p.write_text("{}")
+        else:
+            p.mkdir()
+            (p / ("part-0.parquet" if name.endswith(".parquet") else "index.html" if name == "report"
+                  else "t_0.npz" if name == "gallery" else "state")).write_bytes(b"x")
     (out / "notes.txt").write_text("my notes")
     (out / "analysis").mkdir()
     (out / "analysis" / "fig.py").write_text("print(1)")
-    keep = {k: v for k, v in digest(out).items() if k.startswith(("notes", "analysis"))}
+    (out / "report" / "mine.md").write_text("my reading notes")          # the user's file in pclsim's folder
+    (out / "matrices.parquet" / "README.txt").write_text("about these")
+    keep = {k: v for k, v in digest(out).items() if k.startswith(("notes", "analysis")) or k.endswith(("md", "txt"))}
     prepare_output(sc, out, fresh=True)
-    assert sorted(p.name for p in out.iterdir()) == ["analysis", "notes.txt", "scenario.yaml"]
-    assert {k: v for k, v in digest(out).items() if k.startswith(("notes", "analysis"))} == keep
+    assert sorted(p.name for p in out.iterdir()) == ["analysis", "matrices.parquet", "notes.txt", "report",
+                                                    "scenario.yaml"]
+    assert {k: v for k, v in digest(out).items() if k != "scenario.yaml"} == keep
 
 
 def test_the_cli_refuses_with_one_error_line_naming_the_file(tmp_path):
