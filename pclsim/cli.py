@@ -209,9 +209,29 @@ def show(results_dir: str = typer.Argument(..., help="A sweep's results folder."
     _guard(_run)
 
 
-def main():
+def _click_exceptions():
+    """The exception classes typer raises: its own copy of click (typer >= 0.2x vendors it) or click's."""
     try:
-        app()
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def main():
+    ex = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
+    except ex.UsageError as e:  # a missing argument, a bad option value: one line too
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()
+            sys.exit(e.exit_code)
+        where = e.ctx.command_path if e.ctx is not None else "pclsim"
+        print(f"error: {where}: {' '.join(e.format_message().split())} (see {where} --help)", file=sys.stderr)
+        sys.exit(2)
+    except ex.Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
     except SystemExit:
         raise
     except Exception as e:  # an unexpected failure: still one line unless --debug
@@ -220,6 +240,8 @@ def main():
         print(f"error: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
               file=sys.stderr)
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from PIL import Image
 from ..errors import DataError
 from .images import TaskData, resize_size
 from .kinds import DatasetKind, register_dataset_kind
-from .listing import cap_splits, chosen_record, find_mask, image_dir, images_in, resolve_dir, task_data
+from .listing import cap_splits, check_all_paired, chosen_record, find_mask, image_dir, images_in, resolve_dir, task_data
 
 __all__ = ["BMAD_TASKS", "MASKED_TASKS", "BMAD_LAYOUTS", "PROTOCOLS", "load_bmad_task", "load_bmad",
            "write_bmad_layout"]
@@ -84,10 +84,12 @@ def load_bmad_task(root: str | Path, name: str, protocol: str = "clean", max_tra
             for fn in images_in(d):
                 mask = None
                 if masked and label == 1:
-                    mask = find_mask(md, fn, ())
+                    mask = find_mask(md, fn, ("",))  # the image's name, in any image format
                     if mask is None:
                         raise DataError(f"{d / fn}: no mask of the same name in {cat / mrel}")
                 out.append((d / fn, label, mask))
+            if masked and label == 1:  # every mask file of this folder belongs to one of its images
+                check_all_paired([md], [m for _, _, m in out])
         return out
 
     train = entries("train")

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import DataError
 from .images import TaskData
 from .kinds import DatasetKind, register_dataset_kind
-from .listing import (cap_splits, category_folders, chosen_record, find_mask, image_dir, images_in, resolve_dir,
+from .listing import (cap_splits, check_all_paired, category_folders, chosen_record, find_mask, image_dir, images_in, resolve_dir,
                       skip_name, task_data)
 
 __all__ = ["load_folder_task", "load_folders"]
@@ -21,8 +21,9 @@ __all__ = ["load_folder_task", "load_folders"]
 def load_folder_task(root: str | Path, name: str, style: str = "folder", max_train: int | None = None,
                      max_test: int | None = None, seed: int = 0) -> TaskData:
     """cat/train/good; cat/test/good normal, cat/test/<other> anomalous; masks in cat/ground_truth/<other>/.
-    style 'mvtec': masks are <stem>_mask.png and every anomalous image must have one.
-    style 'folder': masks are optional, <stem>.png or <stem>_mask.png; if any exists, all must."""
+    style 'mvtec': masks are <stem>_mask.<ext> (or the image's own name) and every anomalous image must have one.
+    style 'folder': masks are optional, <stem>.<ext> or <stem>_mask.<ext>; if any exists, all must.
+    <ext>: any image format the reading rule accepts. A mask file no image is paired with is a DataError."""
     root = Path(root)
     cat = root / name
     if not cat.is_dir():
@@ -36,17 +37,22 @@ def load_folder_task(root: str | Path, name: str, style: str = "folder", max_tra
         raise DataError(f"{cat / 'test'}: test folder not found")
     gt_root = resolve_dir(cat, "ground_truth")
     suffixes = ("_mask",) if style == "mvtec" else ("", "_mask")
-    test, missing = [], []
+    test, missing, mask_dirs = [], [], []
     for d in sorted(e.name for e in os.scandir(test_root) if e.is_dir() and not skip_name(e.name)):
         label = 0 if d.lower() == "good" else 1
         md = resolve_dir(gt_root, d) if (gt_root is not None and label) else None
+        mask_dirs.append(md)
         for fn in images_in(test_root / d):
             mask = None
             if label:
-                mask = find_mask(md, fn, suffixes) if style == "folder" else _find_mask_mvtec(md, fn)
+                mask = find_mask(md, fn, suffixes)
                 if mask is None:
                     missing.append(test_root / d / fn)
             test.append((test_root / d / fn, label, mask))
+    if gt_root is not None:  # every mask file belongs to an image; a mask folder of a defect that has none too
+        mask_dirs += [gt_root / e.name for e in os.scandir(gt_root) if e.is_dir() and not skip_name(e.name)
+                      and not (test_root / e.name).is_dir()]
+    check_all_paired(mask_dirs, [m for _, _, m in test])
     if not test:
         raise DataError(f"{test_root}: no test images")
     if not any(lab for _, lab, _ in test):
@@ -60,13 +66,6 @@ def load_folder_task(root: str | Path, name: str, style: str = "folder", max_tra
     train = [(train_dir / fn, 0, None) for fn in train_files]
     train, test, cut = cap_splits(name, train, test, max_train, max_test, seed)
     return task_data(name, train, test, root, has_masks, chosen_record(None, seed, train, test, root) if cut else None)
-
-
-def _find_mask_mvtec(mask_dir: Path | None, fn: str) -> Path | None:
-    if mask_dir is None:
-        return None
-    p = mask_dir / (Path(fn).stem + "_mask.png")
-    return p if p.is_file() else None
 
 
 def load_folders(dataset: dict, root: Path, tasks: list[str] | None, style: str = "folder") -> list[TaskData]:

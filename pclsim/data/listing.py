@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import DataError
 from .images import IMAGE_EXTS, Sample, TaskData
 
-__all__ = ["JUNK_DIRS", "resolve_dir", "images_in", "image_dir", "make_sample", "find_mask", "task_rng", "cap", "cap_splits", "task_data",
+__all__ = ["JUNK_DIRS", "resolve_dir", "images_in", "image_dir", "make_sample", "find_mask", "check_all_paired", "task_rng", "cap", "cap_splits", "task_data",
            "chosen_record", "category_folders", "skip_name"]
 
 
@@ -86,16 +86,29 @@ def make_sample(img: Path, label: int, mask: Path | None, root: Path) -> Sample:
 
 
 def find_mask(mask_dir: Path | None, name: str, suffixes: tuple[str, ...]) -> Path | None:
-    """The mask of image file `name` in mask_dir: the same name, else <stem><suffix><ext>; None when absent."""
+    """The mask of image file `name` in mask_dir: the same name, else <stem><suffix><ext> for every image
+    format the reading rule accepts (IMAGE_EXTS, either case); None when absent."""
     if mask_dir is None or not mask_dir.is_dir():
         return None
     stem = Path(name).stem
-    candidates = [name] + [stem + sfx + ext for sfx in suffixes for ext in (".png",) + IMAGE_EXTS]
+    exts = [e for ext in (".png",) + IMAGE_EXTS for e in (ext, ext.upper())]
+    candidates = [name] + [stem + sfx + ext for sfx in suffixes for ext in exts]
     for c in candidates:
         p = mask_dir / c
         if p.is_file():
             return p
     return None
+
+
+def check_all_paired(mask_dirs, used) -> None:
+    """DataError naming the folder when a mask folder holds image files that no test image was paired with
+    (a naming rule the kind does not know would otherwise leave the task without masks, or with fewer)."""
+    used = {Path(u).resolve() for u in used if u is not None}
+    for d in sorted({Path(d) for d in mask_dirs if d is not None and Path(d).is_dir()}):
+        left = [fn for fn in images_in(d) if (d / fn).resolve() not in used]
+        if left:
+            raise DataError(f"{d}: {len(left)} mask file(s) not paired with any anomalous test image (e.g. {left[0]}); "
+                            "a mask is named like its image, or <image stem>_mask, in any image format")
 
 
 def task_rng(seed: int, name: str, what: str) -> np.random.Generator:

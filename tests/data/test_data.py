@@ -464,3 +464,61 @@ def test_synthetic_cache_key_is_the_generator_version_and_parameters(monkeypatch
         assert task_key("extractor", other) != key
     monkeypatch.setattr(synthetic, "SYNTH_VERSION", "v-next")
     assert task_key("extractor", synthetic_stream(("Brain_AD",), train=2, test=2, size=64, seed=0)[0]) != key
+
+
+# ---------------------------------------------------------------- issue 22: masks in every format, unpaired ones
+
+def _grey(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _mvtec_like(root: Path, mask_name) -> None:
+    img = np.full((24, 24), 90, np.uint8)
+    for i in range(2):
+        _grey(root / "cat/train/good" / f"{i}.png", img)
+    _grey(root / "cat/test/good/0.png", img)
+    for i in range(2):
+        _grey(root / "cat/test/crack" / f"{i}.png", img)
+        m = np.zeros((24, 24), np.uint8)
+        m[i:i + 4, :6] = 255
+        _grey(root / "cat/ground_truth/crack" / mask_name(i), m)
+
+
+@pytest.mark.parametrize("kind", ["mvtec", "folder"])
+@pytest.mark.parametrize("ext", [".png", ".tif", ".bmp", ".TIFF"])
+def test_every_folder_kind_finds_masks_in_every_format(tmp_path, kind, ext):
+    _mvtec_like(tmp_path, lambda i: f"{i}_mask{ext}")
+    (t,) = load_stream({"kind": kind, "tasks": ["cat"], "root": str(tmp_path)})
+    assert t.has_masks and [Path(s.mask_path).name for s in t.test if s.label] == [f"0_mask{ext}", f"1_mask{ext}"]
+    assert t.test[0].load()[1].sum() == 24
+
+
+@pytest.mark.parametrize("kind", ["mvtec", "folder"])
+def test_a_mask_no_image_is_paired_with_is_an_error_naming_the_folder(tmp_path, kind):
+    _mvtec_like(tmp_path, lambda i: f"{i}_mask.png")
+    _grey(tmp_path / "cat/ground_truth/crack/7_mask.png", np.zeros((24, 24), np.uint8))   # no test image 7
+    with pytest.raises(DataError, match=r"ground_truth/crack: 1 mask file\(s\) not paired .*7_mask.png"):
+        load_stream({"kind": kind, "tasks": ["cat"], "root": str(tmp_path)})
+
+
+def test_folder_masks_under_another_naming_rule_are_not_silently_dropped(tmp_path):
+    _mvtec_like(tmp_path, lambda i: f"mask_{i}.png")  # a rule the kind does not know: no image is paired
+    with pytest.raises(DataError, match=r"ground_truth/crack: 2 mask file\(s\) not paired .*mask_0.png"):
+        load_stream({"kind": "folder", "tasks": ["cat"], "root": str(tmp_path)})
+
+
+def test_bmad_masks_may_use_another_image_format(bmad_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "bmad"
+    shutil.copytree(bmad_root, root)
+    mdir = root / "Brain_AD" / "test" / "Ungood" / "label"
+    for p in sorted(mdir.glob("*.png")):
+        Image.open(p).save(p.with_suffix(".tif"))
+        p.unlink()
+    (t,) = load_stream({"kind": "bmad", "tasks": ["Brain_AD"]}, str(root))
+    assert all(s.mask_path.endswith(".tif") for s in t.test if s.label)
+    _grey(mdir / "stray.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"label: 1 mask file\(s\) not paired .*stray.png"):
+        load_stream({"kind": "bmad", "tasks": ["Brain_AD"]}, str(root))
