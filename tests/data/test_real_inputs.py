@@ -34,14 +34,9 @@ from pclsim.study.preflight import check_memory, patch_grid, preflight
 from pclsim.errors import DataError, PclsimError
 from pclsim.study.scenario import load_scenario, resolve
 
+from pclsim_cli import cli
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli(*args, env=None, timeout=600):
-    e = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=str(ROOT))
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "pclsim.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=e, timeout=timeout)
 
 
 def error_line(r, code=2):

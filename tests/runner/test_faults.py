@@ -18,14 +18,9 @@ import pytest
 from pclsim.runner.control import unwrap
 from pclsim.runner.finish import check_complete
 
+from pclsim_cli import cli
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli(*args, env=None, timeout=600):
-    e = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=str(ROOT))
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "pclsim.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=e, timeout=timeout)
 
 
 @pytest.fixture()
