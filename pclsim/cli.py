@@ -229,7 +229,7 @@ def main():
         where = e.ctx.command_path if e.ctx is not None else "pclsim"
         print(f"error: {where}: {' '.join(e.format_message().split())} (see {where} --help)", file=sys.stderr)
         sys.exit(2)
-    except ex.Abort:
+    except getattr(ex, "Abort", KeyboardInterrupt):  # typer's own copy of click has no Abort
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except SystemExit:
