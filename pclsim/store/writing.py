@@ -139,13 +139,22 @@ def write_chunk(root, key: str, task, chunk: Chunk, extractor, dtype: str = "flo
     side = d / f"{chunk.stem}.labels.npz"
     if final.exists() and side.exists():
         return chunk.stem
+    if entry_dir(root, key).exists():  # another sweep on this cache finished the whole task
+        return chunk.stem
     samples = getattr(task, chunk.split)[chunk.start:chunk.stop]
     n = len(samples)
-    with atomic_file(final) as f:
-        npy_header(f, (n, extractor.num_patches, extractor.dim), dt)
-        masks, labels = _embed_into(f, extractor, samples, dt, workers)
-        with atomic_file(side) as g:  # published first: a chunk counts as written once its features are
-            np.savez(g, labels=labels, masks=masks if task.has_masks else np.zeros((0,), bool))
+    try:
+        with atomic_file(final) as f:
+            npy_header(f, (n, extractor.num_patches, extractor.dim), dt)
+            masks, labels = _embed_into(f, extractor, samples, dt, workers)
+            with atomic_file(side) as g:  # published first: a chunk counts as written once its features are
+                np.savez(g, labels=labels, masks=masks if task.has_masks else np.zeros((0,), bool))
+    except FileNotFoundError:
+        # Two sweeps sharing a cache: the other one assembled the task and removed its chunk folder while
+        # this chunk was being written. Its entry holds these features; anything else is a real error.
+        if entry_dir(root, key).exists():
+            return chunk.stem
+        raise
     return chunk.stem
 
 
