@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Optional
@@ -97,6 +98,10 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
         from .study.scenario import describe_orders, expand_runs, group_runs, load_scenario, resolve
 
         sc = load_scenario(scenario, data_root=data_root)
+        if not os.environ.get("RAY_ADDRESS"):
+            from .runner.cluster import check_ray_temp_dir
+
+            check_ray_temp_dir()  # the sweep starts a local Ray: its socket paths must fit
         tasks = load_stream(sc["dataset"], sc["dataset"]["root"])
         from .study.preflight import check_stream
 

@@ -22,7 +22,7 @@ from ..study.scenario import expand_runs, group_runs, needs_difficulty
 from .control import say as _say, sigterm_as_ctrl_c, sigterm_is_ctrl_c, stage as _stage, unwrap as _unwrap
 from .trials import run_trials as _run_trials
 
-__all__ = ["run_ray", "probe_address", "CHUNK_BATCHES"]
+__all__ = ["run_ray", "probe_address", "check_ray_temp_dir", "CHUNK_BATCHES"]
 
 
 _ADDRESS_HINT = "start one with `ray start --head` or fix the address (RAY_ADDRESS is read when --address is not given)"
@@ -56,6 +56,30 @@ def _init(ray, address, kw):
     else:
         ray.init(**kw)
     return ray
+
+
+# AF_UNIX socket paths hold at most 107 bytes on Linux (103 on macOS); a local Ray puts its sockets under
+# <temp>/ray/session_<YYYY-MM-DD_HH-MM-SS_ffffff>_<pid>/sockets/plasma_store (pid: up to 7 digits).
+_SOCKET_MAX = 103 if sys.platform == "darwin" else 107
+_SESSION_TAIL = "/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store"
+
+
+def check_ray_temp_dir(env=None) -> None:
+    """Before a local Ray starts (and before any data is read): its socket paths must fit under the temp
+    folder Ray uses (RAY_TMPDIR, else TMPDIR on Linux, else /tmp). On SLURM and many HPC sites TMPDIR is a
+    long per-job path. Raises PclsimError naming the variable and a short RAY_TMPDIR to use."""
+    env = os.environ if env is None else env
+    if env.get("RAY_TMPDIR"):
+        var, base = "RAY_TMPDIR", env["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux") and env.get("TMPDIR"):
+        var, base = "TMPDIR", env["TMPDIR"]
+    else:
+        var, base = None, "/tmp"
+    longest = len(os.path.abspath(base).rstrip("/").encode()) + len(_SESSION_TAIL)
+    if longest > _SOCKET_MAX and var:
+        raise PclsimError(f"{var}={base}: too long for Ray's socket paths ({longest} > {_SOCKET_MAX} bytes under "
+                          f"{var}/ray/session_*/sockets/): set RAY_TMPDIR to a short folder, e.g. "
+                          "`export RAY_TMPDIR=/tmp/ray-$USER`")
 
 
 def probe_address(address: str, timeout: float = 10.0) -> None:

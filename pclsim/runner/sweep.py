@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -20,7 +21,7 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import Interrupted, PclsimError
 from ..study.scenario import expand_runs, group_runs, load_scenario, needs_difficulty, scenario_hash
 from ..results.tables import remove_table
-from .cluster import probe_address as _probe_address, run_ray as _run_ray
+from .cluster import check_ray_temp_dir, probe_address as _probe_address, run_ray as _run_ray
 from .control import _T0, say as _say, unwrap as _unwrap  # noqa: F401 (_unwrap: tests)
 from .finish import check_complete, finish as _finish
 
@@ -116,6 +117,9 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
         body["data_hash"] = data_hash
     if old is not None and not fresh and "weights_used" in old:  # a resume keeps what the features came from
         body["weights_used"] = old["weights_used"]
+    # the trackers' run group (pclsim.runner.tracking): kept by a resume, new for a fresh start
+    body["run_group"] = (old or {}).get("run_group") if old is not None and not fresh else None
+    body["run_group"] = body["run_group"] or uuid.uuid4().hex[:12]
     atomic_write_text(yaml.safe_dump(body, sort_keys=False), meta)
 
 
@@ -126,15 +130,18 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
     from ..study.preflight import check_stream, data_fingerprint
 
     t_start = _T0[0] = time.perf_counter()
-    from .tracking import parse_track
+    from .tracking import check_trackers, parse_track
 
     parse_track(track)  # a bad --track fails before any work
     sc = load_scenario(scenario_path, data_root=data_root)
     if address or os.environ.get("RAY_ADDRESS"):
         _probe_address(address or os.environ["RAY_ADDRESS"])
+    else:
+        check_ray_temp_dir()  # a local Ray's socket paths fit, before any data is read
     if gallery is not None:
         sc["evaluation"]["gallery"] = int(gallery)
     out_dir = Path(out or Path("results") / sc["name"]).expanduser().resolve()
+    check_trackers(track, out_dir, sc["name"])  # a tracker that would fail after the work fails now
     stream = load_stream(sc["dataset"], sc["dataset"]["root"])
     if sc["dataset"]["tasks"] is None:  # folder-like data sets: every category found
         from ..study.scenario import resolve

@@ -81,7 +81,7 @@ def run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, m
         # reused trial actors: a new one per trial re-imports torch (seconds each on 2 cores)
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or max(1, cpus), reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / ".tune"), verbose=0, stop=_StopOnError(),
-                                  callbacks=[_Progress(), *tracker_callbacks(track, out_dir, sc, todo)],
+                                  callbacks=[_Progress(), *tracker_callbacks(track, out_dir, sc, todo, quiet)],
                                   failure_config=tune.FailureConfig(max_failures=3)),
     )
     grid = _fit_catching_sigint(tuner)

@@ -191,3 +191,158 @@ def test_readme_figures_table_from_a_results_folder(tmp_path):
     rf.update_readme(readme, md)
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text and md in text
+
+
+# ---------------------------------------------------------------- trackers checked before the work
+
+def _tiny(tmp: Path) -> Path:
+    """The smoke stream, one strategy and memory size, one order: one Tune trial."""
+    import yaml
+
+    sc = yaml.safe_load(SMOKE.read_text())
+    sc.update(name="tiny", strategies=["patchcore_cl"], memory_sizes=[30],
+              orders=[["Brain_AD", "Liver_AD", "Chest_AD"]])
+    p = tmp / "tiny.yaml"
+    p.write_text(yaml.safe_dump(sc))
+    return p
+
+
+def _no_wandb_key(monkeypatch, tmp_path):
+    for k in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no ~/.config/wandb
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+
+
+def test_wandb_without_key_fails_before_the_work(tmp_path, monkeypatch):
+    """No key and no offline mode: one error line in seconds, before any feature is extracted."""
+    if not _have("wandb"):
+        pytest.skip("wandb is not installed (pip install -e '.[track]')")
+    from pclsim.runner.tracking import check_trackers
+
+    _no_wandb_key(monkeypatch, tmp_path)
+    with pytest.raises(PclsimError, match="no W&B API key.*WANDB_MODE=offline"):
+        check_trackers(["wandb"], tmp_path / "out", "x")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_trackers(["wandb"], tmp_path / "out", "x")  # offline: nothing to check
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    check_trackers(["wandb"], tmp_path / "out", "x")
+
+    monkeypatch.delenv("WANDB_API_KEY")
+    env = {k: os.environ[k] for k in ("HOME", "NETRC", "WANDB_CONFIG_DIR")}
+    env.update(PCLSIM_CACHE_DIR=str(tmp_path / "cache"), RAY_ADDRESS="", PYTHONPATH=str(ROOT))
+    t0 = __import__("time").perf_counter()
+    r = subprocess.run([sys.executable, "-m", "pclsim.cli", "sweep", str(SMOKE), "--out", str(tmp_path / "o"),
+                        "--track", "wandb"], capture_output=True, text=True, cwd=ROOT,
+                       env={k: v for k, v in {**os.environ, **env}.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")})
+    took = __import__("time").perf_counter() - t0
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith("error: --track wandb: no W&B API key") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "o").exists()
+    assert took < 30, took
+
+
+def test_mlflow_store_that_does_not_answer_or_a_deleted_experiment(tmp_path):
+    if not _have("mlflow"):
+        pytest.skip("mlflow is not installed (pip install -e '.[track]')")
+    import socket
+    import time
+
+    import mlflow
+
+    from pclsim.runner.tracking import check_trackers, mlflow_uri
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(PclsimError, match=f"mlflow=http://127.0.0.1:{port}: the tracking store does not answer"):
+        check_trackers([f"mlflow=http://127.0.0.1:{port}"], tmp_path, "x")
+    assert time.perf_counter() - t0 < 30
+    # a deleted experiment of the scenario's name: restore it or track elsewhere
+    uri = mlflow_uri(str(tmp_path / "mlruns"), tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.create_experiment("smoke"))
+    with pytest.raises(PclsimError, match="experiment 'smoke' was deleted: restore it"):
+        check_trackers([f"mlflow={tmp_path / 'mlruns'}"], tmp_path, "smoke")
+    check_trackers([f"mlflow={tmp_path / 'mlruns'}"], tmp_path, "another")  # absent: created by the sweep
+    check_trackers([f"mlflow=sqlite:///{tmp_path / 'new' / 'db.sqlite'}"], tmp_path, "x")  # a new store
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(PclsimError, match="not writable"):
+            check_trackers([f"mlflow={ro / 'mlruns'}"], tmp_path, "x")
+
+
+def _mlflow_server(tmp: Path):
+    """`mlflow server` on loopback with a sqlite backend; returns (process, URI) once it answers."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+                             "--default-artifact-root", str(tmp / "artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"))
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc, uri
+        except OSError:
+            time.sleep(0.25)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    pytest.fail(f"mlflow server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+
+
+@pytest.mark.parametrize("store", ["sqlite", "http"])
+def test_mlflow_sqlite_and_http_stores_and_fresh_run_groups(store, tmp_path_factory):
+    """The two other kinds of tracking URI, through real sweeps (one Tune trial each); with sqlite, --fresh
+    starts a new run group and says the experiment keeps the earlier runs."""
+    if not _have("mlflow"):
+        pytest.skip("mlflow is not installed (pip install -e '.[track]')")
+    import mlflow
+    import yaml
+
+    d = tmp_path_factory.mktemp(f"track-{store}")
+    server = None
+    if store == "sqlite":
+        uri = f"sqlite:///{d / 'mlflow.db'}"
+    else:
+        server, uri = _mlflow_server(d)
+    scenario = _tiny(d)
+    env = dict(os.environ, PCLSIM_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "tiny-cache"), RAY_ADDRESS="",
+               PYTHONPATH=str(ROOT))
+    try:
+        groups = []
+        for fresh in (False, True) if store == "sqlite" else (False,):
+            r = subprocess.run([sys.executable, "-m", "pclsim.cli", "sweep", str(scenario), "--out", str(d / "out"),
+                                "--track", f"mlflow={uri}"] + (["--fresh"] if fresh else []),
+                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+            assert r.returncode == 0, r.stderr[-3000:]
+            groups.append(yaml.safe_load((d / "out" / "scenario.yaml").read_text())["run_group"])
+            if fresh:
+                assert f"keeps 1 run(s) of earlier sweeps; this sweep's runs have the tag pclsim_run_group = " \
+                       f"'{groups[-1]}'" in r.stderr, r.stderr[-2000:]
+        assert len(set(groups)) == len(groups)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+        assert sorted(x.data.tags["pclsim_run_group"] for x in runs) == sorted(groups)
+        summary = pd.read_parquet(d / "out" / "summary.parquet")
+        want = summary[summary.metric == "image_auroc"].final_mean.mean()
+        for x in runs:
+            assert x.info.status == "FINISHED" and x.data.params["strategy"] == "patchcore_cl"
+            assert x.data.metrics["image_auroc/final_mean"] == pytest.approx(want, rel=1e-9)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
