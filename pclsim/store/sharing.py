@@ -30,6 +30,11 @@ from pathlib import Path
 
 from ..errors import PclsimError
 
+try:
+    import pwd
+except ImportError:  # not POSIX
+    pwd = None
+
 __all__ = ["OWNER", "STALE_AGE_S", "make_temp_dir", "write_owner", "owner_state", "remove_stale", "owner_name",
            "is_ours", "unreadable", "not_ours", "cannot_write", "remove_own"]
 
@@ -48,10 +53,8 @@ _FIX = ("ask its owner to make the cache readable by the group (chmod -R g+rX on
 def owner_name(uid: int) -> str:
     """The user name of `uid`, or "uid N" where the system has none."""
     try:
-        import pwd
-
         return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
+    except (AttributeError, KeyError):
         return f"uid {uid}"
 
 
@@ -60,10 +63,8 @@ def _owner_of(path: Path) -> str:
     for p in (Path(path), *Path(path).parents):
         try:
             return owner_name(os.stat(p).st_uid)
-        except FileNotFoundError:
+        except OSError:  # not there yet, or in a folder this user may not enter: the folder above
             continue
-        except OSError:
-            break
     return "its owner"
 
 
@@ -201,20 +202,19 @@ def _age(p: Path, st: os.stat_result) -> float:
 
 
 def remove_own(p: Path) -> tuple[int, bool]:
-    """Delete what this user owns under `p` (a file or a folder tree), never anything of another user.
-
-    Returns (bytes of the files deleted, whether `p` itself is gone)."""
-    freed = 0
+    """Delete what this user owns under `p` (a file, or a folder tree: this user's files in it, and its
+    folders once empty), never anything of another user. Returns (bytes of the files deleted, whether
+    `p` itself is gone)."""
     try:
         st = os.lstat(p)
     except FileNotFoundError:
         return 0, True
     except OSError:
         return 0, False
-    uid = os.geteuid()
-    if st.st_uid != uid:
-        return 0, False
+    ours = st.st_uid == os.geteuid()
     if not stat.S_ISDIR(st.st_mode):
+        if not ours:
+            return 0, False
         try:
             os.unlink(p)
             return st.st_size, True
@@ -222,13 +222,15 @@ def remove_own(p: Path) -> tuple[int, bool]:
             return 0, True
         except OSError:
             return 0, False
+    freed = 0
     try:
         children = list(os.scandir(p))
     except OSError:
         children = []
     for e in children:
-        got, _ = remove_own(Path(e.path))
-        freed += got
+        freed += remove_own(Path(e.path))[0]
+    if not ours:
+        return freed, False
     try:
         os.rmdir(p)
     except FileNotFoundError:
@@ -239,10 +241,13 @@ def remove_own(p: Path) -> tuple[int, bool]:
 
 
 def _candidates(root: Path):
-    """(path, is_folder) of every temporary thing pclsim may leave in a cache: features/.tmp-* and
-    features/.trash-* folders, and .tmp-* files of interrupted atomic writes in features/.parts-*/ and banks/."""
+    """(path, kind) of every temporary thing pclsim may leave in a cache: "folder" for features/.tmp-* and
+    features/.trash-*, "file" for .tmp-* files of interrupted atomic writes in features/.parts-*/ and
+    banks/, "parts" for a chunk folder features/.parts-<key> whose entry features/<key> is complete (its
+    chunk files are copies of the entry's, left where another user's or a killed sweep's finalise
+    could not remove them)."""
     feats = root / "features"
-    for folder, dirs_ok in ((feats, True), (root / "banks", False)):
+    for folder in (feats, root / "banks"):
         try:
             entries = list(os.scandir(folder))
         except OSError:
@@ -250,40 +255,45 @@ def _candidates(root: Path):
         for e in entries:
             name = e.name
             if name.startswith(TEMP_PREFIXES):
-                yield Path(e.path), e.is_dir(follow_symlinks=False)
-            elif dirs_ok and name.startswith(".parts-") and e.is_dir(follow_symlinks=False):
+                yield Path(e.path), "folder" if e.is_dir(follow_symlinks=False) else "file"
+            elif folder == feats and name.startswith(".parts-") and e.is_dir(follow_symlinks=False):
+                if (feats / name[len(".parts-"):] / "meta.json").is_file():
+                    yield Path(e.path), "parts"
+                    continue
                 try:
                     inner = list(os.scandir(e.path))
                 except OSError:
                     continue
                 for f in inner:
                     if f.name.startswith(".tmp-") and not f.is_dir(follow_symlinks=False):
-                        yield Path(f.path), False
+                        yield Path(f.path), "file"
 
 
-def remove_stale(root, max_age: float = STALE_AGE_S) -> tuple[int, int]:
+def remove_stale(root, max_age: float = STALE_AGE_S) -> tuple[int, int, int]:
     """Remove the temporary folders and files a killed process left in the cache `root`.
 
     A temporary folder (features/.tmp-*, .trash-*) goes when this user owns it and its recorded owner
     process is dead on this host, or when its owner cannot be checked from here (`owner_state`:
     "unknown") and nothing in it changed for `max_age` seconds (default `STALE_AGE_S`, 24 h). Temporary
     files of interrupted chunk and bank writes (.tmp-* in features/.parts-*/ and banks/) carry no record:
-    they go after `max_age`. A live owner's folder, and anything of another user, always stays.
-    Returns (how many were removed, bytes freed); never raises for a file-system error."""
+    they go after `max_age`. This user's chunk files of a task whose entry is complete go at once (the
+    chunk folder too, once empty). A live owner's folder, and anything of another user, always stays.
+    Returns (folders removed, files removed, bytes freed); never raises for a file-system error."""
     root = Path(root)
-    n = freed = 0
-    uid = os.geteuid()
-    for p, is_dir in _candidates(root):
-        try:
-            st = os.lstat(p)
-        except OSError:
-            continue
-        if st.st_uid != uid:
-            continue
-        state = owner_state(p) if is_dir else "unknown"
-        if state == "alive" or (state == "unknown" and _age(p, st) < max_age):
-            continue
+    folders = files = freed = 0
+    for p, kind in _candidates(root):
+        if kind != "parts":
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if st.st_uid != os.geteuid():
+                continue
+            state = owner_state(p) if kind == "folder" else "unknown"
+            if state == "alive" or (state == "unknown" and _age(p, st) < max_age):
+                continue
         got, gone = remove_own(p)
         freed += got
-        n += int(gone)
-    return n, freed
+        if got or gone:
+            folders, files = (folders, files + 1) if kind == "file" else (folders + 1, files)
+    return folders, files, freed
