@@ -14,7 +14,9 @@ The cache folder (`PCLSIM_CACHE_DIR`) may be one folder on shared storage for a 
   process's start time, so a reused pid is not taken for the owner); `remove_stale` removes those
   of this user whose owner is dead, or, when the owner cannot be checked from here (another host,
   a reboot, no record), that have not changed for `STALE_AGE_S`. A SIGKILL (OOM killer,
-  preemption, `ray job stop`) leaves such a folder, task-sized; the next sweep takes it away.
+  preemption, `ray job stop`) leaves such a folder, task-sized; the next sweep on the same host takes
+  it away (`pclsim.store.cache.remove_stale_temporaries`), one elsewhere a day later. The same sweep
+  removes this user's chunk files of tasks whose entry is complete (features/.parts-<key>/).
 """
 
 from __future__ import annotations
