@@ -118,7 +118,7 @@ def assert_same_entry(ref, want):
 
 
 # ----------------------------------------------------------------------------------------------- modes
-@pytest.mark.parametrize("mask", [0o022, 0o002])
+@pytest.mark.parametrize("mask", [0o022, 0o002], ids=["umask022", "umask002"])
 def test_entries_and_chunks_get_the_umask_not_a_private_mode(ex, tasks, reference, tmp_path, mask):
     whole, chunked = tasks
     with umask(mask):
