@@ -158,8 +158,9 @@ class BankManagerActor:
         feats, orders = args[: len(names)], args[len(names):]
         out = run_banks(_tasks(names, feats), needs, self.coreset, seed, dict(zip(order_keys, orders)), refs)
         self.computed += 1
-        try:
-            atomic_write_bytes(pickle.dumps(out), path)
+        try:  # the umask decides who may read it; another user's file (a shared cache) is never replaced
+            if not path.exists() or path.stat().st_uid == os.geteuid():
+                atomic_write_bytes(pickle.dumps(out), path, mode=None)
         except OSError:
             pass  # a read-only cache still gives results, only without the restart guarantee
         return out

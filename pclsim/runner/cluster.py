@@ -163,8 +163,10 @@ def _extract_features(ray, sc, stream, out_dir, cache, quiet, debug):
 
     from .actors import FeatureExtractorActor, task_stats
     from ..results.tables import write_table
+    from ..store.cache import remove_stale_temporaries
     from ..store.writing import lookup, plan_chunks, store_key
 
+    remove_stale_temporaries(cache, quiet)  # what killed extractors left: one line when space came back
     res = ray.cluster_resources()
     cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
     dtype = sc["model"].get("feature_dtype", "float16")

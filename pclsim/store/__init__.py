@@ -2,7 +2,9 @@
 
 - `entry`: an entry's key, files, checks and handle (`FeatureRef`), `lookup`;
 - `writing`: chunks, assembly (`finalise`) and `extract_task`;
-- `cache`: the cache folder (`PCLSIM_CACHE_DIR`) and `load_or_extract`.
+- `cache`: the cache folder (`PCLSIM_CACHE_DIR`), `load_or_extract`, `remove_stale_temporaries`;
+- `sharing`: one cache shared by several users and sweeps (modes per umask, the folder's group, owners
+  of temporary folders, stale ones removed).
 
 Imports only `pclsim.core`, `pclsim.data` and the base modules (errors, atomic). `pclsim.store.X`
 names what `pclsim.store` named before 0.3 (the writing module's public names).

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..core.task_features import TaskFeatures
 from .entry import task_key
 
-__all__ = ["default_cache_dir", "task_key", "load_or_extract", "load_cached"]
+__all__ = ["default_cache_dir", "task_key", "load_or_extract", "load_cached", "remove_stale_temporaries"]
 
 
 def default_cache_dir() -> Path:
@@ -45,3 +45,22 @@ def load_or_extract(task, extractor, *, cache_root: Path | None = None, workers:
 
     root = Path(cache_root) if cache_root is not None else default_cache_dir()
     return extract_task(task, extractor, root, dtype, workers=workers, progress=progress).open()
+
+
+def remove_stale_temporaries(root, quiet: bool = False) -> tuple[int, int, int]:
+    """At a sweep's start: remove the temporary folders and files killed processes left in the cache `root`
+    (pclsim.store.sharing.remove_stale: this user's, whose owner process is dead, or unchanged for
+    STALE_AGE_S, 24 h, where the owner cannot be checked from here) and, unless `quiet`, say once on
+    stderr how many and how much space came back (nothing when none).
+    Returns (folders removed, files removed, bytes freed)."""
+    import sys
+
+    from .sharing import remove_stale
+
+    folders, files, freed = remove_stale(Path(root))
+    if (folders or files) and not quiet:
+        what = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((folders, "folder"), (files, "file")) if n]
+        what[0] = what[0].replace(" ", " stale temporary ", 1)  # "2 stale temporary folders and 1 file"
+        print(f"cache: removed {' and '.join(what)} ({freed / 1e6:.1f} MB) in {root}",
+              file=sys.stderr, flush=True)
+    return folders, files, freed

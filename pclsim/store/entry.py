@@ -3,7 +3,8 @@
 An entry is features/<key>/ under the cache folder (layout in pclsim.store.writing); `key` hashes the
 extractor's identity, the store format and dtype, and every sample's key and label (`task_key`),
 so changed data, backbone or dtype never reuse an entry. Entries are published by one atomic
-rename (`publish_entry`) and checked against their meta.json before use (`lookup`).
+rename (`publish_entry`) and checked against their meta.json before use (`lookup`). A cache may be shared by
+several users (pclsim.store.sharing): an entry another user owns is never moved or deleted.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,12 +157,18 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _valid(p: Path) -> dict | None:
-    """meta.json of a complete entry whose array files have exactly the sizes it announces, else None."""
+class _Damaged(Exception):
+    """An entry's files do not match its meta.json (the message says how)."""
+
+
+def _check(p: Path) -> dict:
+    """meta.json of a complete entry whose array files have exactly the sizes it announces.
+
+    Raises _Damaged saying what is wrong, PermissionError when this user may not read a file."""
     try:
         meta = json.loads((p / "meta.json").read_text())
         if meta.get("format") != FORMAT:
-            return None
+            raise _Damaged(f"meta.json: format {meta.get('format')!r}, expected {FORMAT}")
         P = meta["grid"][0] * meta["grid"][1]
         want = {"train.npy": ((meta["n_train"] * P, meta["dim"]), meta["dtype"]),
                 "test.npy": ((meta["n_test"], P, meta["dim"]), meta["dtype"]),
@@ -174,11 +180,22 @@ def _valid(p: Path) -> dict | None:
                 got_shape, got_dt = npy_data_offset(f)
                 off = f.tell()
             if tuple(got_shape) != tuple(shape) or got_dt != np.dtype(dt):
-                return None
-            if os.path.getsize(p / fn) != off + int(np.prod(shape)) * np.dtype(dt).itemsize:
-                return None
+                raise _Damaged(f"{fn}: {tuple(got_shape)} {got_dt}, expected {tuple(shape)} {dt}")
+            size, need = os.path.getsize(p / fn), off + int(np.prod(shape)) * np.dtype(dt).itemsize
+            if size != need:
+                raise _Damaged(f"{fn}: {size} bytes, expected {need}")
         return meta
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+    except PermissionError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise _Damaged(f"{type(e).__name__}: {e}") from None
+
+
+def _valid(p: Path) -> dict | None:
+    """meta.json of a complete entry whose array files have exactly the sizes it announces, else None."""
+    try:
+        return _check(p)
+    except (_Damaged, OSError):
         return None
 
 
@@ -188,28 +205,69 @@ def _ref(root, key: str, meta: dict) -> FeatureRef:
 
 
 def lookup(root, key: str) -> FeatureRef | None:
-    """The handle of a complete entry, or None (missing, or damaged: then it is moved out of the way)."""
+    """The handle of a complete entry, or None: missing, or damaged and this user's (then it is removed).
+
+    Raises PclsimError (pclsim.store.sharing), naming the entry, its owner and the fix, when the entry
+    cannot be read for its permissions, or is damaged and belongs to another user: an entry of another
+    user is never moved or deleted, and a permission error is never taken for damage."""
+    from .sharing import is_ours, not_ours, unreadable
+
     p = entry_dir(root, key)
-    if not p.exists():
+    try:
+        before = os.stat(p)
+    except FileNotFoundError:
         return None
-    meta = _valid(p)
-    if meta is None:
-        _discard(p)
+    except PermissionError as e:
+        raise unreadable(p, e) from None
+    try:
+        meta = _check(p)
+    except PermissionError as e:
+        raise unreadable(p, e) from None
+    except _Damaged as e:
+        try:
+            now = os.stat(p)
+        except FileNotFoundError:
+            return None  # another sweep of ours discarded it meanwhile
+        if (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev):
+            return lookup(root, key)  # replaced meanwhile (discarded and published again): check the new one
+        if not is_ours(p):
+            raise not_ours(p, str(e)) from None
+        _discard(p, before)
         return None
     return _ref(root, key, meta)
 
 
-def _discard(p: Path) -> None:
-    trash = p.with_name(f".trash-{p.name}-{uuid.uuid4().hex[:8]}")
+def _discard(p: Path, st: os.stat_result) -> None:
+    """Move this user's damaged entry `p` (the folder whose stat is `st`) aside and delete it."""
+    from .sharing import remove_own, write_owner
+
+    trash = p.with_name(f".trash-{p.name}-{os.urandom(4).hex()}")
     try:
         os.replace(p, trash)
     except OSError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        moved = os.stat(trash)
+    except OSError:
+        return
+    if (moved.st_ino, moved.st_dev) != (st.st_ino, st.st_dev):  # a fresh entry was published in between: keep it
+        try:
+            os.rename(trash, p)
+            return
+        except OSError:
+            pass  # and another one is in place again: the moved one is a duplicate
+    try:
+        write_owner(trash)  # if this process dies before the deletion ends, the next sweep finishes it
+    except OSError:
+        pass
+    remove_own(trash)
 
 
 def _publish(tmp: Path, dest: Path) -> None:
     """Rename a complete temporary entry into place; if another worker got there first, keep theirs."""
+    from .sharing import OWNER
+
+    (tmp / OWNER).unlink(missing_ok=True)  # the temporary folder's owner record: not part of the entry
     _fsync_dir(tmp)
     try:
         os.rename(tmp, dest)

@@ -13,7 +13,9 @@ Layout, under the cache folder (`PCLSIM_CACHE_DIR`, on a cluster storage every n
 every sample's key), so changed data, backbone or dtype never reuse an entry. An entry is built
 in a private temporary folder and renamed into place only when complete, so a crash never leaves
 one that a later run trusts; chunk files are renamed into place the same way, so a rerun after a
-crash keeps the chunks already written. Arrays are written batch by batch with plain file writes
+crash keeps the chunks already written. Files and folders get their mode from the writer's umask and
+their group from a setgid cache folder, and every temporary folder records its owner process, so that
+a group can share one cache and a sweep removes what killed processes left (pclsim.store.sharing). Arrays are written batch by batch with plain file writes
 (no task is ever held whole in memory) and read back with `np.load(mmap_mode="r")`.
 
 float16 halves the store against float32; the features are rounded once (relative error <= 2^-11),
@@ -24,7 +26,6 @@ output bit for bit.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from ..atomic import atomic_file
 from .entry import (DTYPES, FeatureRef, check_dtype, entry_dir, feature_bytes, lookup,  # noqa: F401
                           npy_data_offset, npy_header, open_features, parts_dir, publish_entry, save_small, store_key,
                           task_key, write_meta)
+from .sharing import cannot_write, make_temp_dir, remove_own
 
 _npy_header = npy_header  # the name benchmarks/bench_paper_task.py writes its files with
 
@@ -73,16 +75,16 @@ def extract_task(task, extractor, root, dtype: str = "float16", *, workers: int 
     """One task into the store, in this process (no Ray): batches written as they come; returns its handle.
 
     A complete entry already in the store is returned as it is. Raises what the data loader
-    raises (DataError naming the file) and leaves no entry behind then.
+    raises (DataError naming the file) and leaves no entry behind then; PclsimError naming the entry
+    or folder when the cache is another user's and may not be read or written (`lookup`,
+    pclsim.store.sharing).
     """
     dt = check_dtype(dtype)
     key = store_key(extractor.cache_key(), task, dtype)
     hit = lookup(root, key)
     if hit is not None:
         return hit
-    base = Path(root) / "features"
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=base))
+    tmp = _temp_entry(root, key)
     try:
         P, D = extractor.num_patches, extractor.dim
         with open(tmp / "train.npy", "wb") as f:
@@ -100,6 +102,17 @@ def extract_task(task, extractor, root, dtype: str = "float16", *, workers: int 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temp_entry(root, key: str) -> Path:
+    """A new temporary folder features/.tmp-<key>-* for an entry being written, with its owner record.
+    PclsimError naming the folder when this user may not write there."""
+    base = Path(root) / "features"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        return make_temp_dir(base, f".tmp-{key}-")
+    except PermissionError as e:
+        raise cannot_write(base, e) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,11 +143,15 @@ def plan_chunks(task, chunk_images: int) -> list[Chunk]:
 def write_chunk(root, key: str, task, chunk: Chunk, extractor, dtype: str = "float16", *, workers: int = 2) -> str:
     """Extract one chunk into its own file under features/.parts-<key>/ (atomic rename); returns its stem.
 
-    A chunk already written (by this or an earlier, crashed run) is not extracted again.
+    A chunk already written (by this or an earlier, crashed run) is not extracted again. Raises
+    PclsimError naming the folder when this user may not write there (another user's cache).
     """
     dt = check_dtype(dtype)
     d = parts_dir(root, key)
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except PermissionError as e:
+        raise cannot_write(d.parent, e) from None
     final = d / f"{chunk.stem}.npy"
     side = d / f"{chunk.stem}.labels.npz"
     if final.exists() and side.exists():
@@ -144,11 +161,16 @@ def write_chunk(root, key: str, task, chunk: Chunk, extractor, dtype: str = "flo
     samples = getattr(task, chunk.split)[chunk.start:chunk.stop]
     n = len(samples)
     try:
-        with atomic_file(final) as f:
+        with atomic_file(final, mode=None) as f:  # the umask decides who may read it
             npy_header(f, (n, extractor.num_patches, extractor.dim), dt)
             masks, labels = _embed_into(f, extractor, samples, dt, workers)
-            with atomic_file(side) as g:  # published first: a chunk counts as written once its features are
+            # published first: a chunk counts as written once its features are
+            with atomic_file(side, mode=None) as g:
                 np.savez(g, labels=labels, masks=masks if task.has_masks else np.zeros((0,), bool))
+    except PermissionError as e:
+        if e.filename and Path(e.filename).parent == d:  # the chunk folder, not an image of the data set
+            raise cannot_write(d, e) from None
+        raise
     except FileNotFoundError:
         # Two sweeps sharing a cache: the other one assembled the task and removed its chunk folder while
         # this chunk was being written. Its entry holds these features; anything else is a real error.
@@ -173,8 +195,9 @@ def finalise(root, key: str, task, chunks: list[Chunk], *, image_size: int, grid
     """Assemble a task's chunk files (all of `chunks`, written by any worker) into its store entry.
 
     Streams the chunk files into train.npy / test.npy (bounded memory), renames the entry into
-    place, then removes the chunk folder. Returns the handle. Raises FileNotFoundError when a
-    chunk is missing (its worker did not finish).
+    place, then removes this user's files of the chunk folder (and the folder, once empty). Returns
+    the handle. Raises FileNotFoundError when a chunk is missing (its worker did not finish),
+    PclsimError naming the folder when this user may not write into the cache.
     """
     dt = check_dtype(dtype)
     hit = lookup(root, key)
@@ -182,8 +205,7 @@ def finalise(root, key: str, task, chunks: list[Chunk], *, image_size: int, grid
         return hit
     P = int(grid[0] * grid[1])
     parts = parts_dir(root, key)
-    base = Path(root) / "features"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=base))
+    tmp = _temp_entry(root, key)
     try:
         labels, masks = [], []
         for split, rows_per_image, tail in (("train", P, (dim,)), ("test", 1, (P, dim))):
@@ -216,5 +238,5 @@ def finalise(root, key: str, task, chunks: list[Chunk], *, image_size: int, grid
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(parts, ignore_errors=True)
+    remove_own(parts)  # chunk files another user wrote (a shared cache) are theirs to remove
     return ref
