@@ -22,9 +22,10 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError, PclsimError
-from ..data.images import LOSSY_FORMATS, ImageHeader, decode_memory_bound, image_header
+from ..data.decoding import LOSSY_FORMATS, ImageHeader, decode_memory_bound, image_header
 
-__all__ = ["header_size", "preflight", "decode_memory_line", "DECODE_THREADS", "decode_all", "check_test_classes", "check_masks", "patch_grid", "check_memory", "check_cache_dir",
+__all__ = ["header_size", "preflight", "decode_memory_line", "DECODE_THREADS", "decode_all", "check_test_classes",
+           "check_masks", "patch_grid", "check_memory", "check_cache_dir",
            "data_fingerprint", "check_stream", "print_warning"]
 
 
