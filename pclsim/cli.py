@@ -108,7 +108,8 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
         if sc["dataset"]["tasks"] is None:
             sc["dataset"]["tasks"] = [t.name for t in tasks]
             sc = resolve(sc, scenario)
-        n_files = check_stream(sc, tasks)  # everything the sweep's preflight checks, before any Ray
+        info: dict = {}
+        n_files = check_stream(sc, tasks, info=info)  # everything the sweep's preflight checks, before any Ray
         if not headers_only:
             from .study.preflight import decode_all
 
@@ -119,6 +120,10 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
         runs = expand_runs(sc, difficulty={t: 0.0 for t in sc["dataset"]["tasks"]})
         checked = "headers read" if headers_only else "decoded"
         print(f"scenario {sc['name']}: ok ({n_files} image and mask files checked, {checked})")
+        if "largest" in info:
+            from .study.preflight import decode_memory_line
+
+            print(decode_memory_line(info["largest"]), file=sys.stderr, flush=True)
         for t in tasks:
             n_anom = sum(s.label for s in t.test)
             print(f"  task {t.name}: {len(t.train)} train, {len(t.test)} test ({n_anom} anomalous), "

@@ -1,127 +1,33 @@
-"""Samples, image decoding, the paper's preprocessing, and lazy parallel batching.
+"""Samples, the decoding rule (`read_image`, `read_mask`), the paper's preprocessing, and lazy parallel batching.
 
 A `Sample` names one image (a file, or a synthetic generator's parameters) without decoding it;
 pixels exist only while `iter_batches` needs them, so a task of thousands of large images never
-sits in memory at once.
+sits in memory at once. Files are read by `pclsim.data.decoding` (readers, pixel limit, headers);
+the 8-bit scaling here runs on integers or in row blocks, never on a float64 copy of the whole image.
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import DataError
+from .decoding import (DEFAULT_MAX_IMAGE_PIXELS, LOSSY_FORMATS, PIXEL_LIMIT_ENV, ImageHeader,  # noqa: F401
+                       _row_blocks, check_pixels, decode, decode_memory_bound, image_header, max_image_pixels)
 
 __all__ = ["IMAGE_EXTS", "IMAGENET_MEAN", "IMAGENET_STD", "Sample", "TaskData", "read_image", "read_mask",
            "preprocess", "resize_size", "iter_batches", "LOSSY_FORMATS", "decode", "bit_depth", "to_uint8",
-           "RESIZE_MODES", "MIN_IMAGE_SIZE"]
+           "RESIZE_MODES", "MIN_IMAGE_SIZE", "PIXEL_LIMIT_ENV", "DEFAULT_MAX_IMAGE_PIXELS", "max_image_pixels",
+           "check_pixels", "ImageHeader", "image_header", "decode_memory_bound"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_IMAGE_SIZE = 32  # px: the smallest dataset.image_size (and `data synth --size`); smaller leaves the backbone no grid
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-Image.MAX_IMAGE_PIXELS = None  # whole-slide-sized medical images are legitimate input, not a decompression bomb
-
-
-def _open(path: str, what: str) -> Image.Image:
-    try:
-        if os.path.getsize(path) == 0:
-            raise DataError(f"{path}: empty {what} file")
-        im = Image.open(path)
-        im.load()  # decode now: a truncated file fails here, not later in a worker
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} file not found") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable {what} (corrupt or unknown format)") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: corrupt or truncated {what}: {e}") from None
-    if im.width == 0 or im.height == 0:
-        raise DataError(f"{path}: {what} has no pixels")
-    return im
-
-
-# Formats whose compression changes pixel values: their masks are thresholded at half range, not at > 0.
-LOSSY_FORMATS = ("JPEG", "MPO", "WEBP", "JPEG2000")
-
-
-def _png_header(path: str) -> tuple[int, int] | None:
-    """(bit depth, colour type) from a PNG's IHDR chunk, or None when the file is not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return head[24], head[25]
-
-
-def _png16(path: str) -> np.ndarray:
-    """A 16-bit PNG with colour or alpha, which Pillow would cut to 8 bits, read with pypng: (H, W, C) uint16."""
-    import png
-
-    try:
-        w, h, rows, info = png.Reader(filename=path).asDirect()
-        a = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
-    except (png.Error, OSError, ValueError) as e:
-        raise DataError(f"{path}: corrupt or truncated 16-bit PNG: {e}") from None
-    return a.reshape(h, w, info["planes"])
-
-
-def _tiff(path: str) -> np.ndarray:
-    """The first page of a TIFF with its stored sample type (tifffile: 16-bit colour, float, ... kept as they are)."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tf:
-            page = tf.pages[0]
-            a = page.asarray()
-            if a.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
-                a = np.moveaxis(a, 0, -1)  # (samples, H, W) -> (H, W, samples)
-            if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
-                a = page.colormap.T[a]  # palette indices -> their (16-bit) colours
-    except DataError:
-        raise
-    except Exception as e:  # tifffile raises many types for damaged files
-        raise DataError(f"{path}: corrupt or unsupported TIFF: {e}") from None
-    return a
-
-
-def decode(path: str, what: str = "image") -> tuple[np.ndarray, str]:
-    """The pixel values a file stores, unscaled, and its format name.
-
-    Returns (H, W) or (H, W, C) with C in 1..4: grey, grey + alpha, colour, colour + alpha, in the
-    file's own sample type (bool, uint8, uint16, int32, float32, ...). Palette images are expanded to
-    their colours; CMYK / YCbCr / LAB become RGB. Pillow decodes everything except 16-bit colour PNGs
-    (pypng; Pillow keeps only their high bytes) and TIFFs (tifffile, which keeps 16-bit colour and float).
-    Raises DataError naming the file when it is missing, empty, corrupt or has no pixels.
-    """
-    im = _open(path, what)
-    fmt = im.format or "?"
-    if fmt == "TIFF":
-        a = _tiff(path)
-    else:
-        hdr = _png_header(path) if fmt == "PNG" else None
-        if hdr is not None and hdr[0] == 16 and hdr[1] in (2, 4, 6):
-            a = _png16(path)
-        elif im.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F", "RGB", "RGBA", "LA"):
-            a = np.asarray(im)
-        elif im.mode in ("P", "PA"):
-            a = np.asarray(im.convert("RGBA" if ("transparency" in im.info or im.mode == "PA") else "RGB"))
-        else:  # CMYK, YCbCr, LAB, HSV, ...: Pillow's own conversion to RGB
-            a = np.asarray(im.convert("RGB"))
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if a.ndim == 4 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (2, 3, 4)) or a.size == 0:
-        raise DataError(f"{path}: cannot interpret a {what} of shape {a.shape} (expected grey or colour pixels)")
-    return a, fmt
 
 
 def _drop_alpha(a: np.ndarray) -> np.ndarray:
@@ -151,7 +57,7 @@ def bit_depth(a: np.ndarray, path: str = "<array>") -> int:
             raise DataError(f"{path}: pixel values include NaN or infinity")
         if lo >= 0 and hi <= 1:
             return 0
-        if not np.all(a == np.rint(a)):
+        if not all(np.array_equal(a[s], np.rint(a[s])) for s in _row_blocks(a)):  # temporaries: one block
             raise DataError(f"{path}: float pixel values span [{float(lo):g}, {float(hi):g}]: neither 0..1 "
                             "intensities nor whole numbers, so their range is unknown")
     if lo < 0:
@@ -161,13 +67,42 @@ def bit_depth(a: np.ndarray, path: str = "<array>") -> int:
     return max(8, need + (need % 2))
 
 
-def to_uint8(a: np.ndarray, path: str = "<array>") -> np.ndarray:
-    """Values -> uint8 by the decoding rule: v * 255 / (2**b - 1) with b = bit_depth(a), rounded (b = 0: v * 255)."""
-    b = bit_depth(a, path)
-    if b == 8:
-        return np.ascontiguousarray(a, dtype=np.uint8) if a.dtype == np.uint8 else np.rint(a).astype(np.uint8)
+def _scale_into(a: np.ndarray, b: int, out: np.ndarray) -> None:
+    """out[...] = round(a * 255 / (2**b - 1)) (b = 0: round(a * 255)), b = bit_depth(a); out: uint8 of a's shape.
+
+    Equal, value for value, to np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8), but
+    without a float64 copy of the image: bool and 8-bit data are exact integer copies, integers of up to 16
+    bits go through a 2**b-entry table made by that very formula, and the rest (floats, wider integers)
+    through that formula one row block at a time."""
+    if b == 8:  # whole numbers 0..255 in any container: the cast is exact
+        np.copyto(out, a, casting="unsafe")
+        return
+    if b == 1:  # bool: 0 / 255 (any non-zero byte is True)
+        np.copyto(out, a, casting="unsafe")
+        np.multiply(out, np.uint8(255), out=out)
+        return
     scale = 255.0 if b == 0 else 255.0 / (2.0 ** b - 1.0)
-    return np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    if a.dtype.kind in "ui" and b <= 16:  # 0 <= a < 2**b (bit_depth)
+        table = np.clip(np.rint(np.arange(2 ** b, dtype=np.float64) * scale), 0, 255).astype(np.uint8)
+        for s in _row_blocks(a):
+            out[s] = table[a[s]]
+        return
+    for s in _row_blocks(a):
+        np.copyto(out[s], np.clip(np.rint(a[s].astype(np.float64) * scale), 0, 255), casting="unsafe")
+
+
+def to_uint8(a: np.ndarray, path: str = "<array>") -> np.ndarray:
+    """Values -> uint8 by the decoding rule: v * 255 / (2**b - 1) with b = bit_depth(a), rounded (b = 0: v * 255).
+
+    a: any shape, of a type `bit_depth` accepts; returns uint8 of the same shape (a itself, made contiguous,
+    when it is uint8). Temporaries stay within one row block (decoding.BLOCK_ELEMENTS values). Raises DataError as
+    `bit_depth` does."""
+    b = bit_depth(a, path)
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    out = np.empty(a.shape, np.uint8)
+    _scale_into(a, b, out)
+    return out
 
 
 def read_image(path: str) -> np.ndarray:
@@ -177,14 +112,25 @@ def read_image(path: str) -> np.ndarray:
     expanded to their colours, then values v become round(v * 255 / (2**b - 1)) where b is `bit_depth`:
     the smallest even depth >= 8 that holds the image's largest value (8-bit data is unchanged; a 12-bit
     scan stored in 16 bits uses its 12-bit range), float images in [0, 1] become round(v * 255). Grey is
-    repeated to three channels. Raises DataError naming the file for values it cannot interpret
-    (NaN, negative, fractional floats outside [0, 1]) and for missing, empty or corrupt files.
+    repeated to three channels. Peak memory: the decoded samples plus at most about 3 x H x W x 3 bytes
+    (`decode_memory_bound`). Raises DataError naming the file for values it cannot interpret
+    (NaN, negative, fractional floats outside [0, 1]), for missing, empty or corrupt files and for images
+    above the pixel limit.
     """
     a, _ = decode(path, "image")
-    a = to_uint8(_drop_alpha(a), path)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    return a
+    a = _drop_alpha(a)
+    b = bit_depth(a, path)
+    if a.ndim == 2:  # grey: scaled straight into the first channel, then copied to the other two
+        out = np.empty(a.shape + (3,), np.uint8)
+        _scale_into(a, b, out[..., 0])
+        out[..., 1] = out[..., 0]
+        out[..., 2] = out[..., 0]
+        return out
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    out = np.empty(a.shape, np.uint8)
+    _scale_into(a, b, out)
+    return out
 
 
 def read_mask(path: str) -> np.ndarray:
@@ -194,7 +140,7 @@ def read_mask(path: str) -> np.ndarray:
     0/1, 0/255 and 0/65535 masks all work. Lossy formats (JPEG, WebP): compression smears the values,
     so a pixel is anomalous where its largest channel exceeds half the range (v > (2**b - 1) / 2 with
     b from `bit_depth`, i.e. >= 128 for 8-bit); the preflight warns once per task about such masks.
-    Raises DataError naming the file for values it cannot interpret.
+    Raises DataError naming the file for values it cannot interpret, or as `decode` does.
     """
     a, fmt = decode(path, "mask")
     a = _drop_alpha(a)
@@ -202,7 +148,12 @@ def read_mask(path: str) -> np.ndarray:
     if a.ndim == 3:
         a = a.max(axis=2)
     if fmt in LOSSY_FORMATS and b > 1:
-        return a.astype(np.float64) > (2.0 ** b - 1.0) / 2.0
+        if a.dtype.kind in "ui" and b <= 53:  # whole numbers: v > (2**b - 1) / 2 exactly when v > (2**b - 1) // 2
+            return a > ((1 << b) - 1) // 2
+        out = np.empty(a.shape, bool)
+        for s in _row_blocks(a):
+            out[s] = a[s].astype(np.float64) > (2.0 ** b - 1.0) / 2.0
+        return out
     return a > 0
 
 

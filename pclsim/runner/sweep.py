@@ -149,7 +149,8 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
         sc["dataset"]["tasks"] = [t.name for t in stream]
         sc = resolve(sc, scenario_path)
     cache_root = Path(cache_dir).resolve() if cache_dir else None
-    check_stream(sc, stream, cache_dir=cache_root)  # all that can fail before the sweep fails here, before Ray
+    preflight_info: dict = {}
+    check_stream(sc, stream, cache_dir=cache_root, info=preflight_info)  # all that can fail fails here, before Ray
     # easy_to_hard / hard_to_easy: the orders are set once the features exist (_run_ray); group
     # names and counts do not depend on them, so a stand-in difficulty plans the groups
     runs = expand_runs(sc, difficulty=_stand_in_difficulty(sc) if needs_difficulty(sc) else None)
@@ -164,6 +165,10 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
         todo = {g: rs for g, rs in groups.items() if g not in done}
         _say(quiet, f"pclsim {__version__}: {sc['name']}: {len(runs)} runs in {len(groups)} trials "
                     f"({len(groups) - len(todo)} already done) -> {out_dir}")
+        if "largest" in preflight_info:
+            from ..study.preflight import decode_memory_line
+
+            _say(quiet, decode_memory_line(preflight_info["largest"]))
         want_gallery = sc["evaluation"]["gallery"] > 0 and not (out_dir / "gallery").is_dir()
         try:
             if todo or want_gallery:

@@ -1,8 +1,9 @@
 """Everything about a study that can be known before the sweep, checked in seconds (`validate` and the sweep).
 
 - `preflight`: every image and mask header (no decoding): empty files, files that are not images,
-  masks whose size differs from their image, and masks in a lossy format (one warning per task).
-  (A file truncated after its header is still caught when it is decoded.)
+  images above the pixel limit (PCLSIM_MAX_IMAGE_PIXELS), masks whose size differs from their image,
+  and masks in a lossy format (one warning per task); it also finds the largest image, whose decode
+  memory `decode_memory_line` states. (A file truncated after its header is still caught when it is decoded.)
 - `check_test_classes`: every task's test split holds normal AND anomalous images (image AUROC and
   F1 are undefined otherwise); `check_masks`: a task with masks keeps some anomalous pixels.
 - `patch_grid` / `check_memory`: every memory bank a run builds fits in the training patches of the
@@ -20,12 +21,11 @@ import os
 import sys
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from ..errors import DataError, PclsimError
-from ..data.images import LOSSY_FORMATS
+from ..data.decoding import LOSSY_FORMATS, ImageHeader, decode_memory_bound, image_header
 
-__all__ = ["header_size", "preflight", "decode_all", "check_test_classes", "check_masks", "patch_grid", "check_memory", "check_cache_dir",
+__all__ = ["header_size", "preflight", "decode_memory_line", "DECODE_THREADS", "decode_all", "check_test_classes",
+           "check_masks", "patch_grid", "check_memory", "check_cache_dir",
            "data_fingerprint", "check_stream", "print_warning"]
 
 
@@ -35,37 +35,36 @@ def print_warning(msg: str) -> None:
 
 
 def _header(path: str, what: str) -> tuple[tuple[int, int], str]:
-    try:
-        if os.path.getsize(path) == 0:
-            raise DataError(f"{path}: empty {what} file")
-        with Image.open(path) as im:
-            return im.size, im.format or "?"
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} file not found") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable {what} (corrupt or unknown format)") from None
-    except OSError as e:
-        raise DataError(f"{path}: corrupt {what}: {e}") from None
+    h = image_header(path, what, detail=False)
+    return (h.width, h.height), h.format
 
 
 def header_size(path: str, what: str = "image") -> tuple[int, int]:
-    """(width, height) from the file's header; DataError naming the file when it cannot be read."""
+    """(width, height) from the file's header; DataError naming the file when it cannot be read or is above
+    the pixel limit."""
     return _header(path, what)[0]
 
 
-def preflight(tasks, warn=print_warning) -> int:
+def preflight(tasks, warn=print_warning, info: dict | None = None) -> int:
     """Check every image (and mask) header of the tasks; returns the number of files looked at.
 
     Masks stored in a lossy format are thresholded at half range when decoded (`read_mask`); `warn`
     is called once per task that has such masks, naming the task, the count and an example file.
+    info: a dict that receives "largest", the `ImageHeader` (tifffile / IHDR detail included) of the image
+    with the most pixels (first in task and file order among equals), when any sample has a file.
+    Raises DataError naming the file for unreadable headers, images above the pixel limit and mask sizes.
     """
     n = 0
+    largest: ImageHeader | None = None
     for t in tasks:
         lossy = []
         for s in list(t.train) + list(t.test):
             if s.path is None:
                 continue
-            size = header_size(s.path, "image")
+            h = image_header(s.path, "image", detail=False)
+            size = (h.width, h.height)
+            if largest is None or h.pixels > largest.pixels:
+                largest = h
             n += 1
             if s.mask_path is not None:
                 msize, fmt = _header(s.mask_path, "mask")
@@ -79,7 +78,27 @@ def preflight(tasks, warn=print_warning) -> int:
             fmts = ", ".join(sorted({f for _, f in lossy}))
             warn(f"task {t.name}: {len(lossy)} masks are stored in a lossy format ({fmts}, e.g. {lossy[0][0]}); "
                  "they are read as anomalous where a value exceeds half the range (>= 128 of 255), not > 0")
+    if info is not None and largest is not None:
+        info["largest"] = image_header(largest.path, "image", detail=True)
     return n
+
+
+# Decode threads of one feature extractor: FeatureExtractorActor decodes with iter_batches(workers=max(2, threads)),
+# threads 1 on a CPU node and 4 with a GPU (pclsim/runner/cluster.py, actors.py).
+DECODE_THREADS = {"CPU": 2, "GPU": 4}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2 ** 20:,.0f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:,.0f} KiB"
+
+
+def decode_memory_line(header: ImageHeader) -> str:
+    """The preflight's informational line: the largest image and the decode memory it takes per extractor
+    (`decode_memory_bound` x the decode threads of a CPU and of a GPU extractor)."""
+    one = decode_memory_bound(header)
+    cpu, gpu = DECODE_THREADS["CPU"], DECODE_THREADS["GPU"]
+    return (f"decode memory: largest image {header.path} ({header.describe()}) takes at most {_mb(one)} to decode; "
+            f"{_mb(cpu * one)} per extractor ({cpu} decode threads; {_mb(gpu * one)} for the {gpu} of a GPU extractor)")
 
 
 def check_test_classes(tasks, max_test: int | None = None) -> None:
@@ -234,9 +253,10 @@ def data_fingerprint(sc: dict, tasks) -> str:
     return h.hexdigest()[:16]
 
 
-def check_stream(sc: dict, tasks, warn=print_warning, cache_dir=None) -> int:
-    """All the checks above, in order of cost; returns the number of files whose header was read."""
-    n = preflight(tasks, warn)
+def check_stream(sc: dict, tasks, warn=print_warning, cache_dir=None, info: dict | None = None) -> int:
+    """All the checks above, in order of cost; returns the number of files whose header was read.
+    info: filled by `preflight` (the largest image's header)."""
+    n = preflight(tasks, warn, info)
     check_test_classes(tasks, sc["dataset"].get("max_test"))
     check_masks(sc, tasks)
     from ..store.cache import default_cache_dir
