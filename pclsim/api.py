@@ -98,7 +98,7 @@ def load_results(folder: str | os.PathLike) -> Results:
 
 def sweep(scenario: str | os.PathLike | dict, *, out: str | os.PathLike | None = None, data_root: str | None = None,
           address: str | None = None, fresh: bool = False, max_concurrent: int | None = None, quiet: bool = True,
-          track: list[str] | None = None, cache_dir: str | None = None) -> Results:
+          track: list[str] | None = None, cache_dir: str | None = None, accept_versions: bool = False) -> Results:
     """`pclsim sweep` from Python; returns the results folder read by `load_results`.
 
     scenario: a YAML file or a mapping with the same keys (relative paths in a mapping are taken from the
@@ -124,8 +124,9 @@ def sweep(scenario: str | os.PathLike | dict, *, out: str | os.PathLike | None =
             path.write_text(yaml.safe_dump(sc, sort_keys=False))
             folder = run_sweep(str(path), out=str(out) if out else None, data_root=data_root, address=address,
                                fresh=fresh, max_concurrent=max_concurrent, quiet=quiet, cache_dir=cache_dir,
-                               track=track)
+                               track=track, accept_versions=accept_versions)
     else:
         folder = run_sweep(str(scenario), out=str(out) if out else None, data_root=data_root, address=address,
-                           fresh=fresh, max_concurrent=max_concurrent, quiet=quiet, cache_dir=cache_dir, track=track)
+                           fresh=fresh, max_concurrent=max_concurrent, quiet=quiet, cache_dir=cache_dir, track=track,
+                           accept_versions=accept_versions)
     return load_results(folder)

@@ -70,7 +70,10 @@ def sweep(scenario: str = typer.Argument(..., help="Scenario YAML file."),
                                                 help="Store N anomaly maps per task for the report."),
           debug: bool = typer.Option(False, "--debug", help="Full tracebacks and Ray worker logs."),
           track: Optional[list[str]] = typer.Option(None, "--track", help="Log each trial to an experiment "
-                                                    "tracker: mlflow[=URI] (default <out>/mlruns) or wandb.")):
+                                                    "tracker: mlflow[=URI] (default <out>/mlruns) or wandb."),
+          accept_versions: bool = typer.Option(False, "--accept-versions",
+                                               help="Resume a folder whose finished runs another pclsim, torch or "
+                                                    "timm version computed (each part keeps its versions).")):
     """Run every (order x strategy x memory size x seed) of a scenario; write Parquet results."""
     _DEBUG["on"] = debug
     from .runner.control import sigterm_as_ctrl_c
@@ -78,7 +81,8 @@ def sweep(scenario: str = typer.Argument(..., help="Scenario YAML file."),
 
     sigterm_as_ctrl_c()
     _guard(run_sweep, scenario, out=out, data_root=data_root, address=address, fresh=fresh,
-           max_concurrent=max_concurrent, quiet=quiet, debug=debug, gallery=gallery, track=track)
+           max_concurrent=max_concurrent, quiet=quiet, debug=debug, gallery=gallery, track=track,
+           accept_versions=accept_versions)
 
 
 @app.command()

@@ -257,10 +257,15 @@ class FeatureExtractor:
 
     def cache_key(self) -> str:
         """sha256 of everything the features depend on: backbone, weights (and the digest of the loaded
-        ones), layers, image size, resize mode, precision, recipe."""
+        ones), layers, image size, resize mode, precision, recipe, and the torch and timm versions that
+        compute them (pclsim.results.provenance)."""
+        from ..results.provenance import versions
+
+        libs = versions()
         ident = {"backbone": self.backbone, "weights": self.weights_id(), "layers": list(self.layers),
                  "image_size": self.image_size, "precision": self.precision, "recipe": _RECIPE,
-                 "weights_digest": self.weights_record()["digest"]}
+                 "weights_digest": self.weights_record()["digest"],
+                 "libraries": {k: libs.get(k) for k in ("torch", "timm")}}
         if self.resize != "crop":  # 'crop' keys stay as they were: existing caches remain valid
             ident["resize"] = self.resize
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()

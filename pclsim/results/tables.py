@@ -13,6 +13,7 @@ results contract, interface.md "Results folder"); this module writes them:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,7 +51,8 @@ def write_table(data: pd.DataFrame | pa.Table, out_dir: str | os.PathLike, name:
     any reader. The columns get the contract's Arrow types whatever the data and the pandas version
     (text: string; `maskless_all_ones`: list<int64> even when every list is empty). name: a key of
     `TABLES`. Raises KeyError for a column the contract does not define; OSError as the file system.
-    A 0.2 folder's single-file table of that name is replaced.
+    A 0.2 folder's single-file table of that name is replaced. The file's metadata records the versions
+    that wrote it (`pclsim.results.provenance`).
     """
     from .schema import TABLES
 
@@ -59,6 +61,10 @@ def write_table(data: pd.DataFrame | pa.Table, out_dir: str | os.PathLike, name:
         arrow = pa.Table.from_pandas(data, schema=table.schema_of(data.columns), preserve_index=False)
     else:
         arrow = data.select(table.schema_of(data.column_names).names).cast(table.schema_of(data.column_names))
+    from .provenance import KEY, versions
+
+    # the code that computed these rows (pclsim.results.provenance): read back by a resume
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), KEY: json.dumps(versions()).encode()})
     folder = Path(out_dir) / table.file
     if folder.is_file():
         folder.unlink()

