@@ -11,7 +11,7 @@ from ..store.cache import load_or_extract
 from ..study.engine import candidate_rows, run_banks, run_selection, run_table
 
 __all__ = ["FeatureExtractorActor", "BankManagerActor", "ResultsWriter", "selection_job", "bank_job", "table_job",
-           "task_stats"]
+           "task_stats", "ACTOR_RESTARTS"]
 
 
 @ray.remote
@@ -116,7 +116,12 @@ def task_stats(tf) -> dict:
             "pixel_prevalence": float(np.mean(tf.masks)) if tf.masks is not None else float("nan")}
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+# Restarts of the long-lived actors are bounded: an actor that Ray's memory monitor kills on every restart
+# would otherwise loop for ever; after these, the sweep stops with the memory error (control.memory_kill).
+ACTOR_RESTARTS = 3
+
+
+@ray.remote(num_cpus=0, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
 class BankManagerActor:
     """Carries out PatchCoreCL's fixed-budget rebalancing: every re-reduction chain of a task (under
     `rebalance: authors`, greedy k-center re-run on each stored bank with a fresh projection).
@@ -126,7 +131,8 @@ class BankManagerActor:
     otherwise run (on 2 cores, holding one halved the bank stage's throughput).
     What it computes is persisted in the shared cache folder, keyed by the features and the coreset
     settings, and returned to the driver, which owns the results: a lost actor is restarted by Ray
-    and answers from the cache instead of recomputing; a lost node loses nothing the driver holds.
+    (at most ACTOR_RESTARTS times) and answers from the cache instead of recomputing; a lost node loses
+    nothing the driver holds.
     """
 
     def __init__(self, cache_root: str, feature_keys: dict, coreset: dict):
@@ -169,7 +175,7 @@ class BankManagerActor:
         return os.getpid()
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+@ray.remote(num_cpus=0, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
 class ResultsWriter:
     """Writes each finished group's Parquet parts atomically on the driver's node."""
 

@@ -19,7 +19,9 @@ import yaml
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import PclsimError
 from ..study.scenario import expand_runs, group_runs, needs_difficulty
-from .control import say as _say, sigterm_as_ctrl_c, sigterm_is_ctrl_c, stage as _stage, unwrap as _unwrap
+from .control import (memory_kill, say as _say, sigterm_as_ctrl_c, sigterm_is_ctrl_c, stage as _stage,
+                      unwrap as _unwrap)
+from .memory import extractor_plan, job_memory
 from .trials import run_trials as _run_trials
 
 __all__ = ["run_ray", "probe_address", "check_ray_temp_dir", "CHUNK_BATCHES"]
@@ -35,6 +37,9 @@ def ray_init(address, debug):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # a task that Ray's memory monitor kills is retried without limit by default (a loop under memory
+    # pressure); a Ray this driver starts retries it 3 times, then the sweep stops with the memory error
+    os.environ.setdefault("RAY_task_oom_retries", "3")
     kw = dict(include_dashboard=False, log_to_driver=debug, logging_level="INFO" if debug else "ERROR",
               configure_logging=True)
     if sigterm_is_ctrl_c():  # ray.init installs a SIGTERM handler that aborts the driver: put ours back after
@@ -170,14 +175,18 @@ def _extract_features(ray, sc, stream, out_dir, cache, quiet, debug):
     res = ray.cluster_resources()
     cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
     dtype = sc["model"].get("feature_dtype", "float16")
-    n_act = max(1, gpus if gpus else cpus)
+    pool = extractor_plan(ray, sc, gpus)
+    n_act = pool["extractors"]
     opts = dict(num_gpus=1, num_cpus=1) if gpus else dict(num_cpus=1)
     actors = [FeatureExtractorActor.options(scheduling_strategy="SPREAD", max_restarts=2, max_task_retries=2,
-                                            **opts).remote(sc["model"], sc["dataset"]["image_size"], cache,
-                                                           threads=1 if not gpus else 4,
-                                                           resize=sc["dataset"].get("resize", "crop"))
+                                            memory=pool["request_bytes"], **opts)
+              .remote(sc["model"], sc["dataset"]["image_size"], cache, threads=1 if not gpus else 4,
+                      resize=sc["dataset"].get("resize", "crop"))
               for _ in range(n_act)]
-    infos = ray.get([a.info.remote() for a in actors])
+    try:
+        infos = ray.get([a.info.remote() for a in actors])
+    except Exception as e:
+        raise memory_kill(e, "a feature extractor while loading its backbone") or e
     _stage(debug, "extractors ready")
     keys = {t.name: store_key(infos[0]["cache_key"], t, dtype) for t in stream}
     handles = {t.name: lookup(cache, keys[t.name]) for t in stream}
@@ -202,7 +211,10 @@ def _extract_features(ray, sc, stream, out_dir, cache, quiet, debug):
             ready, _ = ray.wait(list(busy), num_returns=1)
             for r in ready:
                 a, kind, t, c = busy.pop(r)
-                got = ray.get(r)  # a data error surfaces here, naming its file
+                try:
+                    got = ray.get(r)  # a data error surfaces here, naming its file
+                except Exception as e:
+                    raise memory_kill(e, f"the feature extractor of task {t.name}") or e
                 free.append(a)
                 if kind == "chunk":
                     chunk_nodes[got["node"]] = chunk_nodes.get(got["node"], 0) + 1
@@ -224,7 +236,7 @@ def _extract_features(ray, sc, stream, out_dir, cache, quiet, debug):
         "backbone": weights,
         "ray_nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cluster_resources": res,
         "extractors": [{k: v for k, v in i.items() if k != "cache_key"} for i in infos],
-        "extractor_nodes": sorted({i["node"] for i in infos}),
+        "extractor_nodes": sorted({i["node"] for i in infos}), "extractor_memory": pool,
         "feature_store": {"root": str(cache), "dtype": dtype, "chunk_images": chunk_images,
                           "chunks_by_node": chunk_nodes, "extracted_tasks": [t.name for t in todo],
                           "chunk_writers": {n: sorted(v) for n, v in writers.items()}, "finalisers": finalisers,
@@ -266,6 +278,7 @@ def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet):
     names = list(task_refs)
     feats = [task_refs[n] for n in names]
     gpu = {"num_gpus": 0.25} if ray.cluster_resources().get("GPU", 0) else {}  # heavy jobs go where the GPUs are
+    mem = job_memory(ray, dict(zip(names, ray.get(feats))), coreset)  # store handles: shapes, no arrays
     manager = BankManagerActor.options(**gpu).remote(cache, {n: feature_keys[n][1] for n in names}, coreset)
     prepared = {}
     with tqdm(total=plan.n_jobs, desc="banks", unit="job", disable=quiet, file=sys.stderr) as bar:
@@ -278,19 +291,22 @@ def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet):
 
         for seed, sp in plan.seeds.items():
             keys = list(sp.selections)
-            order_refs = [selection_job.options(**gpu).remote(sp.needs, coreset, seed, k, names, *feats) for k in keys]
+            order_refs = [selection_job.options(**gpu, memory=mem.selection(k)).remote(sp.needs, coreset, seed, k,
+                                                                                       names, *feats) for k in keys]
             bank_refs = []
             for refs in sp.bank_jobs:
                 if refs[0].kind in ("joint", "pool"):
-                    bank_refs.append(bank_job.options(**gpu).remote(sp.needs, coreset, seed, refs, names, keys,
-                                                                    *feats, *order_refs))
+                    bank_refs.append(bank_job.options(**gpu, memory=mem.banks(refs)).remote(
+                        sp.needs, coreset, seed, refs, names, keys, *feats, *order_refs))
                 else:
                     bank_refs.append(manager.rebalance.remote(sp.needs, seed, refs, names, keys, *feats, *order_refs))
             # candidate tables need only the selections: they run alongside the bank jobs
-            table_refs = {src: table_job.options(**gpu).remote(sp.needs, coreset, seed, src, names, keys, *feats,
-                                                               *order_refs)
-                          for src in sp.sources}
-            wait_all(order_refs + bank_refs + list(table_refs.values()))
+            table_refs = {src: table_job.options(**gpu, memory=mem.table(sp.needs, src)).remote(
+                sp.needs, coreset, seed, src, names, keys, *feats, *order_refs) for src in sp.sources}
+            try:
+                wait_all(order_refs + bank_refs + list(table_refs.values()))
+            except Exception as e:
+                raise memory_kill(e) or e
             orders = dict(zip(keys, ray.get(order_refs)))
             banks = {}
             for part in ray.get(bank_refs):

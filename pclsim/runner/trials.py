@@ -64,6 +64,10 @@ def run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, m
         def on_trial_complete(self, iteration, trials, trial, **info):
             bar.update(len(todo[trial.config["group"]]))
 
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("pclsim_progress") and not quiet:  # a trial waits on a slow object: say so
+                bar.write(result["pclsim_progress"], file=sys.stderr)
+
     class _StopOnError(tune.stopper.Stopper):  # a deterministic error in one trial ends the sweep
         failed = False
 
@@ -86,6 +90,8 @@ def run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, m
     )
     grid = _fit_catching_sigint(tuner)
     bar.close()
+    _record_recomputations(out_dir, {(r.config or {}).get("group"): int((r.metrics or {}).get("tables_recomputed", 0))
+                                     for r in grid})
     for r in grid:  # a deterministic error, reported once by _guarded_trial (not retried)
         err = (r.metrics or {}).get("pclsim_error")
         if err:
@@ -106,6 +112,14 @@ def run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, m
         raise Interrupted(f"interrupted after {total - len(left)} of {total} trials; rerun the same command to resume")
 
 
+def _progress_line(line: str) -> None:
+    """A wait line of a trial: on the trial's stderr and, through Tune, on the driver's (run_trials prints it)."""
+    from ray import tune
+
+    print(line, file=sys.stderr, flush=True)
+    tune.report({"pclsim_progress": line})
+
+
 def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_keys, categories=None):
     import ray
     from ray import tune
@@ -116,13 +130,16 @@ def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_k
     group = config["group"]
     runs = groups[group]
     names = list(task_refs)
-    tasks = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
-                                            lambda: [_from_cache(*feature_keys[n]) for n in names])))
+    raw = dict(zip(names, _get_or_recover(ray, [task_refs[n] for n in names],
+                                          lambda: [_from_cache(*feature_keys[n]) for n in names],
+                                          what=f"the features of {len(names)} tasks (trial {group})",
+                                          progress=_progress_line)))
     from ..study.maskless import apply_maskless_policy
 
-    tasks = apply_maskless_policy(tasks, scenario["evaluation"].get("maskless_pixels", "skip"),
+    tasks = apply_maskless_policy(raw, scenario["evaluation"].get("maskless_pixels", "skip"),
                                   scenario["dataset"].get("seed", 0))
-    pairs = _run_prepared(ray, runs, tasks, prepared, scenario, categories)
+    recomputed = []
+    pairs = _run_prepared(ray, runs, tasks, prepared, scenario, categories, raw, recomputed, group)
     t1 = time.perf_counter()
     cats = None
     if categories:
@@ -133,26 +150,84 @@ def _trial(config, groups, task_refs, prepared, scenario, writer, dim, feature_k
                                 routed_metrics_table(pairs), cats))
     print(f"trial {group}: {len(runs)} runs, compute {t1 - t0:.1f} s, write {time.perf_counter() - t1:.1f} s",
           file=sys.stderr, flush=True)
-    tune.report({"runs": len(runs)})
+    tune.report({"runs": len(runs), "tables_recomputed": len(recomputed)})
 
 
-def _run_prepared(ray, runs, tasks, prepared, scenario, categories=None):
-    """Runs against prepared bank sources; tables lost with their node are recomputed here."""
-    from ..study.engine import candidate_rows, plan_study, restore_evaluator, run_group, run_table
+_LOST = object()
+
+
+def _source_name(src: tuple) -> str:
+    what = src[1] if isinstance(src[1], str) else "+".join(src[1])
+    return f"task {what}" if src[0] == "task" else f"the pool of {what}"
+
+
+def _tables(ray, sp, seed, orders, table_refs, raw, coreset, recomputed, group, progress=None):
+    """The candidate tables of one seed's sources: waited for while they exist (slow is not lost); a lost
+    one is recomputed once for this group by the same Ray table job, with the resources the bank stage gave
+    it (its GPU share and memory request), never inline in the trial. Appends each recomputed source to
+    `recomputed`. progress(line): where the wait and recompute lines go (default `_progress_line`)."""
+    from .actors import table_job
+    from .memory import job_memory
+
+    progress = progress or _progress_line
+    got = {s: _get_or_recover(ray, table_refs[s], lambda: _LOST, what=f"the candidate table of {_source_name(s)}",
+                              progress=progress) for s in sp.sources}
+    lost = [s for s in sp.sources if got[s] is _LOST]
+    if lost:
+        names, keys = list(raw), list(orders)
+        gpu = {"num_gpus": 0.25} if ray.cluster_resources().get("GPU", 0) else {}
+        mem = job_memory(ray, raw, coreset)
+        for s in lost:
+            progress(f"trial {group}: the candidate table of {_source_name(s)} was lost with its node or owner: "
+                     "recomputing it")
+        again = {s: table_job.options(**gpu, memory=mem.table(sp.needs, s)).remote(
+            sp.needs, coreset, seed, s, names, keys, *[raw[n] for n in names], *[orders[k] for k in keys])
+            for s in lost}
+
+        def gone():
+            raise RuntimeError(f"trial {group}: the recomputed candidate tables were lost again")
+
+        for s, t in zip(lost, _get_or_recover(ray, [again[s] for s in lost], gone,
+                                              what=f"{len(lost)} recomputed candidate table(s)",
+                                              progress=progress)):
+            got[s] = t
+        recomputed.extend(lost)
+    return [got[s] for s in sp.sources]
+
+
+def _run_prepared(ray, runs, tasks, prepared, scenario, categories=None, raw=None, recomputed=None, group=""):
+    """Runs against prepared bank sources (`_tables`: lost tables are recomputed by Ray table jobs).
+    raw: the tasks' features as extracted (before the maskless-pixel policy), what the table jobs take."""
+    from ..study.engine import plan_study, restore_evaluator, run_group
 
     coreset = scenario["coreset"]
     pairs = []
+    recomputed = [] if recomputed is None else recomputed
     for seed, sp in plan_study(runs, coreset).seeds.items():
         orders, banks, table_refs = prepared[seed]
-        got = _get_or_recover(ray, [table_refs[s] for s in sp.sources], lambda: None)
-        if got is None:
-            got = [run_table(tasks, sp.needs, coreset, seed, s, candidate_rows(sp.needs, orders, s))
-                   for s in sp.sources]
+        got = _tables(ray, sp, seed, orders, table_refs, tasks if raw is None else raw, coreset, recomputed, group)
         ev = restore_evaluator(tasks, sp, coreset, orders, banks, dict(zip(sp.sources, got)),
                                reweighting=scenario["model"]["reweighting"],
                                pixel=scenario["evaluation"]["pixel_metrics"])
         pairs.extend(run_group([r for r in runs if r.seed == seed], ev, coreset, categories))
     return pairs
+
+
+def _record_recomputations(out_dir, by_group: dict) -> None:
+    """run_info.json's "recovery": candidate tables recomputed because they were lost (in total and per trial
+    that recomputed any), so a sweep that lost nodes says what it redid."""
+    import json
+
+    from ..atomic import atomic_write_json
+
+    path = Path(out_dir) / "run_info.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        info = {}
+    info["recovery"] = {"tables_recomputed": sum(by_group.values()),
+                        "tables_recomputed_by_trial": {g: n for g, n in sorted(by_group.items()) if n}}
+    atomic_write_json(info, path)
 
 
 def _from_cache(root, key, name, image_size):
