@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import ray
 
 from ..store.cache import load_or_extract
@@ -129,24 +130,33 @@ class BankManagerActor:
     It reserves no CPU: an actor holds its slot for its whole life, and its chains (re-reductions of
     banks of at most M vectors) are short next to the selections and joint jobs that the slot would
     otherwise run (on 2 cores, holding one halved the bank stage's throughput).
-    What it computes is persisted in the shared cache folder, keyed by the features and the coreset
-    settings, and returned to the driver, which owns the results: a lost actor is restarted by Ray
+    What it computes is persisted in the shared cache folder, keyed by the features, the coreset
+    settings, the pclsim version and a digest of the input selections (the orders it re-reduces), and
+    returned to the driver, which owns the results: a lost actor is restarted by Ray
     (at most ACTOR_RESTARTS times) and answers from the cache instead of recomputing; a lost node loses
     nothing the driver holds.
     """
 
-    def __init__(self, cache_root: str, feature_keys: dict, coreset: dict):
+    def __init__(self, cache_root: str, feature_keys: dict, coreset: dict, read_cached: bool = True):
         self.root = Path(cache_root) / "banks"
         self.feature_keys = feature_keys
         self.coreset = coreset
+        self.read_cached = read_cached  # False under --fresh: recompute (and rewrite) every chain
         self.computed = 0
 
-    def _path(self, seed, refs) -> Path:
+    def _path(self, seed, refs, orders=()) -> Path:
         import hashlib
         import json
 
-        body = json.dumps([sorted(self.feature_keys.items()), self.coreset, seed, [repr(r) for r in refs]],
-                          default=str)
+        from .._version import __version__
+
+        sel = hashlib.sha256()
+        for o in orders:  # the input selections: a release that selects differently never reuses these
+            a = np.ascontiguousarray(o)
+            sel.update(f"{a.dtype}|{a.shape}|".encode())
+            sel.update(a.tobytes())
+        body = json.dumps([sorted(self.feature_keys.items()), self.coreset, seed, [repr(r) for r in refs],
+                           __version__, sel.hexdigest()], default=str)
         return self.root / f"{hashlib.sha256(body.encode()).hexdigest()[:32]}.pkl"
 
     def rebalance(self, needs, seed, refs, names, order_keys, *args):
@@ -155,13 +165,13 @@ class BankManagerActor:
 
         from ..atomic import atomic_write_bytes
 
-        path = self._path(seed, refs)
-        if path.exists():
+        feats, orders = args[: len(names)], args[len(names):]
+        path = self._path(seed, refs, orders)
+        if self.read_cached and path.exists():
             try:
                 return pickle.loads(path.read_bytes())
             except Exception:
                 pass  # unreadable entry: recompute and overwrite it
-        feats, orders = args[: len(names)], args[len(names):]
         out = run_banks(_tasks(names, feats), needs, self.coreset, seed, dict(zip(order_keys, orders)), refs)
         self.computed += 1
         try:  # the umask decides who may read it; another user's file (a shared cache) is never replaced

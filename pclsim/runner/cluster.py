@@ -113,7 +113,7 @@ def probe_address(address: str, timeout: float = 10.0) -> None:
 
 
 def run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False,
-             track=None):
+             track=None, fresh=False):
     ray = ray_init(address, debug)
     _stage(debug, "ray started")
     try:
@@ -124,7 +124,7 @@ def run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, ca
             difficulty, todo = _order_by_difficulty(ray, sc, task_refs, todo, out_dir, quiet)
         gallery_run = _gallery_run(sc, difficulty) if want_gallery else None
         runs = [r for rs in todo.values() for r in rs] + ([gallery_run] if gallery_run else [])
-        prepared = _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet)
+        prepared = _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet, fresh)
         _stage(debug, "banks done")
         if todo:
             from ..data.merge import category_parts
@@ -261,11 +261,11 @@ def _extract_features(ray, sc, stream, out_dir, cache, quiet, debug):
     return task_refs, feature_keys, infos[0]["dim"]
 
 
-def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet):
+def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet, fresh=False):
     """Every selection order, bank and candidate table the runs need, each computed once.
 
     Selections and candidate tables are Ray tasks owned by the driver; the re-reductions run on the
-    bank-manager actor, which persists them in the cache. Returns {seed: (orders, banks, table refs)}:
+    bank-manager actor, which persists them in the cache (read back unless `fresh`). Returns {seed: (orders, banks, table refs)}:
     orders and banks (index arrays) by value, tables as object references.
     """
     from tqdm import tqdm
@@ -279,7 +279,8 @@ def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet):
     feats = [task_refs[n] for n in names]
     gpu = {"num_gpus": 0.25} if ray.cluster_resources().get("GPU", 0) else {}  # heavy jobs go where the GPUs are
     mem = job_memory(ray, dict(zip(names, ray.get(feats))), coreset)  # store handles: shapes, no arrays
-    manager = BankManagerActor.options(**gpu).remote(cache, {n: feature_keys[n][1] for n in names}, coreset)
+    manager = BankManagerActor.options(**gpu).remote(cache, {n: feature_keys[n][1] for n in names}, coreset,
+                                                     not fresh)
     prepared = {}
     with tqdm(total=plan.n_jobs, desc="banks", unit="job", disable=quiet, file=sys.stderr) as bar:
         def wait_all(refs):

@@ -204,7 +204,7 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
             if todo or want_gallery:
                 try:
                     _run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root,
-                             want_gallery, track)
+                             want_gallery, track, fresh)
                 except (Interrupted, KeyboardInterrupt):
                     remove_table(out_dir / "summary.parquet")  # never a summary of an incomplete set
                     raise
