@@ -21,7 +21,7 @@ LIBRARIES = ("torch", "timm")
 
 
 def versions() -> dict[str, str]:
-    """{'pclsim': '0.3.0', 'torch': '2.14.1', 'timm': '1.0.x'} of this process (installed distributions; a
+    """{'pclsim': '0.3.1', 'torch': '2.14.1', 'timm': '1.0.x'} of this process (installed distributions; a
     library that is not installed is left out)."""
     from .._version import __version__
 
@@ -53,6 +53,6 @@ def folder_versions(out: str | Path, groups, fallback: dict | None = None) -> di
 
 
 def describe(v: dict) -> str:
-    """'pclsim 0.3.0, torch 2.14.1, timm 1.0.15' (the keys present, in a fixed order)."""
+    """'pclsim 0.3.1, torch 2.14.1, timm 1.0.15' (the keys present, in a fixed order)."""
     keys = ["pclsim", *LIBRARIES]
     return ", ".join(f"{k} {v[k]}" for k in keys if v.get(k)) or "unknown versions"
