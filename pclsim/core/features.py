@@ -259,7 +259,7 @@ class FeatureExtractor:
         """sha256 of everything the features depend on: backbone, weights (and the digest of the loaded
         ones), layers, image size, resize mode, precision, recipe, and the torch and timm versions that
         compute them (pclsim.results.provenance)."""
-        from ..results.provenance import versions
+        from .._version import versions
 
         libs = versions()
         ident = {"backbone": self.backbone, "weights": self.weights_id(), "layers": list(self.layers),

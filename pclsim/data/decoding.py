@@ -55,6 +55,9 @@ def _pillow_guard(limit: int) -> None:
     # Pillow warns above MAX_IMAGE_PIXELS and raises above twice it. At our limit it never refuses or
     # warns about an image we accept; above it, our check (right after the header) or the conversion of
     # Pillow's error in `_pillow_open` gives our DataError, so Pillow's warning adds nothing and is ignored.
+    # Pillow's limit is process-wide and also guards images pclsim makes itself (crops, resizes): it never
+    # goes below the default, so a low limit of ours (checked from each header) cannot refuse those.
+    limit = max(limit, DEFAULT_MAX_IMAGE_PIXELS)
     with _GUARD_LOCK:
         if Image.MAX_IMAGE_PIXELS != limit:
             Image.MAX_IMAGE_PIXELS = limit

@@ -9,29 +9,21 @@ unless the user asks for it (`--accept-versions`), and each part still says whic
 from __future__ import annotations
 
 import json
-from importlib import metadata
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from .._version import versions as _versions
+
 __all__ = ["KEY", "versions", "part_versions", "folder_versions", "describe"]
 
 KEY = b"pclsim.versions"
-LIBRARIES = ("torch", "timm")
+LIBRARIES = ("torch", "timm")  # as pclsim._version.versions
 
 
 def versions() -> dict[str, str]:
-    """{'pclsim': '0.3.1', 'torch': '2.14.1', 'timm': '1.0.x'} of this process (installed distributions; a
-    library that is not installed is left out)."""
-    from .._version import __version__
-
-    out = {"pclsim": __version__}
-    for lib in LIBRARIES:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    """The versions of this process (`pclsim._version.versions`: pclsim, torch, timm)."""
+    return _versions()
 
 
 def part_versions(path: str | Path) -> dict[str, str] | None:

@@ -20,6 +20,7 @@ from .._version import __version__
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import Interrupted, PclsimError
 from ..study.scenario import expand_runs, group_runs, load_scenario, needs_difficulty, scenario_hash
+from ..results.record import results_record
 from ..results.tables import remove_table
 from .cluster import check_ray_temp_dir, probe_address as _probe_address, run_ray as _run_ray
 from .control import _T0, say as _say, unwrap as _unwrap  # noqa: F401 (_unwrap: tests)
@@ -52,17 +53,6 @@ def _remove_written(out: Path, name: str) -> list[Path]:
     if not kept:
         shutil.rmtree(p)
     return kept
-
-
-def results_record(out: Path) -> dict | None:
-    """The folder's pclsim record (scenario.yaml with a scenario_hash), or None: no record, or a
-    scenario.yaml that pclsim did not write (the user's own)."""
-    meta = out / "scenario.yaml"
-    try:
-        body = yaml.safe_load(meta.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) and "scenario_hash" in body else None
 
 
 def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = None,

@@ -201,7 +201,7 @@ def check_trackers(specs, out_dir, scenario_name: str) -> None:
 
 
 def _run_group(out_dir: Path) -> str:
-    from .sweep import results_record
+    from ..results.record import results_record
 
     return str((results_record(out_dir) or {}).get("run_group", ""))
 

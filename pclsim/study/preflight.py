@@ -255,7 +255,7 @@ def data_fingerprint(sc: dict, tasks) -> str:
         h.update(f"weights\x00{w}\x00{st.st_size}\x00{st.st_mtime_ns}".encode())
     elif w == "pretrained":  # the checkpoint timm resolves the name to (its default tag moves between releases)
         from ..core.backbones import resolved_backbone
-        from ..results.provenance import versions
+        from .._version import versions
 
         h.update(f"weights\x00pretrained\x00{resolved_backbone(model.get('backbone', ''), w)}\x00"
                  f"timm {versions().get('timm')}".encode())

@@ -308,6 +308,12 @@ def test_pixel_limit_is_ours_from_the_header_and_pillow_never_warns_below_it(tmp
         monkeypatch.setenv("PCLSIM_MAX_IMAGE_PIXELS", bad)
         with pytest.raises(PclsimError, match="PCLSIM_MAX_IMAGE_PIXELS"):
             read_image(str(p))
+    # a low limit is ours, per file: Pillow's process-wide guard still lets pclsim crop and resize its own
+    # images (a limit of 10 once left Pillow refusing every 64 x 64 crop of the tests that followed)
+    from pclsim.data.images import preprocess
+
+    img = rng.integers(0, 256, (80, 90, 3), dtype=np.uint8)
+    assert preprocess(img, None, 64, "crop")[0].shape[-2:] == (64, 64)
 
 
 def test_validate_states_the_largest_image_and_refuses_one_above_the_limit(tmp_path):

@@ -277,6 +277,20 @@ def test_mlflow_store_that_does_not_answer_or_a_deleted_experiment(tmp_path):
             check_trackers([f"mlflow={ro / 'mlruns'}"], tmp_path, "x")
 
 
+def _stop(proc) -> None:
+    """End `mlflow server` and every process it started (its own process group)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def _mlflow_server(tmp: Path):
     """`mlflow server` on loopback with a sqlite backend; returns (process, URI) once it answers."""
     import socket
@@ -289,7 +303,8 @@ def _mlflow_server(tmp: Path):
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
                              "--default-artifact-root", str(tmp / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"))
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"),
+                            start_new_session=True)  # its uvicorn and job-runner children go with it (killpg)
     uri = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -300,14 +315,14 @@ def _mlflow_server(tmp: Path):
             time.sleep(0.25)
         if proc.poll() is not None:
             break
-    proc.kill()
+    _stop(proc)
     pytest.fail(f"mlflow server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
 
 
 @pytest.mark.parametrize("store", ["sqlite", "http"])
 def test_mlflow_sqlite_and_http_stores_and_fresh_run_groups(store, tmp_path_factory):
-    """The two other kinds of tracking URI, through real sweeps (one Tune trial each); with sqlite, --fresh
-    starts a new run group and says the experiment keeps the earlier runs."""
+    """The two other kinds of tracking URI, through real sweeps (one Tune trial each): the run, its run
+    group tag, parameters and metrics are in the store."""
     if not _have("mlflow"):
         pytest.skip("mlflow is not installed (pip install -e '.[track]')")
     import mlflow
@@ -324,16 +339,10 @@ def test_mlflow_sqlite_and_http_stores_and_fresh_run_groups(store, tmp_path_fact
                PYTHONPATH=str(ROOT))
     try:
         groups = []
-        for fresh in (False, True) if store == "sqlite" else (False,):
-            r = subprocess.run([sys.executable, "-m", "pclsim.cli", "sweep", str(scenario), "--out", str(d / "out"),
-                                "--track", f"mlflow={uri}"] + (["--fresh"] if fresh else []),
-                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-            assert r.returncode == 0, r.stderr[-3000:]
-            groups.append(yaml.safe_load((d / "out" / "scenario.yaml").read_text())["run_group"])
-            if fresh:
-                assert f"keeps 1 run(s) of earlier sweeps; this sweep's runs have the tag pclsim_run_group = " \
-                       f"'{groups[-1]}'" in r.stderr, r.stderr[-2000:]
-        assert len(set(groups)) == len(groups)
+        r = subprocess.run([sys.executable, "-m", "pclsim.cli", "sweep", str(scenario), "--out", str(d / "out"),
+                            "--track", f"mlflow={uri}"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        groups.append(yaml.safe_load((d / "out" / "scenario.yaml").read_text())["run_group"])
         client = mlflow.MlflowClient(tracking_uri=uri)
         runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
         assert sorted(x.data.tags["pclsim_run_group"] for x in runs) == sorted(groups)
@@ -344,5 +353,39 @@ def test_mlflow_sqlite_and_http_stores_and_fresh_run_groups(store, tmp_path_fact
             assert x.data.metrics["image_auroc/final_mean"] == pytest.approx(want, rel=1e-9)
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            _stop(server)
+
+
+def test_fresh_starts_a_new_run_group_and_says_what_the_experiment_keeps(tmp_path, capsys):
+    """A resume keeps the folder's run group, --fresh draws a new one; the tracker callback then says how many
+    runs of other groups (earlier sweeps) the experiment keeps: nothing is deleted from a tracker."""
+    if not _have("mlflow"):
+        pytest.skip("mlflow is not installed (pip install -e '.[track]')")
+    import mlflow
+    import yaml
+
+    from pclsim.runner.sweep import prepare_output
+    from pclsim.runner.tracking import tracker_callbacks
+    from pclsim.study.scenario import load_scenario
+
+    sc = load_scenario(SMOKE)
+    out = tmp_path / "out"
+    prepare_output(sc, out, fresh=False)
+    first = yaml.safe_load((out / "scenario.yaml").read_text())["run_group"]
+    prepare_output(sc, out, fresh=False)
+    assert yaml.safe_load((out / "scenario.yaml").read_text())["run_group"] == first
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("smoke")
+    for _ in range(2):
+        client.create_run(exp, tags={"pclsim_run_group": first})
+    tracker_callbacks([f"mlflow={uri}"], out, sc, {}, quiet=False)
+    assert "keeps" not in capsys.readouterr().err  # the runs of this very group are not "earlier sweeps"
+    prepare_output(sc, out, fresh=True)
+    second = yaml.safe_load((out / "scenario.yaml").read_text())["run_group"]
+    assert second != first
+    tracker_callbacks([f"mlflow={uri}"], out, sc, {}, quiet=False)
+    assert (f"mlflow: experiment 'smoke' keeps 2 run(s) of earlier sweeps; this sweep's runs have the tag "
+            f"pclsim_run_group = '{second}'") in capsys.readouterr().err
+    tracker_callbacks([f"mlflow={uri}"], out, sc, {}, quiet=True)
+    assert capsys.readouterr().err == ""

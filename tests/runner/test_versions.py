@@ -105,6 +105,8 @@ def test_pretrained_weights_and_library_versions_enter_the_keys(monkeypatch):
     ex = FeatureExtractor("efficientnet_lite0", weights="none", image_size=32, device="cpu")
     key = ex.cache_key()
     assert ex.cache_key() == key
+    import pclsim._version
+
     now = provenance.versions()
-    monkeypatch.setattr(provenance, "versions", lambda: {**now, "torch": "0.0"})
+    monkeypatch.setattr(pclsim._version, "versions", lambda: {**now, "torch": "0.0"})
     assert ex.cache_key() != key
