@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .knn import knn
+from .task_features import query_sets
 from .tensors import read_rows
 
 __all__ = ["CandidateTable", "build_table", "subset_nn", "DEFAULT_K"]
@@ -60,12 +61,12 @@ def build_table(source: tuple, rows: np.ndarray, candidates: np.ndarray, tasks: 
         raise ValueError(f"source {source}: {len(rows)} rows for {len(candidates)} candidate vectors")
     k = int(min(k, len(rows)))
     tb = CandidateTable(source, rows)
-    for name, tf in tasks.items():
-        n, p, d = tf.test.shape
+    for name, queries in query_sets(tasks):  # test sets and calibration sets
+        n, p, d = queries.shape
         pos = np.empty((n, p, k), dtype=np.int32)
         dist = np.empty((n, p, k), dtype=np.float32)
         for s in range(0, n, chunk_images):
-            q = read_rows(tf.test, slice(s, s + chunk_images)).reshape(-1, d)  # one chunk resident, not the task
+            q = read_rows(queries, slice(s, s + chunk_images)).reshape(-1, d)  # one chunk resident, not the task
             dd, ii = knn(q, candidates, k, backend=backend, device=device)
             m = len(q) // p
             pos[s : s + m] = ii.reshape(m, p, k)

@@ -90,10 +90,16 @@ def unregister_metric(name: str) -> None:
 
 
 def get_metric(name: str) -> Metric:
-    """The registered metric called `name`. Raises KeyError naming the registered ones."""
+    """The registered metric called `name`. Raises KeyError naming the registered ones.
+
+    A metric at a fitted threshold ("image_f1@fpr0.05", pclsim.core.thresholds) is registered on its
+    first lookup, in whatever process asks (a Ray worker included)."""
     try:
         return METRICS[name]
     except KeyError:
+        deployed = _threshold_metric(name)
+        if deployed is not None:
+            return register_metric(deployed)
         raise KeyError(f"unknown metric {name!r}: register it with pclsim.core.metric_registry.register_metric "
                        f"(registered: {', '.join(METRICS)})") from None
 
@@ -142,6 +148,37 @@ def _prevalence(p, n_tasks):
 
 def _aupro_random(p, n_tasks, fpr_limit=0.3):
     return fpr_limit / 2.0  # integral of x dx from 0 to the limit, divided by the limit
+
+
+def _threshold_metric(name: str) -> Metric | None:
+    """The Metric of a name "<base>@<policy>" of pclsim.core.thresholds, or None (chance levels: that module)."""
+    from .thresholds import alarm_rate, split_metric_name
+
+    got = split_metric_name(name)
+    if got is None:
+        return None
+    base, policy = got
+    r = alarm_rate(policy)
+    label = {"image_precision": "image precision", "image_recall": "image recall", "image_f1": "image F1",
+             "image_fpr": "image FPR", "threshold": "threshold", "threshold_drift": "threshold drift"}[base]
+    label = f"{label} @ {policy.label}"
+    if base == "image_precision":
+        chance = _prevalence
+    elif base == "image_recall" or base == "image_fpr":
+        chance = lambda p, n_tasks: r  # noqa: E731
+    elif base == "image_f1":
+        chance = lambda p, n_tasks: 2 * _need_prevalence(p, "F1") * r / (_need_prevalence(p, "F1") + r)  # noqa: E731
+    else:
+        chance = lambda p, n_tasks: float("nan")  # noqa: E731
+    if base in ("threshold", "threshold_drift"):
+        why = f"{base} is a score level, not a performance: only its final mean is summarised"
+        skip = {q: why for q in ("avg_forgetting_pct", "avg_forgetting_paper_pct", "max_forgetting", "bwt", "fwt")}
+    elif base == "image_fpr":
+        why = "a false-positive rate is better when LOWER: a drop is no forgetting (read BWT with its sign inverted)"
+        skip = {q: why for q in ("avg_forgetting_pct", "avg_forgetting_paper_pct", "max_forgetting")}
+    else:
+        skip = {}
+    return Metric(name, "image", label, chance, None, table1=False, not_summarised=skip)
 
 
 def _one_of_tasks(p, n_tasks):

@@ -6,7 +6,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TaskFeatures"]
+__all__ = ["TaskFeatures", "calibration_name", "query_sets"]
+
+
+def calibration_name(task: str) -> str:
+    """The name under which a task's calibration images are queried (candidate tables, the evaluator):
+    never a task name, never written to a results table."""
+    return f"{task}::calibration"
+
+
+def query_sets(tasks: dict):
+    """(name, (n, P, D) patches) of every set scored against banks: each task's test images and, for tasks
+    with a calibration split, its calibration images (under `calibration_name`)."""
+    for name, tf in tasks.items():
+        yield name, tf.test
+        if getattr(tf, "calibration", None) is not None:
+            yield calibration_name(name), tf.calibration
 
 
 @dataclass
@@ -26,6 +41,9 @@ class TaskFeatures:
     masks: np.ndarray | None     # (N_test, S, S) bool, None when the task has no pixel labels
     grid: tuple[int, int]        # patch grid, h * w = P
     image_size: int
+    # (N_cal, P, D): patches of the training images held out of every bank (dataset.calibration), which
+    # score the label-free thresholds (pclsim.core.thresholds); None without a calibration split
+    calibration: np.ndarray | None = field(default=None, repr=False, compare=False)
     ref: object | None = field(default=None, repr=False, compare=False)  # pclsim.store.entry.FeatureRef
 
     @property
@@ -36,7 +54,7 @@ class TaskFeatures:
         if self.ref is not None:
             return (type(self.ref).open, (self.ref,))
         return (_task_features, (self.name, self.train, self.test, self.labels, self.masks, self.grid,
-                                 self.image_size))
+                                 self.image_size, self.calibration))
 
 
 def _task_features(*args) -> TaskFeatures:

@@ -188,6 +188,9 @@ class TaskData:
     test: list[Sample]
     has_masks: bool
     chosen: dict | None = None  # paper protocol: the files the seeded caps kept (recorded into results)
+    # the last n_calibration samples of `train` are held out of every bank (dataset.calibration): their
+    # features are stored with the task and score the thresholds (pclsim.core.thresholds)
+    n_calibration: int = 0
 
 
 def resize_size(h: int, w: int, short: int) -> tuple[int, int]:

@@ -56,12 +56,22 @@ def load_stream(dataset: dict, data_root: str | None = None) -> list[TaskData]:
     dataset['kind'] is any registered kind (pclsim.data.kinds.DATASET_KINDS; default synthetic);
     data_root overrides dataset['root']. tasks None: every task of the data set, in the kind's own
     order (folders: sorted; bmad: the categories present, in the paper's order). tasks a mapping
-    {merged name: [category, ...]}: multi-category steps (pclsim.data.merge). Raises DataError naming
-    the key, file or folder at fault.
+    {merged name: [category, ...]}: multi-category steps (pclsim.data.merge). dataset['calibration'] > 0
+    holds that share of each task's training images out of its banks (pclsim.data.calibration).
+    Raises DataError naming the key, file or folder at fault.
     """
+    from .calibration import split_calibration
+
+    fraction = dataset.get("calibration") or 0
+    tasks = _load_stream(dataset, data_root)
+    return [split_calibration(t, fraction, int(dataset.get("seed", 0) or 0)) for t in tasks] if fraction else tasks
+
+
+def _load_stream(dataset: dict, data_root: str | None = None) -> list[TaskData]:
+    """load_stream without the calibration split (a merged step is split once, after its merge)."""
     kind = get_dataset_kind(dataset.get("kind", "synthetic"))
     if isinstance(dataset.get("tasks"), dict):  # multi-category steps: each category loaded, then merged
-        return load_merged(dataset, data_root, load_stream)
+        return load_merged(dataset, data_root, _load_stream)
     tasks = _task_list(dataset.get("tasks"))
     root = resolve_data_root(dataset, data_root) if kind.needs_root else None
     return kind.load(dataset, root, tasks)

@@ -198,7 +198,7 @@ def _tables(ray, sp, seed, orders, table_refs, raw, coreset, recomputed, group, 
 def _run_prepared(ray, runs, tasks, prepared, scenario, categories=None, raw=None, recomputed=None, group=""):
     """Runs against prepared bank sources (`_tables`: lost tables are recomputed by Ray table jobs).
     raw: the tasks' features as extracted (before the maskless-pixel policy), what the table jobs take."""
-    from ..study.engine import plan_study, restore_evaluator, run_group
+    from ..study.engine import evaluator_options, plan_study, restore_evaluator, run_group
 
     coreset = scenario["coreset"]
     pairs = []
@@ -207,8 +207,7 @@ def _run_prepared(ray, runs, tasks, prepared, scenario, categories=None, raw=Non
         orders, banks, table_refs = prepared[seed]
         got = _tables(ray, sp, seed, orders, table_refs, tasks if raw is None else raw, coreset, recomputed, group)
         ev = restore_evaluator(tasks, sp, coreset, orders, banks, dict(zip(sp.sources, got)),
-                               reweighting=scenario["model"]["reweighting"],
-                               pixel=scenario["evaluation"]["pixel_metrics"])
+                               **evaluator_options(scenario))
         pairs.extend(run_group([r for r in runs if r.seed == seed], ev, coreset, categories))
     return pairs
 

@@ -39,6 +39,9 @@ def hash_samples(h, task) -> None:
         h.update(split.encode())
         for s in samples:
             h.update(f"{s.key}\x00{s.label}\x01".encode())
+    n_cal = int(getattr(task, "n_calibration", 0) or 0)
+    if n_cal:  # held-out calibration images: another entry (0 keeps every earlier address)
+        h.update(f"calibration={n_cal}".encode())
 
 
 def task_key(extractor_key: str, task) -> str:
@@ -87,6 +90,7 @@ class FeatureRef:
     n_test: int                  # images
     dtype: str
     has_masks: bool
+    n_calibration: int = 0       # the last n_calibration training images: held out (dataset.calibration)
 
     @property
     def path(self) -> Path:
@@ -118,7 +122,13 @@ class FeatureRef:
         test = np.load(p / "test.npy", mmap_mode="r")
         labels = np.load(p / "labels.npy")
         masks = np.load(p / "masks.npy") if self.has_masks else None
-        return TaskFeatures(self.name, train, test, labels, masks, tuple(self.grid), self.image_size, ref=self)
+        calibration = None
+        if self.n_calibration:  # views, no copy: the bank's rows first, the held-out images' patches last
+            keep = (self.n_train - self.n_calibration) * self.patches
+            calibration = train[keep:].reshape(self.n_calibration, self.patches, self.dim)
+            train = train[:keep]
+        return TaskFeatures(self.name, train, test, labels, masks, tuple(self.grid), self.image_size,
+                            calibration=calibration, ref=self)
 
 
 def open_features(x):
@@ -201,7 +211,8 @@ def _valid(p: Path) -> dict | None:
 
 def _ref(root, key: str, meta: dict) -> FeatureRef:
     return FeatureRef(str(root), key, meta["name"], int(meta["image_size"]), tuple(meta["grid"]), int(meta["dim"]),
-                      int(meta["n_train"]), int(meta["n_test"]), meta["dtype"], bool(meta["has_masks"]))
+                      int(meta["n_train"]), int(meta["n_test"]), meta["dtype"], bool(meta["has_masks"]),
+                      int(meta.get("n_calibration", 0)))
 
 
 def lookup(root, key: str) -> FeatureRef | None:
@@ -291,8 +302,10 @@ def publish_entry(tmp: Path, root, key: str, task_name: str) -> FeatureRef:
 
 
 def write_meta(d: Path, task_name: str, image_size: int, grid, dim: int, n_train: int, n_test: int, dtype: str,
-                has_masks: bool) -> None:
+                has_masks: bool, n_calibration: int = 0) -> None:
     meta = {"format": FORMAT, "name": task_name, "image_size": int(image_size), "grid": [int(g) for g in grid],
             "dim": int(dim), "n_train": int(n_train), "n_test": int(n_test), "dtype": dtype,
             "has_masks": bool(has_masks)}
+    if n_calibration:
+        meta["n_calibration"] = int(n_calibration)
     (d / "meta.json").write_text(json.dumps(meta))

@@ -97,7 +97,7 @@ def extract_task(task, extractor, root, dtype: str = "float16", *, workers: int 
         if task.has_masks:
             save_small(tmp / "masks.npy", masks)
         write_meta(tmp, task.name, extractor.image_size, extractor.grid, D, len(task.train), len(task.test), dtype,
-                    task.has_masks)
+                    task.has_masks, getattr(task, "n_calibration", 0))
         return publish_entry(tmp, root, key, task.name)
     finally:
         if tmp.exists():
@@ -233,7 +233,8 @@ def finalise(root, key: str, task, chunks: list[Chunk], *, image_size: int, grid
         save_small(tmp / "labels.npy", np.concatenate(labels) if labels else np.zeros((0,), np.int64))
         if task.has_masks:
             save_small(tmp / "masks.npy", np.concatenate(masks) if masks else np.zeros((0, S, S), bool))
-        write_meta(tmp, task.name, S, grid, dim, len(task.train), len(task.test), dtype, task.has_masks)
+        write_meta(tmp, task.name, S, grid, dim, len(task.train), len(task.test), dtype, task.has_masks,
+                   getattr(task, "n_calibration", 0))
         ref = publish_entry(tmp, root, key, task.name)
     finally:
         if tmp.exists():

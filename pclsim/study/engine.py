@@ -22,7 +22,7 @@ from .scenario import Run
 from .strategies import BankRef, get_strategy
 
 __all__ = ["StudyPlan", "SeedPlan", "plan_study", "run_selection", "run_banks", "run_table", "candidate_rows",
-           "restore_evaluator", "run_group", "simulate", "strategy_for"]
+           "restore_evaluator", "evaluator_options", "run_group", "simulate", "strategy_for"]
 
 
 def strategy_for(run: Run, coreset: dict):
@@ -124,11 +124,25 @@ def run_table(tasks: dict, needs: SelectionNeeds, coreset: dict, seed: int, sour
     return build_table(source, rows, bb.vectors(source, rows), tasks, k=k or DEFAULT_K, device=device)
 
 
+def evaluator_options(scenario: dict) -> dict:
+    """The Evaluator's keyword arguments a resolved scenario sets: model.reweighting, evaluation.pixel_metrics,
+    evaluation.thresholds (parsed, pclsim.core.thresholds) and evaluation.threshold_refit."""
+    from ..core.thresholds import parse_policy
+
+    ev = scenario.get("evaluation", {})
+    return {"reweighting": scenario["model"]["reweighting"], "pixel": ev.get("pixel_metrics", True),
+            "thresholds": tuple(parse_policy(p) for p in ev.get("thresholds") or ()),
+            "refit": ev.get("threshold_refit", True)}
+
+
 def restore_evaluator(tasks: dict, sp: SeedPlan, coreset: dict, orders: dict, banks: dict, tables: dict, *,
-                      reweighting: str = "paper", pixel: bool = True, device=None) -> Evaluator:
-    """An evaluator over prepared bank sources (no selection or search is recomputed)."""
+                      reweighting: str = "paper", pixel: bool = True, device=None, thresholds=(),
+                      refit: bool = True) -> Evaluator:
+    """An evaluator over prepared bank sources (no selection or search is recomputed); the keyword
+    arguments as `Evaluator`'s (`evaluator_options(scenario)` gives a scenario's)."""
     bb = _builder(tasks, sp.needs, coreset, sp.seed, orders, banks, device=device)
-    return Evaluator(tasks, bb, tables, reweighting=reweighting, pixel=pixel, device=device)
+    return Evaluator(tasks, bb, tables, reweighting=reweighting, pixel=pixel, device=device, thresholds=thresholds,
+                     refit=refit)
 
 
 def run_group(runs: list[Run], ev: Evaluator, coreset: dict, categories=None) -> list[tuple[Run, OrderResult]]:
@@ -185,9 +199,8 @@ def simulate(runs: list[Run], tasks: dict[str, TaskFeatures], scenario: dict, de
     results = {}
     for seed, sp in plan.seeds.items():
         orders, banks, tables = prepare_seed(tasks, sp, coreset, device)
-        ev = restore_evaluator(tasks, sp, coreset, orders, banks, tables,
-                               reweighting=scenario["model"]["reweighting"],
-                               pixel=scenario["evaluation"]["pixel_metrics"], device=device)
+        ev = restore_evaluator(tasks, sp, coreset, orders, banks, tables, device=device,
+                               **evaluator_options(scenario))
         for r, res in run_group([r for r in runs if r.seed == seed], ev, coreset, categories):
             results[r] = res
     return [(r, results[r]) for r in runs]

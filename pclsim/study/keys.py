@@ -166,6 +166,35 @@ def _rebalance(src, path, v):
     return choice(lambda: REBALANCES)(src, path, v)
 
 
+def _fraction(src, path, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+        fail(src, path, f"expected a share of the training images in [0, 1), got {v!r}")
+    return float(v) if v else 0
+
+
+def _thresholds(src, path, v):
+    from ..core.thresholds import parse_policy
+
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        fail(src, path, "expected a list of policies such as [fpr: 0.05, sigma: 3]")
+    labels = []
+    for n, entry in enumerate(v):
+        try:
+            p = parse_policy(entry)
+        except ValueError as e:
+            fail(src, f"{path}[{n}]", str(e))
+        if p.kind == "valid":
+            fail(src, f"{path}[{n}]", "valid needs a labelled validation split kept apart from train and test; no "
+                                      "data-set kind of pclsim reads one yet (BMAD's valid/ joins train and test "
+                                      "under protocol: paper): use fpr or sigma")
+        if p.label in labels:
+            fail(src, f"{path}[{n}]", f"duplicate policy {p.label}")
+        labels.append(p.label)
+    return v
+
+
 def _projection_dim(src, path, v):
     return v if v == "auto" else check_int(src, path, v, lo=1)
 
@@ -185,7 +214,10 @@ for _k in (
     Key("dataset.protocol", "clean", "BMAD protocol: clean | paper (method.md section 5)", choice(lambda: PROTOCOLS)),
     Key("dataset.max_train", 2000, "training images per task at most (seeded choice)", integer(1)),
     Key("dataset.max_test", 2000, "test images per task at most (seeded choice)", integer(1)),
-    Key("dataset.seed", 0, "seed of the capped choices and of the paper's random masks", integer(0)),
+    Key("dataset.seed", 0, "seed of the capped choices, the calibration split and the paper's random masks",
+        integer(0)),
+    Key("dataset.calibration", 0, "share of each task's training images held out of every bank to fit "
+                                  "`evaluation.thresholds` (seeded choice)", _fraction),
     Key("dataset.synthetic.train", 100, "built-in stream: training images per task", integer(2)),
     Key("dataset.synthetic.test", 40, "built-in stream: test images per task", integer(2)),
     Key("dataset.synthetic.seed", 0, "built-in stream: seed of the generated images", integer(0)),
@@ -215,6 +247,10 @@ for _k in (
     Key("evaluation.gallery", 0, "anomaly maps stored per task for the report", integer(0)),
     Key("evaluation.maskless_pixels", "skip", "skip | paper: the authors' random all-0/all-1 masks for mask-less "
                                               "tasks (method.md section 5)", choice(lambda: ("skip", "paper"))),
+    Key("evaluation.thresholds", [], "label-free thresholds per bank: fpr: A (quantile of held-out normal scores) "
+                                     "| sigma: K (mean + K std); their metrics join the matrices", _thresholds),
+    Key("evaluation.threshold_refit", True, "refit a bank's thresholds whenever the bank changes (false: a bank "
+                                            "keeps those of its first step)", boolean),
     Key("seeds", [0], "coreset seeds (greedy start, projections)", int_list(0)),
 ):
     register_key(_k)

@@ -22,7 +22,8 @@ from ..core.knn import knn
 from ..core.metric_registry import METRICS
 from ..core.reweighting import get_reweighting
 from ..core.scoring import anomaly_maps, identify_task, reweight_scores
-from ..core.task_features import TaskFeatures
+from ..core.task_features import TaskFeatures, calibration_name
+from ..core.thresholds import PER_POLICY, ThresholdPolicy, deployed_metrics, metric_name
 from .strategies import BankRef, Strategy
 from ..core.tensors import read_rows
 
@@ -40,13 +41,26 @@ class Evaluator:
     tasks: {name: TaskFeatures}; builder: a `BankBuilder` that resolves `BankRef`s (its orders already
     computed or computable); tables: {source: CandidateTable} for every source a bank draws from.
     reweighting: "paper" | "anomalib" | "none" (method.md section 3); sigma: the maps' Gaussian blur;
-    pixel: compute pixel metrics for tasks with masks.
+    pixel: compute pixel metrics for tasks with masks. thresholds: the label-free threshold policies
+    (`evaluation.thresholds`, pclsim.core.thresholds), each fitted per bank from the calibration images
+    of the bank's tasks (`TaskFeatures.calibration`, scored like test images against that bank);
+    refit: `evaluation.threshold_refit` (read by `run_order`).
     `stats` counts evaluations, memo hits, metric computations and fallback queries.
     """
 
     def __init__(self, tasks: dict, builder, tables: dict, *, reweighting: str = "paper", sigma: float = 4.0,
-                 pixel: bool = True, device=None):
-        self.tasks = tasks
+                 pixel: bool = True, device=None, thresholds: tuple[ThresholdPolicy, ...] = (), refit: bool = True):
+        self.tasks = dict(tasks)
+        for name, tf in tasks.items():  # calibration images are scored like a test set (their own table rows)
+            if tf.calibration is not None:
+                cal = calibration_name(name)
+                self.tasks[cal] = TaskFeatures(cal, tf.train[:0], tf.calibration,
+                                               np.zeros(len(tf.calibration), dtype=np.int64), None, tf.grid,
+                                               tf.image_size)
+        self.thresholds = tuple(thresholds)
+        self.refit = bool(refit)
+        self._thresholds: dict = {}
+        self._scores: dict = {}
         self.builder = builder
         self.tables: dict[tuple, CandidateTable] = dict(tables)
         self.reweighting = reweighting
@@ -190,6 +204,7 @@ class Evaluator:
         self.stats["metric_computations"] += 1
         task = self.tasks[eval_task]
         scores, patch = self.scores(eval_task, chosen)
+        self._scores[(eval_task, chosen)] = scores
         out = _image_metrics(task.labels, scores, eval_task)
         maps = None
         if self.pixel and task.masks is not None:
@@ -213,6 +228,48 @@ class Evaluator:
                 for m in IMAGE_METRICS:
                     out[f"{m}|{name}"] = part[m]
         self._metric_memo[key] = out
+        return out
+
+    # -- label-free thresholds (pclsim.core.thresholds) --------------------------------------------
+    def threshold(self, ref: BankRef) -> dict[str, float]:
+        """{policy label: threshold} of bank `ref`, fitted on the image scores of the calibration images of
+        the tasks the bank holds (ref.tasks), each scored against `ref` as a test image would be. No test
+        image or label is read. Raises ValueError when a task of the bank has no calibration images."""
+        if ref not in self._thresholds:
+            scores = []
+            for t in ref.tasks:
+                cal = calibration_name(t)
+                if cal not in self.tasks:
+                    raise ValueError(f"task {t}: no calibration images to fit thresholds on (dataset.calibration)")
+                n = self.tasks[cal].test.shape[0]
+                scores.append(self.scores(cal, (ref,) * n)[0])
+            pooled = np.concatenate(scores)
+            self._thresholds[ref] = {p.label: p.fit(pooled) for p in self.thresholds}
+        return self._thresholds[ref]
+
+    def deployed(self, eval_task: str, banks: tuple[BankRef, ...], identify: bool, thresholds_of=None) -> dict[str, float]:
+        """The metrics of eval_task's test images at the fitted thresholds, per policy.
+
+        Each image is called anomalous when its score exceeds the threshold of the bank it was scored with
+        (the routed bank for strategies that identify the task, so a routing error shows here).
+        thresholds_of(ref) -> {label: threshold}: default `self.threshold` (refitted for every bank).
+        Returns {"<metric>@<label>"} for image_precision, image_recall, image_f1, image_fpr and
+        threshold (the mean threshold applied to the task's images, in score units)."""
+        thresholds_of = thresholds_of or self.threshold
+        chosen = self.route(eval_task, banks, identify)
+        refs = tuple(banks[c] for c in chosen)
+        key = (eval_task, refs)
+        if key not in self._scores:
+            self._scores[key] = self.scores(eval_task, refs)[0]
+        scores = self._scores[key]
+        labels = self.tasks[eval_task].labels
+        out = {}
+        fitted = {r: thresholds_of(r) for r in set(refs)}
+        for p in self.thresholds:
+            thr = np.array([fitted[r][p.label] for r in refs], dtype=np.float64)
+            for m, v in deployed_metrics(labels, scores, thr).items():
+                out[metric_name(m, p)] = v
+            out[metric_name("threshold", p)] = float(thr.mean()) if len(thr) else float("nan")
         return out
 
     def maps(self, eval_task: str, banks: tuple[BankRef, ...], identify: bool, images) -> tuple[np.ndarray, np.ndarray]:
@@ -266,14 +323,23 @@ def run_order(strategy: Strategy, order: tuple[str, ...], evaluator: Evaluator) 
     T = len(order)
     mats: dict[str, np.ndarray] = {}
     sizes, secs, routing, routed = [], [], [], []
+    kept: dict[int, dict] = {}  # threshold_refit false: a bank slot keeps the thresholds fitted when it appeared
     for s in range(T):
         t0 = time.perf_counter()
         banks = strategy.banks(tuple(order[: s + 1]))
         sizes.append(sum(b.size for b in banks))
+        thresholds_of = None
+        if evaluator.thresholds and not evaluator.refit:
+            for i, b in enumerate(banks):
+                kept.setdefault(i, evaluator.threshold(b))
+            slot = {b: kept[i] for i, b in enumerate(banks)}
+            thresholds_of = lambda ref, slot=slot: slot[ref] if ref in slot else evaluator.threshold(ref)  # noqa: E731
         for j, task in enumerate(order):
             sb, ident = strategy.scoring(banks, task)
             ident = ident or strategy.identifies_task
             res = evaluator.evaluate(task, sb, ident)
+            if evaluator.thresholds:
+                res = {**res, **evaluator.deployed(task, sb, ident, thresholds_of)}
             for metric, v in res.items():
                 if "|" in metric:
                     if strategy.identifies_task:
@@ -288,4 +354,10 @@ def run_order(strategy: Strategy, order: tuple[str, ...], evaluator: Evaluator) 
                 names, counts = np.unique([sb[c].tasks[0] for c in chosen], return_counts=True)
                 routing.extend((s, task, str(nm), int(c)) for nm, c in zip(names, counts))
         secs.append(time.perf_counter() - t0)
+    for p in evaluator.thresholds:  # how far each task's threshold moved from the step it was learned (its position)
+        thr = mats[metric_name("threshold", p)]
+        drift = np.full((T, T), np.nan)
+        for j in range(T):
+            drift[j:, j] = (thr[j:, j] - thr[j, j]) / abs(thr[j, j]) if thr[j, j] else np.nan
+        mats[metric_name("threshold_drift", p)] = drift
     return OrderResult(strategy.name, strategy.memory_size, tuple(order), mats, sizes, secs, routing, routed)

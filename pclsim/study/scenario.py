@@ -102,6 +102,9 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
         n_max = max(len(tasks) if o in DIFFICULTY_ORDERS else len(o) for o in order_entries(sc))
         if min(ms) < n_max:
             fail(src, "memory_sizes", f"memory size {min(ms)} is smaller than the number of tasks ({n_max})")
+    if sc["evaluation"]["thresholds"] and not sc["dataset"]["calibration"]:
+        fail(src, "dataset.calibration", "evaluation.thresholds fit each bank's threshold on held-out normal training "
+                                         "images: set a share of them, e.g. dataset.calibration: 0.1")
     return sc
 
 
