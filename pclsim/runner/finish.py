@@ -110,8 +110,9 @@ def check_complete(out_dir: Path, n_runs: int) -> None:
 
     missing = [n for n in ("matrices", "steps", "summary", "statistics", "tasks")
                if not list((out_dir / f"{n}.parquet").glob("*.parquet"))]
+    missing = [f"{n}.parquet" for n in missing] + (["protocol.json"] if not (out_dir / "protocol.json").is_file() else [])
     if missing:
-        raise FinishError(f"{out_dir}: incomplete results, no {', '.join(f'{n}.parquet' for n in missing)}; rerun "
+        raise FinishError(f"{out_dir}: incomplete results, no {', '.join(missing)}; rerun "
                           "the same command to complete the folder")
     mat = read_table(out_dir / "matrices.parquet", columns=["run_id", "order", "metric", "step", "eval_task"])
     img = mat[mat["metric"] == "image_auroc"]

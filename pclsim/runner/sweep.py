@@ -33,7 +33,7 @@ __all__ = ["run_sweep", "prepare_output", "results_record", "WRITTEN"]
 # writes there: what --fresh may delete (a user's own file inside one of these folders stays).
 WRITTEN = {**{f"{t}.parquet": ("part-*.parquet", ".tmp-*") for t in
               ("matrices", "steps", "summary", "tasks", "statistics", "routing", "routed", "categories")},
-           "run_info.json": None, "data.json": None, ".tune": ("*",),
+           "run_info.json": None, "data.json": None, "protocol.json": None, ".tune": ("*",),
            "report": ("index.html", "*.png", "*.csv", "table1.md", ".tmp-*"), "gallery": ("*.npz", ".tmp-*")}
 
 
@@ -118,6 +118,10 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
     body["run_group"] = (old or {}).get("run_group") if old is not None and not fresh else None
     body["run_group"] = body["run_group"] or uuid.uuid4().hex[:12]
     atomic_write_text(yaml.safe_dump(body, sort_keys=False), meta)
+    from ..atomic import atomic_write_json
+    from ..results.protocol_card import PROTOCOL_FILE, protocol_card
+
+    atomic_write_json(protocol_card(sc), out / PROTOCOL_FILE)  # the conventions and what touched test labels
 
 
 def _check_versions(out: Path, meta: Path, old: dict, accept: bool) -> None:
