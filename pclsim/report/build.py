@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import PclsimError
 from .figures import fig_curves, fig_heatmaps, fig_memory, fig_position, fig_robustness
+from .deployed import deployed_section, protocol_section
 from .gallery import fig_gallery
 from .order import order_section
 from .page import page, write_text
@@ -66,6 +67,7 @@ def build_report(results_dir, metric: str = "image_f1", out_dir=None) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         order_html, _ = order_section(d, out)  # "Does the order matter?" with its own figures
+    order_html += deployed_section(d, out) + protocol_section(root)
     index = out / "index.html"
     write_text(index, page(d, mean, std, per_task, figs, note, order_html, undefined))
     return index

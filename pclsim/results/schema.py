@@ -121,8 +121,10 @@ _RUN = (
     Column("order", _S, "", f"task names in training order joined by {ORDER_SEPARATOR!r}"),
 )
 _STEP = Column("step", _I, "", "0-based training step: the matrix row, after training the step-th task")
-_METRIC = Column("metric", _S, "", "registered metric name (pclsim.core.metric_registry)")
-_VALUE = Column("value", _F, "metric", "the metric's value, a fraction in [0, 1]; NaN where undefined")
+_METRIC = Column("metric", _S, "", "registered metric name (pclsim.core.metric_registry); '<metric>@<policy>' "
+                                   "for the label-free thresholds (pclsim.core.thresholds, e.g. image_f1@fpr0.05)")
+_VALUE = Column("value", _F, "metric", "the metric's value, a fraction in [0, 1] (threshold@*: a score level; "
+                                       "threshold_drift@*: a relative change); NaN where undefined")
 
 MATRICES = Table(
     "matrices", "matrices.parquet", "(run, step, eval_task, metric): every cell of the full T x T matrices, "
@@ -208,7 +210,9 @@ TASKS = Table(
     "sweep (actors.task_stats)",
     columns=(
         Column("task", _S, "", "task name"),
-        Column("train_patches", _I, "patches", "training patch vectors"),
+        Column("train_patches", _I, "patches", "training patch vectors (the bank's source: calibration images excluded)"),
+        Column("calibration_images", _I, "images", "normal training images held out of every bank to fit the "
+                                                  "thresholds (dataset.calibration); 0 without"),
         Column("test_images", _I, "images", "test images"),
         Column("dim", _I, "", "feature dimension D"),
         Column("image_prevalence", _F, "fraction", "share of anomalous test images"),

@@ -112,7 +112,9 @@ def task_stats(tf) -> dict:
     from ..store.writing import open_features
 
     tf = open_features(tf)
-    return {"task": tf.name, "train_patches": int(tf.train.shape[0]), "test_images": int(tf.test.shape[0]),
+    return {"task": tf.name, "train_patches": int(tf.train.shape[0]),
+            "calibration_images": 0 if tf.calibration is None else int(tf.calibration.shape[0]),
+            "test_images": int(tf.test.shape[0]),
             "dim": int(tf.dim), "image_prevalence": float(np.mean(tf.labels)),
             "pixel_prevalence": float(np.mean(tf.masks)) if tf.masks is not None else float("nan")}
 

@@ -255,6 +255,11 @@ class Evaluator:
         thresholds_of(ref) -> {label: threshold}: default `self.threshold` (refitted for every bank).
         Returns {"<metric>@<label>"} for image_precision, image_recall, image_f1, image_fpr and
         threshold (the mean threshold applied to the task's images, in score units)."""
+        memo = None
+        if thresholds_of is None:  # refitted thresholds depend on the state only: memoized like the metrics
+            memo = ("deployed", eval_task, tuple(banks), bool(identify))
+            if memo in self._thresholds:
+                return self._thresholds[memo]
         thresholds_of = thresholds_of or self.threshold
         chosen = self.route(eval_task, banks, identify)
         refs = tuple(banks[c] for c in chosen)
@@ -270,6 +275,8 @@ class Evaluator:
             for m, v in deployed_metrics(labels, scores, thr).items():
                 out[metric_name(m, p)] = v
             out[metric_name("threshold", p)] = float(thr.mean()) if len(thr) else float("nan")
+        if memo is not None:
+            self._thresholds[memo] = out
         return out
 
     def maps(self, eval_task: str, banks: tuple[BankRef, ...], identify: bool, images) -> tuple[np.ndarray, np.ndarray]:
