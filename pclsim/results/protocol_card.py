@@ -10,7 +10,7 @@ changes the card (tests/results/test_protocol_card.py checks it against the scen
 
 from __future__ import annotations
 
-from .. import __version__
+from .._version import __version__
 
 __all__ = ["protocol_card", "PROTOCOL_FILE"]
 
