@@ -106,7 +106,9 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
             from .runner.cluster import check_ray_temp_dir
 
             check_ray_temp_dir()  # the sweep starts a local Ray: its socket paths must fit
-        tasks = load_stream(sc["dataset"], sc["dataset"]["root"])
+        from .core.thresholds import needs_validation
+
+        tasks = load_stream(sc["dataset"], sc["dataset"]["root"], validation=needs_validation(sc))
         from .study.preflight import check_stream
 
         if sc["dataset"]["tasks"] is None:

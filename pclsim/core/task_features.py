@@ -6,7 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TaskFeatures", "calibration_name", "query_sets"]
+__all__ = ["TaskFeatures", "calibration_name", "validation_name", "query_sets"]
+
+
+def validation_name(task: str) -> str:
+    """The name under which a task's validation images are queried (never a task name, never written)."""
+    return f"{task}::validation"
 
 
 def calibration_name(task: str) -> str:
@@ -22,6 +27,8 @@ def query_sets(tasks: dict):
         yield name, tf.test
         if getattr(tf, "calibration", None) is not None:
             yield calibration_name(name), tf.calibration
+        if getattr(tf, "validation", None) is not None:
+            yield validation_name(name), tf.validation
 
 
 @dataclass
@@ -44,6 +51,9 @@ class TaskFeatures:
     # (N_cal, P, D): patches of the training images held out of every bank (dataset.calibration), which
     # score the label-free thresholds (pclsim.core.thresholds); None without a calibration split
     calibration: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # (N_val, P, D) and (N_val,) int64: a labelled validation split (for `valid` thresholds), or None
+    validation: np.ndarray | None = field(default=None, repr=False, compare=False)
+    validation_labels: np.ndarray | None = field(default=None, repr=False, compare=False)
     ref: object | None = field(default=None, repr=False, compare=False)  # pclsim.store.entry.FeatureRef
 
     @property
@@ -54,7 +64,7 @@ class TaskFeatures:
         if self.ref is not None:
             return (type(self.ref).open, (self.ref,))
         return (_task_features, (self.name, self.train, self.test, self.labels, self.masks, self.grid,
-                                 self.image_size, self.calibration))
+                                 self.image_size, self.calibration, self.validation, self.validation_labels))
 
 
 def _task_features(*args) -> TaskFeatures:

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ThresholdPolicy", "POLICY_KINDS", "parse_policy", "fit_fpr", "fit_sigma", "fit_valid",
-           "deployed_metrics", "DEPLOYED", "PER_POLICY", "metric_name", "split_metric_name", "alarm_rate"]
+           "deployed_metrics", "DEPLOYED", "PER_POLICY", "metric_name", "split_metric_name", "alarm_rate",
+           "needs_validation"]
 
 POLICY_KINDS = ("fpr", "sigma", "valid")
 # the metrics each policy adds to the accuracy matrices, as "<name>@<policy label>"
@@ -169,6 +170,11 @@ def split_metric_name(name: str) -> tuple[str, ThresholdPolicy] | None:
             except ValueError:
                 return None
     return None
+
+
+def needs_validation(sc: dict) -> bool:
+    """Whether a resolved scenario asks for a `valid` threshold (the data loader then reads validation splits)."""
+    return any(parse_policy(p).kind == "valid" for p in (sc.get("evaluation") or {}).get("thresholds") or ())
 
 
 def alarm_rate(policy: ThresholdPolicy) -> float:

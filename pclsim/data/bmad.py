@@ -60,7 +60,7 @@ BMAD_LAYOUTS: dict[str, dict[str, list[tuple[str, int, str | None]]]] = {
 
 
 def load_bmad_task(root: str | Path, name: str, protocol: str = "clean", max_train: int | None = None,
-                   max_test: int | None = None, seed: int = 0) -> TaskData:
+                   max_test: int | None = None, seed: int = 0, validation: bool = False) -> TaskData:
     """One BMAD category as downloaded. protocol 'paper': validation normals join train and validation anomalies
     join test (method.md section 5); 'clean': train/good and test only. Caps: seeded random choice per split."""
     if name not in BMAD_LAYOUTS:
@@ -104,7 +104,17 @@ def load_bmad_task(root: str | Path, name: str, protocol: str = "clean", max_tra
                         f"{layout['test'][1][0]})")
     train, test, cut = cap_splits(name, train, test, max_train, max_test, seed)
     chosen = chosen_record(protocol, seed, train, test, root) if protocol == "paper" or cut else None
-    return task_data(name, train, test, root, masked, chosen)
+    task = task_data(name, train, test, root, masked, chosen)
+    if validation:  # a `valid` threshold: the labelled validation split, apart from train and test
+        if protocol == "paper":
+            raise DataError(f"{cat}: under protocol paper the validation images join train and test; a valid "
+                            "threshold needs protocol clean")
+        val = entries("valid")
+        if not any(lab == 1 for _, lab, _ in val):
+            raise DataError(f"{cat / layout['valid'][1][0]}: no anomalous validation image (a valid threshold needs "
+                            "some)")
+        task.validation = task_data(name, val, [], root, masked).train
+    return task
 
 
 def load_bmad(dataset: dict, root: Path, tasks: list[str] | None) -> list[TaskData]:
@@ -119,7 +129,8 @@ def load_bmad(dataset: dict, root: Path, tasks: list[str] | None) -> list[TaskDa
         raise DataError(f"dataset.tasks: unknown BMAD task {bad[0]!r} (valid: {', '.join(BMAD_TASKS)})")
     protocol = dataset.get("protocol", "clean")
     seed = int(dataset.get("seed", 0) or 0)
-    return [load_bmad_task(root, t, protocol, dataset.get("max_train"), dataset.get("max_test"), seed)
+    return [load_bmad_task(root, t, protocol, dataset.get("max_train"), dataset.get("max_test"), seed,
+                           validation=bool(dataset.get("validation")))
             for t in tasks]
 
 

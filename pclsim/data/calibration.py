@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["calibration_count", "split_calibration"]
+__all__ = ["calibration_count", "split_calibration", "append_validation"]
 
 
 def calibration_count(n_train: int, fraction: float) -> int:
@@ -32,6 +32,8 @@ def split_calibration(task, fraction: float, seed: int):
     """`task` (TaskData) with its calibration images last in `train` and `n_calibration` set.
 
     Raises DataError naming dataset.calibration and the task when no training image would be left."""
+    if task.n_validation:
+        raise ValueError("split_calibration before append_validation: the validation images are last")
     n = len(task.train)
     k = calibration_count(n, fraction)
     if k == 0:
@@ -44,3 +46,15 @@ def split_calibration(task, fraction: float, seed: int):
     held[rng.choice(n, size=k, replace=False)] = True
     train = [s for s, h in zip(task.train, held) if not h] + [s for s, h in zip(task.train, held) if h]
     return dataclasses.replace(task, train=train, n_calibration=k)
+
+
+def append_validation(task, kind: str):
+    """`task` with its labelled validation samples (TaskData.validation) appended to `train` after the
+    calibration images, counted in `n_validation` (no bank reads them; a `valid` threshold does).
+
+    Raises DataError naming evaluation.thresholds when the data set kind gave the task no validation split."""
+    if not task.validation:
+        raise DataError(f"evaluation.thresholds: valid needs a labelled validation split; task {task.name} of "
+                        f"dataset.kind {kind} has none (BMAD's valid/ under protocol clean has one)")
+    return dataclasses.replace(task, train=list(task.train) + list(task.validation), validation=None,
+                               n_validation=len(task.validation))

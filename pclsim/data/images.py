@@ -191,6 +191,11 @@ class TaskData:
     # the last n_calibration samples of `train` are held out of every bank (dataset.calibration): their
     # features are stored with the task and score the thresholds (pclsim.core.thresholds)
     n_calibration: int = 0
+    # a labelled validation split kept apart from train and test (BMAD's valid/ under protocol clean), read
+    # only when a `valid` threshold asks for it; load_stream appends it after the calibration images, and the
+    # last n_validation samples of `train` are then those images (labels kept), in no bank
+    validation: list | None = None
+    n_validation: int = 0
 
 
 def resize_size(h: int, w: int, short: int) -> tuple[int, int]:

@@ -50,21 +50,26 @@ def resolve_data_root(dataset: dict, root: str | None) -> Path:
     return path.resolve()
 
 
-def load_stream(dataset: dict, data_root: str | None = None) -> list[TaskData]:
+def load_stream(dataset: dict, data_root: str | None = None, validation: bool = False) -> list[TaskData]:
     """The scenario's `dataset` mapping -> TaskData in the order of dataset['tasks'].
 
     dataset['kind'] is any registered kind (pclsim.data.kinds.DATASET_KINDS; default synthetic);
     data_root overrides dataset['root']. tasks None: every task of the data set, in the kind's own
     order (folders: sorted; bmad: the categories present, in the paper's order). tasks a mapping
     {merged name: [category, ...]}: multi-category steps (pclsim.data.merge). dataset['calibration'] > 0
-    holds that share of each task's training images out of its banks (pclsim.data.calibration).
+    holds that share of each task's training images out of its banks (pclsim.data.calibration);
+    validation: also read each task's labelled validation split (for a `valid` threshold), appended last.
     Raises DataError naming the key, file or folder at fault.
     """
-    from .calibration import split_calibration
+    from .calibration import append_validation, split_calibration
 
     fraction = dataset.get("calibration") or 0
-    tasks = _load_stream(dataset, data_root)
-    return [split_calibration(t, fraction, int(dataset.get("seed", 0) or 0)) for t in tasks] if fraction else tasks
+    tasks = _load_stream(dict(dataset, validation=True) if validation else dataset, data_root)
+    if fraction:
+        tasks = [split_calibration(t, fraction, int(dataset.get("seed", 0) or 0)) for t in tasks]
+    if validation:
+        tasks = [append_validation(t, dataset.get("kind", "synthetic")) for t in tasks]
+    return tasks
 
 
 def _load_stream(dataset: dict, data_root: str | None = None) -> list[TaskData]:

@@ -98,6 +98,9 @@ def protocol_card(sc: dict) -> dict:
             "calibration": {"share": ds.get("calibration", 0), "seed": ds["seed"],
                             "images": "normal training images held out of every memory bank, chosen at random per "
                                       "task"},
+            "validation": ("valid: fitted on the task's labelled validation split (BMAD valid/, protocol clean), "
+                           "apart from train and test, in no bank") if any(p.kind == "valid" for p in policies)
+                          else None,
             "refit": bool(ev.get("threshold_refit", True)),
             "fitted_per": "memory bank, on the calibration images of the tasks the bank holds",
         },

@@ -166,7 +166,9 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
         sc["evaluation"]["gallery"] = int(gallery)
     out_dir = Path(out or Path("results") / sc["name"]).expanduser().resolve()
     check_trackers(track, out_dir, sc["name"])  # a tracker that would fail after the work fails now
-    stream = load_stream(sc["dataset"], sc["dataset"]["root"])
+    from ..core.thresholds import needs_validation
+
+    stream = load_stream(sc["dataset"], sc["dataset"]["root"], validation=needs_validation(sc))
     if sc["dataset"]["tasks"] is None:  # folder-like data sets: every category found
         from ..study.scenario import resolve
 

@@ -42,6 +42,9 @@ def hash_samples(h, task) -> None:
     n_cal = int(getattr(task, "n_calibration", 0) or 0)
     if n_cal:  # held-out calibration images: another entry (0 keeps every earlier address)
         h.update(f"calibration={n_cal}".encode())
+    n_val = int(getattr(task, "n_validation", 0) or 0)
+    if n_val:
+        h.update(f"validation={n_val}".encode())
 
 
 def task_key(extractor_key: str, task) -> str:
@@ -90,7 +93,9 @@ class FeatureRef:
     n_test: int                  # images
     dtype: str
     has_masks: bool
-    n_calibration: int = 0       # the last n_calibration training images: held out (dataset.calibration)
+    n_calibration: int = 0       # then n_calibration training images: held out (dataset.calibration)
+    n_validation: int = 0        # the last n_validation "training" images: the labelled validation split
+    validation_labels: tuple = ()
 
     @property
     def path(self) -> Path:
@@ -122,13 +127,17 @@ class FeatureRef:
         test = np.load(p / "test.npy", mmap_mode="r")
         labels = np.load(p / "labels.npy")
         masks = np.load(p / "masks.npy") if self.has_masks else None
-        calibration = None
-        if self.n_calibration:  # views, no copy: the bank's rows first, the held-out images' patches last
-            keep = (self.n_train - self.n_calibration) * self.patches
-            calibration = train[keep:].reshape(self.n_calibration, self.patches, self.dim)
-            train = train[:keep]
-        return TaskFeatures(self.name, train, test, labels, masks, tuple(self.grid), self.image_size,
-                            calibration=calibration, ref=self)
+        calibration = validation = None
+        P, n_bank = self.patches, self.n_train - self.n_calibration - self.n_validation
+        # views, no copy: the bank's rows first, then the calibration images, then the validation images
+        if self.n_calibration:
+            calibration = train[n_bank * P:(n_bank + self.n_calibration) * P].reshape(-1, P, self.dim)
+        if self.n_validation:
+            validation = train[(self.n_train - self.n_validation) * P:].reshape(-1, P, self.dim)
+        return TaskFeatures(self.name, train[:n_bank * P], test, labels, masks, tuple(self.grid), self.image_size,
+                            calibration=calibration, validation=validation,
+                            validation_labels=np.asarray(self.validation_labels, dtype=np.int64) if validation
+                            is not None else None, ref=self)
 
 
 def open_features(x):
@@ -212,7 +221,8 @@ def _valid(p: Path) -> dict | None:
 def _ref(root, key: str, meta: dict) -> FeatureRef:
     return FeatureRef(str(root), key, meta["name"], int(meta["image_size"]), tuple(meta["grid"]), int(meta["dim"]),
                       int(meta["n_train"]), int(meta["n_test"]), meta["dtype"], bool(meta["has_masks"]),
-                      int(meta.get("n_calibration", 0)))
+                      int(meta.get("n_calibration", 0)), int(meta.get("n_validation", 0)),
+                      tuple(int(v) for v in meta.get("validation_labels", ())))
 
 
 def lookup(root, key: str) -> FeatureRef | None:
@@ -302,10 +312,13 @@ def publish_entry(tmp: Path, root, key: str, task_name: str) -> FeatureRef:
 
 
 def write_meta(d: Path, task_name: str, image_size: int, grid, dim: int, n_train: int, n_test: int, dtype: str,
-                has_masks: bool, n_calibration: int = 0) -> None:
+                has_masks: bool, n_calibration: int = 0, validation_labels=()) -> None:
     meta = {"format": FORMAT, "name": task_name, "image_size": int(image_size), "grid": [int(g) for g in grid],
             "dim": int(dim), "n_train": int(n_train), "n_test": int(n_test), "dtype": dtype,
             "has_masks": bool(has_masks)}
     if n_calibration:
         meta["n_calibration"] = int(n_calibration)
+    if len(validation_labels):
+        meta["n_validation"] = len(validation_labels)
+        meta["validation_labels"] = [int(v) for v in validation_labels]
     (d / "meta.json").write_text(json.dumps(meta))

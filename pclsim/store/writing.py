@@ -47,6 +47,12 @@ _COPY_BLOCK = 16 << 20  # bytes per read/write when assembling chunk files
 
 
 # ---------------------------------------------------------------------------------------------
+def _validation_labels(task) -> list[int]:
+    """Labels of the task's validation images (the last n_validation of its training list)."""
+    n = int(getattr(task, "n_validation", 0) or 0)
+    return [int(s.label) for s in task.train[len(task.train) - n:]] if n else []
+
+
 def _embed_into(f, extractor, samples, dtype: np.dtype, workers: int, progress=None):
     """Run the extractor over `samples` batch by batch, appending each batch's features to the open file f
     (already holding the .npy header). Returns (masks (n, S, S) bool, labels (n,) int64)."""
@@ -97,7 +103,7 @@ def extract_task(task, extractor, root, dtype: str = "float16", *, workers: int 
         if task.has_masks:
             save_small(tmp / "masks.npy", masks)
         write_meta(tmp, task.name, extractor.image_size, extractor.grid, D, len(task.train), len(task.test), dtype,
-                    task.has_masks, getattr(task, "n_calibration", 0))
+                    task.has_masks, getattr(task, "n_calibration", 0), _validation_labels(task))
         return publish_entry(tmp, root, key, task.name)
     finally:
         if tmp.exists():
@@ -234,7 +240,7 @@ def finalise(root, key: str, task, chunks: list[Chunk], *, image_size: int, grid
         if task.has_masks:
             save_small(tmp / "masks.npy", np.concatenate(masks) if masks else np.zeros((0, S, S), bool))
         write_meta(tmp, task.name, S, grid, dim, len(task.train), len(task.test), dtype, task.has_masks,
-                   getattr(task, "n_calibration", 0))
+                   getattr(task, "n_calibration", 0), _validation_labels(task))
         ref = publish_entry(tmp, root, key, task.name)
     finally:
         if tmp.exists():

@@ -185,10 +185,6 @@ def _thresholds(src, path, v):
             p = parse_policy(entry)
         except ValueError as e:
             fail(src, f"{path}[{n}]", str(e))
-        if p.kind == "valid":
-            fail(src, f"{path}[{n}]", "valid needs a labelled validation split kept apart from train and test; no "
-                                      "data-set kind of pclsim reads one yet (BMAD's valid/ joins train and test "
-                                      "under protocol: paper): use fpr or sigma")
         if p.label in labels:
             fail(src, f"{path}[{n}]", f"duplicate policy {p.label}")
         labels.append(p.label)
@@ -248,7 +244,8 @@ for _k in (
     Key("evaluation.maskless_pixels", "skip", "skip | paper: the authors' random all-0/all-1 masks for mask-less "
                                               "tasks (method.md section 5)", choice(lambda: ("skip", "paper"))),
     Key("evaluation.thresholds", [], "label-free thresholds per bank: fpr: A (quantile of held-out normal scores) "
-                                     "| sigma: K (mean + K std); their metrics join the matrices", _thresholds),
+                                     "| sigma: K (mean + K std) | valid (best F1 on BMAD's valid/); their metrics "
+                                     "join the matrices", _thresholds),
     Key("evaluation.threshold_refit", True, "refit a bank's thresholds whenever the bank changes (false: a bank "
                                             "keeps those of its first step)", boolean),
     Key("seeds", [0], "coreset seeds (greedy start, projections)", int_list(0)),

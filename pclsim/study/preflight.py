@@ -184,7 +184,8 @@ def check_memory(sc: dict, tasks, grid: tuple[int, int]) -> None:
     from .strategies import get_strategy
 
     per_image = grid[0] * grid[1]
-    n_img = {t.name: len(t.train) - getattr(t, "n_calibration", 0) for t in tasks}  # held-out images: no bank
+    n_img = {t.name: len(t.train) - getattr(t, "n_calibration", 0) - getattr(t, "n_validation", 0)
+             for t in tasks}  # held-out images (calibration, validation): in no bank
     patches = {name: n * per_image for name, n in n_img.items()}
     # difficulty-decided orders are not known yet: per-task bank sizes do not depend on the order, and
     # joint banks are checked per task, so any stand-in order checks the same banks

@@ -22,7 +22,7 @@ from ..core.knn import knn
 from ..core.metric_registry import METRICS
 from ..core.reweighting import get_reweighting
 from ..core.scoring import anomaly_maps, identify_task, reweight_scores
-from ..core.task_features import TaskFeatures, calibration_name
+from ..core.task_features import TaskFeatures, calibration_name, validation_name
 from ..core.thresholds import PER_POLICY, ThresholdPolicy, deployed_metrics, metric_name
 from .strategies import BankRef, Strategy
 from ..core.tensors import read_rows
@@ -51,12 +51,16 @@ class Evaluator:
     def __init__(self, tasks: dict, builder, tables: dict, *, reweighting: str = "paper", sigma: float = 4.0,
                  pixel: bool = True, device=None, thresholds: tuple[ThresholdPolicy, ...] = (), refit: bool = True):
         self.tasks = dict(tasks)
-        for name, tf in tasks.items():  # calibration images are scored like a test set (their own table rows)
+        for name, tf in tasks.items():  # held-out images are scored like a test set (their own table rows)
             if tf.calibration is not None:
                 cal = calibration_name(name)
                 self.tasks[cal] = TaskFeatures(cal, tf.train[:0], tf.calibration,
                                                np.zeros(len(tf.calibration), dtype=np.int64), None, tf.grid,
                                                tf.image_size)
+            if tf.validation is not None:
+                val = validation_name(name)
+                self.tasks[val] = TaskFeatures(val, tf.train[:0], tf.validation, np.asarray(tf.validation_labels),
+                                               None, tf.grid, tf.image_size)
         self.thresholds = tuple(thresholds)
         self.refit = bool(refit)
         self._thresholds: dict = {}
@@ -232,19 +236,31 @@ class Evaluator:
 
     # -- label-free thresholds (pclsim.core.thresholds) --------------------------------------------
     def threshold(self, ref: BankRef) -> dict[str, float]:
-        """{policy label: threshold} of bank `ref`, fitted on the image scores of the calibration images of
-        the tasks the bank holds (ref.tasks), each scored against `ref` as a test image would be. No test
-        image or label is read. Raises ValueError when a task of the bank has no calibration images."""
+        """{policy label: threshold} of bank `ref`, fitted on the image scores of the held-out images of the
+        tasks the bank holds (ref.tasks), each scored against `ref` as a test image would be: the calibration
+        images (fpr, sigma) or the labelled validation images (valid). No test image or label is read.
+        Raises ValueError when a task of the bank lacks the held-out images a policy needs."""
         if ref not in self._thresholds:
-            scores = []
-            for t in ref.tasks:
-                cal = calibration_name(t)
-                if cal not in self.tasks:
-                    raise ValueError(f"task {t}: no calibration images to fit thresholds on (dataset.calibration)")
-                n = self.tasks[cal].test.shape[0]
-                scores.append(self.scores(cal, (ref,) * n)[0])
-            pooled = np.concatenate(scores)
-            self._thresholds[ref] = {p.label: p.fit(pooled) for p in self.thresholds}
+            def held_out(name_of, what):
+                scores, labels = [], []
+                for t in ref.tasks:
+                    name = name_of(t)
+                    if name not in self.tasks:
+                        raise ValueError(f"task {t}: no {what} to fit thresholds on")
+                    n = self.tasks[name].test.shape[0]
+                    scores.append(self.scores(name, (ref,) * n)[0])
+                    labels.append(self.tasks[name].labels)
+                return np.concatenate(scores), np.concatenate(labels)
+
+            fitted = {}
+            if any(p.needs_calibration for p in self.thresholds):
+                cal, _ = held_out(calibration_name, "calibration images (dataset.calibration)")
+                fitted.update({p.label: p.fit(cal) for p in self.thresholds if p.needs_calibration})
+            if any(p.kind == "valid" for p in self.thresholds):
+                val, y = held_out(validation_name, "validation split")
+                fitted.update({p.label: p.fit(valid_scores=val, valid_labels=y) for p in self.thresholds
+                               if p.kind == "valid"})
+            self._thresholds[ref] = fitted
         return self._thresholds[ref]
 
     def deployed(self, eval_task: str, banks: tuple[BankRef, ...], identify: bool, thresholds_of=None) -> dict[str, float]:

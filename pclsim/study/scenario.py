@@ -102,7 +102,17 @@ def resolve(raw: dict, src: str = "<scenario>", data_root: str | None = None, ba
         n_max = max(len(tasks) if o in DIFFICULTY_ORDERS else len(o) for o in order_entries(sc))
         if min(ms) < n_max:
             fail(src, "memory_sizes", f"memory size {min(ms)} is smaller than the number of tasks ({n_max})")
-    if sc["evaluation"]["thresholds"] and not sc["dataset"]["calibration"]:
+    from ..core.thresholds import parse_policy
+
+    policies = [parse_policy(p) for p in sc["evaluation"]["thresholds"]]
+    for n, p in enumerate(policies):
+        if p.kind == "valid" and (ds["kind"] != "bmad" or ds.get("protocol") != "clean"):
+            fail(src, f"evaluation.thresholds[{n}]", "valid needs a labelled validation split kept apart from train "
+                                                     f"and test: BMAD's valid/ under protocol clean has one; "
+                                                     f"dataset.kind {ds['kind']}"
+                                                     + (" under protocol paper (valid/ joins train and test)"
+                                                        if ds["kind"] == "bmad" else " has none") + "; use fpr or sigma")
+    if any(p.needs_calibration for p in policies) and not sc["dataset"]["calibration"]:
         fail(src, "dataset.calibration", "evaluation.thresholds fit each bank's threshold on held-out normal training "
                                          "images: set a share of them, e.g. dataset.calibration: 0.1")
     return sc
