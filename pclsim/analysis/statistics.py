@@ -150,11 +150,27 @@ def per_task_values(mat: pd.DataFrame) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
+def _direction(metric: str):
+    """The registry's `higher_is_better` of a metric (True for an unregistered name)."""
+    from ..core.metric_registry import get_metric
+
+    try:
+        return get_metric(metric).higher_is_better
+    except KeyError:
+        return True
+
+
 def _not_relative(metrics) -> list[str]:
     """The metrics whose relative forgetting means nothing (the registry's `not_summarised`)."""
-    from ..core.metric_registry import METRICS
+    from ..core.metric_registry import get_metric
 
-    return [m for m in metrics if m in METRICS and "avg_forgetting_pct" in METRICS[m].not_summarised]
+    def skip(m):
+        try:
+            return "avg_forgetting_pct" in get_metric(m).not_summarised  # registers "<metric>@<policy>" names
+        except KeyError:
+            return False
+
+    return [m for m in metrics if skip(m)]
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -214,10 +230,13 @@ def _run_level(key, quantity, g: pd.DataFrame, jobs: PermutationJobs) -> list[di
                          note="one seed: order and seed noise cannot be separated"))
         rows.append(_order_structure_test(key, quantity, om, jobs))
     vals = om.to_dict()
-    sign = -1.0 if HIGHER_IS_BETTER[quantity] else 1.0
+    direction = _direction(key[2])  # True: higher is better; False: lower (an FPR); None: a level
+    sign = -1.0 if HIGHER_IS_BETTER[quantity] == (direction is not False) else 1.0
     ranked = sorted(vals, key=lambda o: (sign * vals[o], o))  # best first; ties: the order's name
     best, worst = ranked[0], ranked[-1]
     tie = "all orders tie" if is_constant(om.to_numpy()) else ""
+    if direction is None and not tie:
+        tie = "no better direction (a score level): best = highest, worst = lowest"
     rows.append(_row(*key, quantity, "best_order", order=best, value=vals[best], n=len(by_order[best]),
                      method="mean over seeds", note=tie))
     rows.append(_row(*key, quantity, "worst_order", order=worst, value=vals[worst], n=len(by_order[worst]),
@@ -359,7 +378,8 @@ def measure_difficulty(tasks: dict, sc: dict, device=None) -> dict:
     m = max(sc["memory_sizes"])
     runs = [Run("multi_model", m, seed, (t,)) for seed in sc["seeds"] for t in tasks]
     per: dict[str, list[float]] = {}
-    for run, res in simulate(runs, tasks, sc, device=device):
+    plain = dict(sc, evaluation={**sc.get("evaluation", {}), "thresholds": []})  # image AUROC only: no fits
+    for run, res in simulate(runs, tasks, plain, device=device):
         per.setdefault(run.order[0], []).append(float(res.matrices["image_auroc"][0, 0]))
     return {"values": {t: float(np.mean(v)) for t, v in per.items()}, "memory_size": m, "seeds": list(sc["seeds"])}
 

@@ -50,6 +50,8 @@ class Metric:
     function: the reference single-metric function in `pclsim.metrics` (labels, scores) or
         (masks, maps) -> float; None where the evaluator computes the value itself (task_id_acc).
     table1: a row of the report's Table 1 (the paper's layout, method.md section 7).
+    higher_is_better: True, False (lower is better: a false-positive rate) or None (a level without a
+        better direction: a threshold); the order statistics' best and worst orders follow it.
     not_summarised: {summary column: why}: the continual quantities of summary.parquet
         (pclsim.analysis.summary.QUANTITIES) that have no meaning for this metric; the summary
         stores them as null with this reason. Every other quantity is computed where the matrix
@@ -63,6 +65,7 @@ class Metric:
     function: Callable | None = None
     table1: bool = False
     not_summarised: dict = field(default_factory=dict)
+    higher_is_better: bool | None = True   # False: lower is better (an FPR); None: a level with no direction
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -170,15 +173,19 @@ def _threshold_metric(name: str) -> Metric | None:
         chance = lambda p, n_tasks: 2 * _need_prevalence(p, "F1") * r / (_need_prevalence(p, "F1") + r)  # noqa: E731
     else:
         chance = lambda p, n_tasks: float("nan")  # noqa: E731
+    direction = True
     if base in ("threshold", "threshold_drift"):
-        why = f"{base} is a score level, not a performance: only its final mean is summarised"
+        direction = None
+        why = (f"{base} is a {'score level' if base == 'threshold' else 'relative change of a score level'}, not a "
+               "performance: only its final mean is summarised")
         skip = {q: why for q in ("avg_forgetting_pct", "avg_forgetting_paper_pct", "max_forgetting", "bwt", "fwt")}
     elif base == "image_fpr":
+        direction = False
         why = "a false-positive rate is better when LOWER: a drop is no forgetting (read BWT with its sign inverted)"
         skip = {q: why for q in ("avg_forgetting_pct", "avg_forgetting_paper_pct", "max_forgetting")}
     else:
         skip = {}
-    return Metric(name, "image", label, chance, None, table1=False, not_summarised=skip)
+    return Metric(name, "image", label, chance, None, table1=False, not_summarised=skip, higher_is_better=direction)
 
 
 def _one_of_tasks(p, n_tasks):

@@ -54,7 +54,7 @@ class ThresholdPolicy:
     @property
     def label(self) -> str:
         """The policy's name in metric names: fpr0.05, sigma3, valid."""
-        return self.kind if self.value is None else f"{self.kind}{self.value:g}"
+        return self.kind if self.value is None else f"{self.kind}{format(self.value, '.15g')}"
 
     @property
     def needs_calibration(self) -> bool:
@@ -77,6 +77,8 @@ def parse_policy(entry) -> ThresholdPolicy:
         return ThresholdPolicy("valid")
     if not isinstance(entry, dict) or len(entry) != 1:
         raise ValueError(f"expected {{fpr: A}}, {{sigma: K}} or valid, got {entry!r}")
+    if "valid" in entry:
+        raise ValueError(f"valid takes no value: write it as a plain list item (- valid), got {entry!r}")
     (kind, value), = entry.items()
     if kind not in ("fpr", "sigma"):
         raise ValueError(f"unknown threshold policy {kind!r} (valid: {', '.join(POLICY_KINDS)})")

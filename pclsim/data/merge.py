@@ -72,7 +72,9 @@ def merge_tasks(name: str, parts: list[TaskData]) -> MergedTaskData:
     return MergedTaskData(name=name, train=[s for p in parts for s in p.train], test=[s for p in parts for s in p.test],
                           has_masks=all(p.has_masks for p in parts),
                           chosen={p.name: p.chosen for p in parts} if any(p.chosen for p in parts) else None,
-                          categories=tuple((p.name, len(p.train), len(p.test)) for p in parts))
+                          categories=tuple((p.name, len(p.train), len(p.test)) for p in parts),
+                          validation=[s for p in parts for s in p.validation]
+                          if all(p.validation for p in parts) else None)
 
 
 def load_merged(dataset: dict, data_root, load_stream) -> list[MergedTaskData]:

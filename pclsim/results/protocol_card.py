@@ -4,8 +4,9 @@ Published continual-AD figures move by several AUROC points with conventions a t
 (the mask resizing rule, squared or plain L2, step-wise AP or trapezoid PR-AUC, AU-PRO's thresholds)
 and with what was chosen on test labels. `protocol_card(scenario)` states them for one resolved
 scenario; the sweep writes it as protocol.json next to scenario.yaml, and the report shows it.
-Every statement is derived from the scenario and from the code's own constants, so a changed key
-changes the card (tests/results/test_protocol_card.py checks it against the scenario).
+Every statement is derived from the scenario and from the code's own defaults (AU-PRO's FPR limit and
+threshold count, the maps' blur), so a changed key changes the card (tests/results/test_protocol_card.py
+checks it against the scenario).
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ def protocol_card(sc: dict) -> dict:
     column of the accuracy matrices: its definition and whether it uses test labels to pick anything),
     thresholds (the label-free policies, the calibration split, refit), test_labels (which outputs use
     them and which never read them)."""
+    import inspect
+
+    from ..core import metrics as metric_fns
     from ..core.thresholds import DEPLOYED, metric_name, parse_policy
+    from ..study.orders import needs_difficulty
+    from ..study.protocol import Evaluator
+
+    pro = inspect.signature(metric_fns.pixel_metrics).parameters
+    fpr_limit, n_thr = pro["fpr_limit"].default, pro["num_thresholds"].default
+    blur = inspect.signature(Evaluator).parameters["sigma"].default
 
     ds, ev, model = sc["dataset"], sc["evaluation"], sc["model"]
     size = ds["image_size"]
@@ -57,9 +67,10 @@ def protocol_card(sc: dict) -> dict:
                                        "pixels", "pr_flavour": "trapezoid", "threshold_from_test_labels": False},
             "pixel_ap": {"definition": "average precision, step-wise: scikit-learn average_precision_score of the "
                                        "pooled pixels", "pr_flavour": "step-wise AP", "threshold_from_test_labels": False},
-            "pixel_aupro": {"definition": "normalised area under the per-region overlap curve up to FPR 0.3, 100 "
-                                          "thresholds at equally spaced positions of the sorted normal-pixel scores, "
-                                          "8-connected regions, trapezoid rule", "fpr_limit": 0.3, "num_thresholds": 100,
+            "pixel_aupro": {"definition": f"normalised area under the per-region overlap curve up to FPR {fpr_limit}, "
+                                          f"{n_thr} thresholds at equally spaced positions of the sorted normal-pixel "
+                                          "scores, 8-connected regions, trapezoid rule", "fpr_limit": fpr_limit,
+                            "num_thresholds": n_thr,
                             "threshold_from_test_labels": False},
         })
     from ..study.strategies import get_strategy
@@ -87,7 +98,7 @@ def protocol_card(sc: dict) -> dict:
         "reweighting": {"name": model["reweighting"], "rule": _REWEIGHTING.get(model["reweighting"], "a registered "
                                                                                 "reweighting")},
         "anomaly_map": f"patch distances on the patch grid, bilinearly upsampled to {size} x {size}, Gaussian blur "
-                       "sigma 4 (radius 4 sigma, reflect padding)",
+                       f"sigma {blur:g} (radius 4 sigma, reflect padding)",
         "resize": {"mode": ds["resize"], "rule": _RESIZE[ds["resize"]], "image_size": size},
         "masks": "the same geometry as the image, nearest-neighbour resampling, a pixel is anomalous when > 0",
         "maskless_pixels": ev.get("maskless_pixels", "skip"),
@@ -106,7 +117,9 @@ def protocol_card(sc: dict) -> dict:
         },
         "test_labels": {
             "used_by": sorted([m for m, v in metrics.items() if v["threshold_from_test_labels"]]
-                              + (["task_id_acc", "routing.parquet", "routed.parquet"] if routing else [])),
+                              + (["task_id_acc", "routing.parquet", "routed.parquet"] if routing else [])
+                              + (["orders (easy_to_hard / hard_to_easy: each task's single-task test image AUROC)"]
+                                 if needs_difficulty(sc) else [])),
             "scored_with": "every metric compares scores with the test labels; the ones above also CHOOSE something "
                            "(a threshold, a task identity) with them",
             "never_read_by": ["coreset selection", "re-reductions", "memory banks", "calibration split",

@@ -187,6 +187,9 @@ def check_memory(sc: dict, tasks, grid: tuple[int, int]) -> None:
     n_img = {t.name: len(t.train) - getattr(t, "n_calibration", 0) - getattr(t, "n_validation", 0)
              for t in tasks}  # held-out images (calibration, validation): in no bank
     patches = {name: n * per_image for name, n in n_img.items()}
+    held = {t.name: (f", after dataset.calibration held out {t.n_calibration}" if getattr(t, "n_calibration", 0)
+                     else "") + (f" and the validation split {t.n_validation}" if getattr(t, "n_validation", 0)
+                                 else "") for t in tasks}
     # difficulty-decided orders are not known yet: per-task bank sizes do not depend on the order, and
     # joint banks are checked per task, so any stand-in order checks the same banks
     orders = expand_orders(sc, {t: 0.0 for t in sc["dataset"]["tasks"]} if needs_difficulty(sc) else None)
@@ -214,7 +217,7 @@ def check_memory(sc: dict, tasks, grid: tuple[int, int]) -> None:
                         if k > patches[t]:
                             raise DataError(_memory_msg(t, k, strat, patches[t], (
                                 f"{n_img[t]} training images x {per_image} patches ({grid[0]} x {grid[1]}) "
-                                f"at image_size {sc['dataset']['image_size']}")))
+                                f"at image_size {sc['dataset']['image_size']}{held[t]}")))
 
 
 def _memory_msg(task, k, strat, have, what) -> str:

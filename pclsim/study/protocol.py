@@ -346,16 +346,21 @@ def run_order(strategy: Strategy, order: tuple[str, ...], evaluator: Evaluator) 
     T = len(order)
     mats: dict[str, np.ndarray] = {}
     sizes, secs, routing, routed = [], [], [], []
-    kept: dict[int, dict] = {}  # threshold_refit false: a bank slot keeps the thresholds fitted when it appeared
+    kept: dict = {}  # threshold_refit false: a bank slot keeps the thresholds fitted when it appeared
+    # a slot: the one bank of a single-bank model (joint, finetune), else the task a per-task bank holds
+    single = T < 2 or len(strategy.banks(tuple(order[:2]))) == 1
     for s in range(T):
         t0 = time.perf_counter()
         banks = strategy.banks(tuple(order[: s + 1]))
         sizes.append(sum(b.size for b in banks))
         thresholds_of = None
         if evaluator.thresholds and not evaluator.refit:
-            for i, b in enumerate(banks):
-                kept.setdefault(i, evaluator.threshold(b))
-            slot = {b: kept[i] for i, b in enumerate(banks)}
+            slot = {}
+            for b in banks:
+                key = "model" if single else b.tasks
+                if key not in kept:
+                    kept[key] = evaluator.threshold(b)
+                slot[b] = kept[key]
             thresholds_of = lambda ref, slot=slot: slot[ref] if ref in slot else evaluator.threshold(ref)  # noqa: E731
         for j, task in enumerate(order):
             sb, ident = strategy.scoring(banks, task)
@@ -380,7 +385,7 @@ def run_order(strategy: Strategy, order: tuple[str, ...], evaluator: Evaluator) 
     for p in evaluator.thresholds:  # how far each task's threshold moved from the step it was learned (its position)
         thr = mats[metric_name("threshold", p)]
         drift = np.full((T, T), np.nan)
-        for j in range(T):
-            drift[j:, j] = (thr[j:, j] - thr[j, j]) / abs(thr[j, j]) if thr[j, j] else np.nan
+        for j in range(T):  # from the step after the task's own (0 there by definition, so not stored)
+            drift[j + 1:, j] = (thr[j + 1:, j] - thr[j, j]) / abs(thr[j, j]) if thr[j, j] else np.nan
         mats[metric_name("threshold_drift", p)] = drift
     return OrderResult(strategy.name, strategy.memory_size, tuple(order), mats, sizes, secs, routing, routed)

@@ -513,3 +513,17 @@ def test_engine_routing_adds_up_and_matches_task_id_acc(tasks):
                 chosen = [banks[k].tasks[0] for k in np.argmin(mean_d, axis=1)]
                 want = pd.Series(chosen).value_counts()
                 assert got.sort_index().to_dict() == want.sort_index().to_dict()
+
+
+@pytest.mark.parametrize("metric, best_is", [("image_fpr@fpr0.05", "idxmin"), ("image_f1@fpr0.05", "idxmax"),
+                                             ("threshold@sigma3", "idxmax")])
+def test_best_order_follows_the_metrics_direction(metric, best_is):
+    """A false-positive rate is better LOWER; a threshold level has no better side (labelled as such). Fresh
+    names: registered on first lookup, so this holds in any process (issue 24's review)."""
+    orders = [list(o) for o in itertools.permutations(TASKS4)][:8]
+    mat, summ = make_study(TASKS4, orders, [0, 1], no_order_effect, metric=metric)
+    st = S.statistics_table(summ, mat)
+    om = summ.groupby("order").final_mean.mean()
+    best = _get(st, "best_order", "final_mean")
+    assert best.order == getattr(om, best_is)()
+    assert ("no better direction" in best.note) == metric.startswith("threshold@")

@@ -101,3 +101,8 @@ def test_valid_is_refused_where_there_is_no_validation_split(bmad):
                 load_stream(dataset(bmad), validation=True)
         finally:
             moved.rename(d)
+
+
+def test_a_merged_step_keeps_its_categories_validation_splits(bmad):
+    (merged,) = load_stream(dataset(bmad, tasks={"M": TASKS}, calibration=0.2), validation=True)
+    assert merged.n_validation == 10 and [s.label for s in merged.train[-10:]] == [0, 0, 0, 1, 1] * 2
