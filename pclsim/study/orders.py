@@ -5,6 +5,15 @@ of orders (task lists or either keyword). easy_to_hard / hard_to_easy sort the t
 single-task image AUROC (pclsim.analysis.statistics.measure_difficulty), known only once the features
 exist. Order designs are a registry: `{sample: N, seed: S}` is the built-in one; a new design is one
 `register_order_design(OrderDesign(...))` call, and `orders: {its_name: N}` accepts it from then on.
+
+`{balanced: N, seed: S}` is a Williams design (E. J. Williams, "Experimental designs balanced for the
+estimation of residual effects of treatments", Australian J. Sci. Res. A 2, 1949): a Latin square whose
+first row is 0, 1, T-1, 2, T-2, ... and whose row i adds i (mod T); for odd T the square plus its mirror
+image (rows reversed). Every task is then equally often at every position and every ordered pair of
+distinct tasks is equally often adjacent (a before b): T orders, each pair once, for even T; 2T orders,
+each pair twice, for odd T (`williams_design`; tests/study/test_order_designs.py counts both). N orders
+are N / base replicates of the design, each relabelled by a seeded random permutation of the tasks (a
+relabelling keeps both balances), drawn until no order repeats an earlier replicate's.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from ..errors import ScenarioError
 from .scenario_checks import check_int, fail
 
 __all__ = ["DIFFICULTY_ORDERS", "needs_difficulty", "order_entries", "difficulty_order", "describe_orders",
-           "check_orders", "expand_orders", "OrderDesign", "ORDER_DESIGNS", "register_order_design"]
+           "check_orders", "expand_orders", "OrderDesign", "ORDER_DESIGNS", "register_order_design",
+           "williams_design", "balanced_orders", "design_balance"]
 
 
 DIFFICULTY_ORDERS = ("easy_to_hard", "hard_to_easy")
@@ -89,6 +99,100 @@ def _sample_expand(tasks, params):
 register_order_design(OrderDesign(
     "sample", _sample_expand, lambda p: f"a seeded sample of permutations (seed {p['seed']})",
     options={"seed": 0}, check=_sample_check))
+
+
+def williams_design(n_tasks: int) -> np.ndarray:
+    """The Williams design of n_tasks treatments (module docstring): (R, n_tasks) int64, row = an order of the
+    task indices 0..n_tasks-1; R = n_tasks for even n_tasks, 2 n_tasks for odd (the square and its mirror).
+
+    Every index appears R / n_tasks times in every column, and every ordered pair (a, b), a != b, appears
+    R / n_tasks times as adjacent entries (a then b) of a row: the R (n_tasks - 1) adjacencies cover the
+    n_tasks (n_tasks - 1) ordered pairs evenly, for even and odd n_tasks alike. Raises ValueError for
+    n_tasks < 1.
+    """
+    if n_tasks < 1:
+        raise ValueError(f"a design needs at least one task, got {n_tasks}")
+    first, lo, hi = [0], 1, n_tasks - 1
+    while len(first) < n_tasks:  # 0, 1, T-1, 2, T-2, ...
+        if len(first) % 2:
+            first.append(lo)
+            lo += 1
+        else:
+            first.append(hi)
+            hi -= 1
+    square = (np.asarray(first)[None, :] + np.arange(n_tasks)[:, None]) % n_tasks
+    if n_tasks % 2 and n_tasks > 1:
+        square = np.concatenate([square, square[:, ::-1]])
+    return square.astype(np.int64)
+
+
+def design_balance(orders, tasks) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, adjacent) counts of a list of orders over `tasks`: positions[i, p] = how many orders
+    have tasks[i] at step p (T x T); adjacent[i, j] = how many have tasks[i] immediately before tasks[j]."""
+    ix = {t: i for i, t in enumerate(tasks)}
+    T = len(tasks)
+    pos, adj = np.zeros((T, T), np.int64), np.zeros((T, T), np.int64)
+    for o in orders:
+        c = [ix[t] for t in o]
+        pos[c, np.arange(len(c))] += 1
+        np.add.at(adj, (c[:-1], c[1:]), 1)
+    return pos, adj
+
+
+def _balanced_base(tasks) -> int:
+    return len(williams_design(len(tasks)))
+
+
+def _balanced_check(tasks, params, src):
+    check_int(src, "orders.seed", params["seed"], lo=0)
+    n, base = params["balanced"], _balanced_base(tasks)
+    if n % base:
+        fail(src, "orders.balanced", f"{n} is not a multiple of {base}: a balanced design of {len(tasks)} tasks "
+                                     f"has {base} orders ({'T' if len(tasks) % 2 == 0 else '2T'}, Williams); use "
+                                     f"{', '.join(str(base * k) for k in (1, 2, 3))}, ...")
+    if n > math.factorial(len(tasks)):
+        fail(src, "orders.balanced", f"{n} exceeds the {math.factorial(len(tasks))} possible orders")
+
+
+_RELABEL_TRIES = 10_000
+
+
+def balanced_orders(tasks, n: int, seed: int = 0) -> list[tuple]:
+    """n orders of `tasks`: n / base replicates of the Williams design (module docstring), replicate r being
+    the design with its task indices relabelled by a permutation drawn from numpy's default_rng(seed); a
+    relabelling that would repeat an order of an earlier replicate is redrawn. Every replicate, the first
+    included, is relabelled, so the seed chooses which balanced design runs.
+
+    Raises ValueError when n is not a multiple of the base size or no distinct replicate is found
+    in _RELABEL_TRIES draws (only for tiny T, where n is close to T!)."""
+    tasks = tuple(tasks)
+    design = williams_design(len(tasks))
+    if n % len(design):
+        raise ValueError(f"{n} is not a multiple of the design's {len(design)} orders")
+    rng = np.random.default_rng(seed)
+    out, seen = [], set()
+    for _ in range(n // len(design)):
+        for _try in range(_RELABEL_TRIES):
+            lab = rng.permutation(len(tasks))
+            rep = [tuple(tasks[i] for i in lab[row]) for row in design]
+            if not seen.intersection(rep):
+                break
+        else:
+            raise ValueError(f"no relabelling of the design gives orders distinct from the earlier replicates "
+                             f"({len(out)} orders so far)")
+        seen.update(rep)
+        out += rep
+    return out
+
+
+def _balanced_describe(p):
+    return (f"a balanced (Williams) design of {p['balanced']} orders: every task equally often at every position and every ordered pair "
+            f"of tasks equally often adjacent; replicates relabelled with seed {p['seed']}")
+
+
+register_order_design(OrderDesign(
+    "balanced", lambda tasks, p: balanced_orders(tasks, p["balanced"], p["seed"]), _balanced_describe,
+    options={"seed": 0}, check=_balanced_check))
 
 
 def needs_difficulty(sc: dict) -> bool:
