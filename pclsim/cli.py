@@ -160,7 +160,7 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
 
 @data_app.command("synth")
 def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD-layout stream into."),
-               tasks: Optional[str] = typer.Option(None, "--tasks", help="Number of tasks or comma-separated names."),
+               tasks: Optional[str] = typer.Option(None, "--tasks", help="Number of tasks (1..15: the six BMAD-named domains, then their variants) or comma-separated names."),
                train: int = typer.Option(100, "--train", min=1, help="Normal training images per task."),
                test: int = typer.Option(40, "--test", min=2, help="Test images per task."),
                size: int = typer.Option(224, "--size", help="Image side in pixels (at least 32)."),
@@ -170,6 +170,7 @@ def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD
     def _run():
         from .data import BMAD_TASKS, synthetic_stream, write_bmad_layout
         from .data.images import MIN_IMAGE_SIZE
+        from .data.synthetic import SYNTHETIC_TASKS
         from .errors import DataError
 
         if size < MIN_IMAGE_SIZE:
@@ -178,14 +179,14 @@ def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD
         if tasks:
             if tasks.isdigit():
                 n = int(tasks)
-                if not 1 <= n <= len(BMAD_TASKS):
-                    raise DataError(f"--tasks: expected 1..{len(BMAD_TASKS)}, got {n}")
-                names = names[:n]
+                if not 1 <= n <= len(SYNTHETIC_TASKS):
+                    raise DataError(f"--tasks: expected 1..{len(SYNTHETIC_TASKS)}, got {n}")
+                names = list(SYNTHETIC_TASKS[:n])
             else:
                 names = [t.strip() for t in tasks.split(",") if t.strip()]
-                bad = [t for t in names if t not in BMAD_TASKS]
+                bad = [t for t in names if t not in SYNTHETIC_TASKS]
                 if bad:
-                    raise DataError(f"--tasks: unknown task {bad[0]!r} (valid: {', '.join(BMAD_TASKS)})")
+                    raise DataError(f"--tasks: unknown task {bad[0]!r} (valid: {', '.join(SYNTHETIC_TASKS)})")
         stream = synthetic_stream(tuple(names), train=train, test=test, size=size, seed=seed)
         write_bmad_layout(stream, out_dir, size)
         print(f"wrote {len(stream)} tasks to {out_dir}")
