@@ -19,6 +19,7 @@ import yaml
 from .._version import __version__
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import Interrupted, PclsimError
+from ..study.adaptive import design_params, is_adaptive
 from ..study.scenario import expand_runs, group_runs, load_scenario, needs_difficulty, scenario_hash
 from ..results.record import results_record
 from ..results.tables import remove_table
@@ -32,7 +33,8 @@ __all__ = ["run_sweep", "prepare_output", "results_record", "WRITTEN"]
 # Everything a sweep or `pclsim report` writes into a results folder, and inside a folder the files it
 # writes there: what --fresh may delete (a user's own file inside one of these folders stays).
 WRITTEN = {**{f"{t}.parquet": ("part-*.parquet", ".tmp-*") for t in
-              ("matrices", "steps", "summary", "tasks", "statistics", "routing", "routed", "categories")},
+              ("matrices", "steps", "summary", "tasks", "statistics", "routing", "routed", "categories",
+               "design")},
            "run_info.json": None, "data.json": None, ".tune": ("*",),
            "report": ("index.html", "*.png", "*.csv", "table1.md", ".tmp-*"), "gallery": ("*.npz", ".tmp-*")}
 
@@ -181,6 +183,23 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
         atomic_write_json(_data_record(stream), out_dir / "data.json")
         from ..results.tables import done_groups
 
+        more = None
+        if is_adaptive(sc):  # the orders the stored results decide so far (pclsim.runner.adaptive)
+            from .adaptive import FolderObserver, plan_rounds
+
+            observer = FolderObserver(out_dir, sc, design_params(sc)[1]["metric"])
+            plan, groups = plan_rounds(sc, out_dir, observer)
+            runs = [r for rs in groups.values() for r in rs]
+
+            def more():
+                nonlocal plan, groups, runs
+                plan, groups = plan_rounds(sc, out_dir, observer)
+                runs = [r for rs in groups.values() for r in rs]
+                left = {g: rs for g, rs in groups.items() if g not in done_groups(out_dir)}
+                if left:
+                    _say(quiet, f"{plan.design} round {len(plan.rounds) - 1}: {len(plan.rounds[-1])} orders, "
+                                f"{sum(map(len, left.values()))} runs")
+                return left
         done = done_groups(out_dir)
         todo = {g: rs for g, rs in groups.items() if g not in done}
         _say(quiet, f"pclsim {__version__}: {sc['name']}: {len(runs)} runs in {len(groups)} trials "
@@ -194,10 +213,19 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
             if todo or want_gallery:
                 try:
                     _run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root,
-                             want_gallery, track, fresh)
+                             want_gallery, track, fresh, more)
                 except (Interrupted, KeyboardInterrupt):
                     remove_table(out_dir / "summary.parquet")  # never a summary of an incomplete set
                     raise
+            if more is not None:
+                while more():  # a resume whose last round was complete: the rounds it decides next
+                    _run_ray(sc, stream, more(), out_dir, address, max_concurrent, quiet, debug, cache_root,
+                             False, track, False, more)
+                from .adaptive import write_design
+
+                write_design(out_dir, plan)
+                if plan.stop:
+                    _say(quiet, f"{plan.design}: {plan.stop}")
             _finish(sc, out_dir, stream, quiet, cache_root)
             check_complete(out_dir, len(runs))  # never exit 0 on an incomplete folder
         except Exception as e:

@@ -43,8 +43,11 @@ class OrderDesign:
     name: the key that names it; options: its other keys with their defaults; expand(tasks, params) ->
     the orders (tuples of task names, distinct), where params holds `name` (N, an integer >= 1) and every
     option; check(tasks, params, src): extra checks of the values, failing through
-    `scenario_checks.fail` with the key (optional); describe(params) -> how the orders are chosen, for
-    `pclsim validate`.
+    `scenario_checks.fail` with the key (optional); scenario_check(sc, params, src): the same against the
+    rest of the scenario (its strategies, memory sizes); describe(params) -> how the orders are chosen, for
+    `pclsim validate`; integer: whether the value of the design's own key is an integer N >= 1 (False: its
+    `check` checks it). Adaptive designs (orders decided from results: pclsim.study.adaptive) expand to
+    their first round.
     """
 
     name: str
@@ -52,6 +55,8 @@ class OrderDesign:
     describe: Callable[[dict], str]
     options: dict = field(default_factory=dict)
     check: Callable | None = None
+    scenario_check: Callable | None = None  # (sc, params, src): checks against the rest of the scenario
+    integer: bool = True  # the design's own key is an integer N >= 1 (checked before `check`)
 
 
 ORDER_DESIGNS: dict[str, OrderDesign] = {}
@@ -81,11 +86,23 @@ def _design_of(o: dict, src: str = "<scenario>") -> tuple[OrderDesign, dict]:
 
 def _sample_check(tasks, params, src):
     check_int(src, "orders.seed", params["seed"], lo=0)
+    if params["sample"] == "auto":
+        from .adaptive import sample_auto_check
+
+        return sample_auto_check(tasks, params, src)
+    check_int(src, "orders.sample", params["sample"], lo=1)
+    for k in ("precision", "max", "batch", "metric"):
+        if params[k] != _SAMPLE_OPTIONS[k]:
+            fail(src, f"orders.{k}", "only with sample: auto (a fixed sample of N orders has no stopping rule)")
     if params["sample"] > math.factorial(len(tasks)):
         fail(src, "orders.sample", f"{params['sample']} exceeds the {math.factorial(len(tasks))} possible orders")
 
 
 def _sample_expand(tasks, params):
+    if params["sample"] == "auto":
+        from .adaptive import sample_auto_expand
+
+        return sample_auto_expand(tasks, params)
     rng = np.random.default_rng(params["seed"])
     seen, out = set(), []
     while len(out) < params["sample"]:
@@ -96,9 +113,19 @@ def _sample_expand(tasks, params):
     return out
 
 
+_SAMPLE_OPTIONS = {"seed": 0, "precision": None, "max": None, "batch": None, "metric": "image_auroc"}
+
+
+def _sample_describe(p):
+    if p["sample"] == "auto":
+        from .adaptive import sample_auto_describe
+
+        return sample_auto_describe(p)
+    return f"a seeded sample of permutations (seed {p['seed']})"
+
+
 register_order_design(OrderDesign(
-    "sample", _sample_expand, lambda p: f"a seeded sample of permutations (seed {p['seed']})",
-    options={"seed": 0}, check=_sample_check))
+    "sample", _sample_expand, _sample_describe, options=dict(_SAMPLE_OPTIONS), check=_sample_check, integer=False))
 
 
 def williams_design(n_tasks: int) -> np.ndarray:
@@ -239,6 +266,14 @@ def describe_orders(sc: dict) -> tuple[int, str]:
         kinds = sorted({x for x in entries if isinstance(x, str)})
         return len(entries), (f"{' and '.join(kinds)}: decided by each task's measured difficulty (single-task "
                               f"PatchCore image AUROC at M={max(sc['memory_sizes'])}), measured when the sweep runs")
+    from .adaptive import design_params
+
+    kind, ap = design_params(sc)
+    if kind == "search":
+        n = ap["budget"] + (ap["budget"] if ap["uniform"] else 0)
+        return n, f"at most {n} (adaptive): " + ORDER_DESIGNS["search"].describe(ap)
+    if kind == "sample_auto":
+        return ap["max"], f"at most {ap['max']} (adaptive): " + ORDER_DESIGNS["sample"].describe(ap)
     n = len(expand_orders(sc))
     if o == "all":
         return n, "every permutation of the tasks"
@@ -259,9 +294,12 @@ def check_orders(sc: dict, src: str) -> None:
         return
     if isinstance(o, dict):
         design, params = _design_of(o, src)
-        check_int(src, f"orders.{design.name}", params[design.name], lo=1)
+        if design.integer:
+            check_int(src, f"orders.{design.name}", params[design.name], lo=1)
         if design.check is not None:
             design.check(tuple(tasks), params, src)
+        if design.scenario_check is not None:
+            design.scenario_check(sc, params, src)
         return
     if not isinstance(o, list) or not o:
         fail(src, "orders", "expected 'all', an order design such as {sample: N, seed: S}, easy_to_hard, "
@@ -300,3 +338,6 @@ def expand_orders(sc: dict, difficulty: dict[str, float] | None = None) -> list[
         design, params = _design_of(o)
         return [tuple(x) for x in design.expand(tasks, params)]
     return [tuple(x) for x in o]
+
+
+from . import adaptive as _adaptive  # noqa: E402,F401  (registers the adaptive designs: search, sample: auto)
