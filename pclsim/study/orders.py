@@ -46,8 +46,9 @@ class OrderDesign:
     `scenario_checks.fail` with the key (optional); scenario_check(sc, params, src): the same against the
     rest of the scenario (its strategies, memory sizes); describe(params) -> how the orders are chosen, for
     `pclsim validate`; integer: whether the value of the design's own key is an integer N >= 1 (False: its
-    `check` checks it). Adaptive designs (orders decided from results: pclsim.study.adaptive) expand to
-    their first round.
+    `check` checks it); summary(sc, params): for adaptive designs (orders decided from results:
+    pclsim.study.adaptive), the most orders they may run and how, for `pclsim validate` (None: use describe).
+    Adaptive designs expand to their first round.
     """
 
     name: str
@@ -57,6 +58,7 @@ class OrderDesign:
     check: Callable | None = None
     scenario_check: Callable | None = None  # (sc, params, src): checks against the rest of the scenario
     integer: bool = True  # the design's own key is an integer N >= 1 (checked before `check`)
+    summary: Callable | None = None  # (sc, params) -> (at most how many orders, how) for adaptive designs, or None
 
 
 ORDER_DESIGNS: dict[str, OrderDesign] = {}
@@ -87,9 +89,7 @@ def _design_of(o: dict, src: str = "<scenario>") -> tuple[OrderDesign, dict]:
 def _sample_check(tasks, params, src):
     check_int(src, "orders.seed", params["seed"], lo=0)
     if params["sample"] == "auto":
-        from .adaptive import sample_auto_check
-
-        return sample_auto_check(tasks, params, src)
+        return SAMPLE_AUTO["check"](tasks, params, src)
     check_int(src, "orders.sample", params["sample"], lo=1)
     for k in ("precision", "max", "batch", "metric"):
         if params[k] != _SAMPLE_OPTIONS[k]:
@@ -100,9 +100,7 @@ def _sample_check(tasks, params, src):
 
 def _sample_expand(tasks, params):
     if params["sample"] == "auto":
-        from .adaptive import sample_auto_expand
-
-        return sample_auto_expand(tasks, params)
+        return SAMPLE_AUTO["expand"](tasks, params)
     rng = np.random.default_rng(params["seed"])
     seen, out = set(), []
     while len(out) < params["sample"]:
@@ -114,18 +112,20 @@ def _sample_expand(tasks, params):
 
 
 _SAMPLE_OPTIONS = {"seed": 0, "precision": None, "max": None, "batch": None, "metric": "image_auroc"}
+# {sample: auto}'s check, expand, describe and summary: filled by pclsim.study.adaptive on import (which
+# pclsim.study.scenario imports), so that this module does not import the adaptive designs
+SAMPLE_AUTO: dict[str, Callable] = {}
 
 
 def _sample_describe(p):
     if p["sample"] == "auto":
-        from .adaptive import sample_auto_describe
-
-        return sample_auto_describe(p)
+        return SAMPLE_AUTO["describe"](p)
     return f"a seeded sample of permutations (seed {p['seed']})"
 
 
 register_order_design(OrderDesign(
-    "sample", _sample_expand, _sample_describe, options=dict(_SAMPLE_OPTIONS), check=_sample_check, integer=False))
+    "sample", _sample_expand, _sample_describe, options=dict(_SAMPLE_OPTIONS), check=_sample_check, integer=False,
+    summary=lambda sc, p: SAMPLE_AUTO["summary"](sc, p) if p["sample"] == "auto" else None))
 
 
 def williams_design(n_tasks: int) -> np.ndarray:
@@ -266,14 +266,10 @@ def describe_orders(sc: dict) -> tuple[int, str]:
         kinds = sorted({x for x in entries if isinstance(x, str)})
         return len(entries), (f"{' and '.join(kinds)}: decided by each task's measured difficulty (single-task "
                               f"PatchCore image AUROC at M={max(sc['memory_sizes'])}), measured when the sweep runs")
-    from .adaptive import design_params
-
-    kind, ap = design_params(sc)
-    if kind == "search":
-        n = ap["budget"] + (ap["budget"] if ap["uniform"] else 0)
-        return n, f"at most {n} (adaptive): " + ORDER_DESIGNS["search"].describe(ap)
-    if kind == "sample_auto":
-        return ap["max"], f"at most {ap['max']} (adaptive): " + ORDER_DESIGNS["sample"].describe(ap)
+    if isinstance(o, dict):
+        design, params = _design_of(o)
+        if design.summary is not None and (found := design.summary(sc, params)) is not None:
+            return found
     n = len(expand_orders(sc))
     if o == "all":
         return n, "every permutation of the tasks"
@@ -338,6 +334,3 @@ def expand_orders(sc: dict, difficulty: dict[str, float] | None = None) -> list[
         design, params = _design_of(o)
         return [tuple(x) for x in design.expand(tasks, params)]
     return [tuple(x) for x in o]
-
-
-from . import adaptive as _adaptive  # noqa: E402,F401  (registers the adaptive designs: search, sample: auto)

@@ -35,6 +35,12 @@ def test_search_sweep_rounds_design_table_and_resume(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     sweep(sc_path, out, cache)
     design = pd.read_parquet(out / "design.parquet")
+    import pyarrow.dataset as ds
+
+    from pclsim.results.schema import DESIGN
+
+    schema = ds.dataset(out / "design.parquet", format="parquet").schema
+    assert [(f.name, f.type) for f in schema] == [(f.name, f.type) for f in DESIGN.schema_of(schema.names)]
     own = design[(design.kind == "order") & (design.role == "search")]
     assert len(own) == 6 == own.order.nunique() and sorted(own["round"].unique()) == [0, 1, 2]
     summ = pd.read_parquet(out / "summary.parquet")

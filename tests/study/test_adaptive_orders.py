@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from pclsim.errors import ScenarioError
-from pclsim.study.adaptive import additive_fit, extreme_assignment, neighbours, replay
+from pclsim.study.adaptive import replay
+from pclsim.study.order_search import additive_fit, extreme_assignment, neighbours
 from pclsim.study.orders import design_balance, williams_design
 from pclsim.study.scenario import describe_orders, expand_runs, load_scenario, resolve
 
