@@ -13,53 +13,55 @@ from pathlib import Path
 import pandas as pd
 
 from ..results.schema import ORDER_SEPARATOR
-from ..study.adaptive import Plan, design_params, replay
+from ..study.adaptive import Plan, replay
 from ..study.scenario import Run, group_runs
 
 __all__ = ["FolderObserver", "plan_rounds", "round_groups", "write_design"]
 
 
 class FolderObserver:
-    """observe(orders) for pclsim.study.adaptive.replay from a results folder's finished trials: per order and
-    (strategy, memory size) the final value of every task (a[T-1][j] of the design's metric) and their mean,
+    """observe(orders, metric) for pclsim.study.adaptive.replay from a results folder's finished trials: per
+    order and (strategy, memory size) the final value of every task (a[T-1][j] of the metric) and their mean,
     each a mean over the scenario's seeds; None while any (strategy, memory size, seed) run of the orders is
     not in the folder. Re-reads the folder only when its finished groups changed."""
 
-    def __init__(self, out_dir: Path, sc: dict, metric: str):
-        self.out, self.sc, self.metric = Path(out_dir), sc, metric
+    def __init__(self, out_dir: Path, sc: dict):
+        self.out, self.sc = Path(out_dir), sc
         self._groups: set | None = None
-        self._values: dict = {}
+        self._values: dict = {}  # metric -> {order: {(strategy, M): {...}}}
 
-    def _load(self) -> None:
+    def _load(self, metric: str) -> dict:
         from ..results.tables import done_groups
 
         groups = done_groups(self.out)
-        if groups == self._groups:
-            return
-        self._groups = groups
-        self._values = {}
+        if groups != self._groups:
+            self._groups, self._values = groups, {}
+        if metric in self._values:
+            return self._values[metric]
+        values = self._values[metric] = {}
         if not groups:
-            return
+            return values
         T = len(self.sc["dataset"]["tasks"])
         files = [str(self.out / "matrices.parquet" / f"part-{g}.parquet") for g in sorted(groups)]
         cols = ["strategy", "memory_size", "seed", "order", "step", "eval_task", "metric", "value"]
-        df = pd.concat([pd.read_parquet(f, columns=cols, filters=[("metric", "==", self.metric),
-                                                                   ("step", "==", T - 1)]) for f in files])
+        df = pd.concat([pd.read_parquet(f, columns=cols, filters=[("metric", "==", metric), ("step", "==", T - 1)])
+                        for f in files])
         n_seeds = df.groupby(["order", "strategy", "memory_size"])["seed"].nunique()
         per = df.groupby(["order", "strategy", "memory_size", "eval_task"])["value"].mean()
         for (o, s, m), k in n_seeds.items():
             if k < len(self.sc["seeds"]):
                 continue
             tv = per.loc[(o, s, m)]
-            self._values.setdefault(tuple(o.split(ORDER_SEPARATOR)), {})[(s, int(m))] = {
+            values.setdefault(tuple(o.split(ORDER_SEPARATOR)), {})[(s, int(m))] = {
                 "final": float(tv.mean()), "tasks": {str(t): float(v) for t, v in tv.items()}}
+        return values
 
-    def __call__(self, orders):
-        self._load()
+    def __call__(self, orders, metric):
+        values = self._load(metric)
         keys = [(s, int(m)) for s in self.sc["strategies"] for m in self.sc["memory_sizes"]]
         out = {}
         for o in orders:
-            v = self._values.get(tuple(o))
+            v = values.get(tuple(o))
             if v is None or any(k not in v for k in keys):
                 return None
             out[tuple(o)] = v
@@ -78,7 +80,7 @@ def round_groups(sc: dict, plan: Plan) -> dict[str, list[Run]]:
 
 def plan_rounds(sc: dict, out_dir: Path, observer: FolderObserver | None = None) -> tuple[Plan, dict]:
     """(the plan the folder's finished trials decide, its groups)."""
-    observer = observer or FolderObserver(out_dir, sc, design_params(sc)[1]["metric"])
+    observer = observer or FolderObserver(out_dir, sc)
     plan = replay(sc, observer)
     return plan, round_groups(sc, plan)
 

@@ -19,7 +19,7 @@ import yaml
 from .._version import __version__
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import Interrupted, PclsimError
-from ..study.adaptive import design_params, is_adaptive
+from ..study.adaptive import is_adaptive
 from ..study.scenario import expand_runs, group_runs, load_scenario, needs_difficulty, scenario_hash
 from ..results.record import results_record
 from ..results.tables import remove_table
@@ -187,7 +187,7 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
         if is_adaptive(sc):  # the orders the stored results decide so far (pclsim.runner.adaptive)
             from .adaptive import FolderObserver, plan_rounds
 
-            observer = FolderObserver(out_dir, sc, design_params(sc)[1]["metric"])
+            observer = FolderObserver(out_dir, sc)
             plan, groups = plan_rounds(sc, out_dir, observer)
             runs = [r for rs in groups.values() for r in rs]
 

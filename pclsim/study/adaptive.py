@@ -38,13 +38,13 @@ from .order_rounds import (DEFAULT_BATCH, SEP, Observe, Plan, balanced_batch, lo
 from .orders import SAMPLE_AUTO, _balanced_base, williams_design
 from .scenario_checks import check_int, fail
 
-__all__ = ["is_adaptive", "design_params", "replay", "Plan", "sample_auto_check", "sample_auto_expand",
+__all__ = ["is_adaptive", "design_params", "entries", "replay", "Plan", "sample_auto_check", "sample_auto_expand",
            "sample_auto_describe"]
 
 
 def design_params(sc: dict) -> tuple[str, dict] | tuple[None, None]:
     """("search" | "sample_auto", params with every default resolved against the scenario) of an adaptive
-    `orders`, else (None, None)."""
+    `orders` mapping, else (None, None). (A list of designs: `entries`.)"""
     o = sc.get("orders")
     if not isinstance(o, dict):
         return None, None
@@ -59,9 +59,18 @@ def design_params(sc: dict) -> tuple[str, dict] | tuple[None, None]:
     return None, None
 
 
+def entries(sc: dict) -> list[dict]:
+    """The scenario once per design of its `orders` (a list of design mappings runs them side by side)."""
+    o = sc.get("orders")
+    if isinstance(o, list) and o and all(isinstance(x, dict) for x in o):
+        return [dict(sc, orders=x) for x in o]
+    return [sc]
+
+
 def is_adaptive(sc: dict) -> bool:
-    """Whether the scenario's orders are decided in rounds from results (search, sample: auto)."""
-    return design_params(sc)[0] is not None
+    """Whether the scenario's orders are decided in rounds from results (search, sample: auto, or a list of
+    designs holding one)."""
+    return any(design_params(e)[0] is not None for e in entries(sc))
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -69,14 +78,37 @@ def is_adaptive(sc: dict) -> bool:
 def replay(sc: dict, observe: Observe) -> Plan:
     """Every decision of the scenario's adaptive design from the stored results (module docstring).
 
-    Stops at the first round whose runs are not all finished (the sweep runs it, then calls again), or when
-    the design is done (Plan.finished). Raises ValueError for a scenario that is not adaptive."""
-    kind, p = design_params(sc)
-    if kind == "search":
-        return order_search.search(sc, p, observe)
-    if kind == "sample_auto":
-        return _sample_auto(sc, p, observe)
-    raise ValueError("the scenario's orders are not an adaptive design")
+    observe(orders, metric): the stored values (pclsim.study.order_rounds.Observe). Stops at the first round
+    whose runs are not all finished (the sweep runs it, then calls again), or when the design is done
+    (Plan.finished). A list of designs runs side by side: round k holds every design's k-th round (an order
+    two designs share runs once); a fixed design (e.g. {balanced: N}) is one round. Raises ValueError for a
+    scenario that is not adaptive."""
+    if not is_adaptive(sc):
+        raise ValueError("the scenario's orders are not an adaptive design")
+    plans = []
+    for e in entries(sc):
+        kind, p = design_params(e)
+        if kind == "search":
+            plans.append(order_search.search(e, p, lambda orders, m=p["metric"]: observe(orders, m)))
+        elif kind == "sample_auto":
+            plans.append(_sample_auto(e, p, lambda orders, m=p["metric"]: observe(orders, m)))
+        else:
+            from .orders import expand_orders
+
+            plans.append(Plan("fixed", rounds=[expand_orders(e)], finished=True, stop="a fixed design"))
+    if len(plans) == 1:
+        return plans[0]
+    out = Plan("+".join(p.design for p in plans), finished=all(p.finished for p in plans),
+               stop="; ".join(f"{p.design}: {p.stop}" for p in plans if p.stop))
+    for k in range(max(len(p.rounds) for p in plans)):
+        done = set(out.orders)
+        new = []
+        for p in plans:
+            new += [o for o in (p.rounds[k] if k < len(p.rounds) else []) if o not in done and o not in new]
+        out.rounds.append(new)
+    out.log = [r for p in plans for r in p.log]
+    return out
+
 
 def _half_widths(obs: dict, orders: list[tuple], key, tasks) -> dict:
     """{("final_mean", None): h, ("position_slope", task): h}: 95 % t-interval half-widths (NaN: too few)."""
@@ -177,7 +209,7 @@ def sample_auto_describe(p):
 
 
 def _summary(sc, params):
-    _, p = design_params(sc)
+    _, p = design_params(dict(sc, orders=params))
     return p["max"], f"at most {p['max']} (adaptive): " + sample_auto_describe(p)
 
 

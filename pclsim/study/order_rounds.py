@@ -75,9 +75,10 @@ class Plan:
         return [o for r in self.rounds for o in r]
 
 
-Observe = Callable[[list[tuple]], "dict | None"]
-# observe(orders) -> {order: {(strategy, memory_size): {"final": float, "tasks": {task: float}}}} over the
-# scenario's seeds (means), for the design's metric; None while any run of those orders is unfinished.
+Observe = Callable[[list, str], "dict | None"]
+# observe(orders, metric) -> {order: {(strategy, memory_size): {"final": float, "tasks": {task: float}}}}: per
+# order the final value a[T-1][j] of every task and their mean, each a mean over the scenario's seeds; None
+# while any run of those orders is unfinished. (The designs' own rounds see it with their metric bound.)
 
 
 def log_row(design, rnd, kind, *, order=None, role="", strategy="", memory_size=0, metric="", quantity="", task=None,

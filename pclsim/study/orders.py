@@ -222,6 +222,11 @@ register_order_design(OrderDesign(
     options={"seed": 0}, check=_balanced_check))
 
 
+def _design_list(o) -> bool:
+    """Whether `orders` is a list of order designs ({name: N, ...} mappings), run side by side."""
+    return isinstance(o, list) and bool(o) and all(isinstance(x, dict) for x in o)
+
+
 def needs_difficulty(sc: dict) -> bool:
     """Whether the scenario's orders are decided by each task's measured difficulty (easy_to_hard, hard_to_easy)."""
     o = sc["orders"]
@@ -234,7 +239,7 @@ def order_entries(sc: dict) -> list:
     o = sc["orders"]
     if o in DIFFICULTY_ORDERS:
         return [o]
-    if isinstance(o, list):
+    if isinstance(o, list) and not _design_list(o):
         return [x if isinstance(x, str) else tuple(x) for x in o]
     return expand_orders(sc)
 
@@ -266,6 +271,9 @@ def describe_orders(sc: dict) -> tuple[int, str]:
         kinds = sorted({x for x in entries if isinstance(x, str)})
         return len(entries), (f"{' and '.join(kinds)}: decided by each task's measured difficulty (single-task "
                               f"PatchCore image AUROC at M={max(sc['memory_sizes'])}), measured when the sweep runs")
+    if _design_list(o):
+        parts = [describe_orders(dict(sc, orders=x)) for x in o]
+        return sum(n for n, _ in parts), "side by side: " + "; ".join(how for _, how in parts)
     if isinstance(o, dict):
         design, params = _design_of(o)
         if design.summary is not None and (found := design.summary(sc, params)) is not None:
@@ -297,14 +305,19 @@ def check_orders(sc: dict, src: str) -> None:
         if design.scenario_check is not None:
             design.scenario_check(sc, params, src)
         return
+    if _design_list(o):  # designs side by side
+        for x in o:
+            check_orders(dict(sc, orders=x), src)
+        return
     if not isinstance(o, list) or not o:
         fail(src, "orders", "expected 'all', an order design such as {sample: N, seed: S}, easy_to_hard, "
-                            "hard_to_easy or a list of orders")
+                            "hard_to_easy, a list of orders or a list of order designs")
     for n, order in enumerate(o):
         if order in DIFFICULTY_ORDERS:
             continue
         if not isinstance(order, list) or not order:
-            fail(src, f"orders[{n}]", "expected a list of task names, easy_to_hard or hard_to_easy")
+            fail(src, f"orders[{n}]", "expected a list of task names, easy_to_hard or hard_to_easy" +
+                 (" (a list of order designs holds designs only)" if isinstance(order, dict) else ""))
         for t in order:
             if t not in tasks:
                 fail(src, f"orders[{n}]", f"unknown task {t!r} (tasks: {', '.join(tasks)})")
@@ -330,6 +343,11 @@ def expand_orders(sc: dict, difficulty: dict[str, float] | None = None) -> list[
         return out
     if o == "all":
         return list(itertools.permutations(tasks))
+    if _design_list(o):  # each design's orders (adaptive ones: their first round), an order shared runs once
+        out = []
+        for x in o:
+            out += [y for y in expand_orders(dict(sc, orders=x)) if y not in out]
+        return out
     if isinstance(o, dict):
         design, params = _design_of(o)
         return [tuple(x) for x in design.expand(tasks, params)]

@@ -52,7 +52,7 @@ def test_search_sweep_rounds_design_table_and_resume(tmp_path):
     assert found.value == auroc.min() and found.order == auroc.idxmin()
     # the stored results decide the same plan again
     sc = load_scenario(sc_path)
-    plan = replay(sc, FolderObserver(out, sc, "image_auroc"))
+    plan = replay(sc, FolderObserver(out, sc))
     assert plan.finished and [list(r) for r in plan.rounds] == [
         [tuple(o.split(" > ")) for o in own[own["round"] == k].order] for k in range(3)]
     # an interruption after round 1: round 2's trials are gone; the resume reruns exactly them

@@ -38,7 +38,7 @@ class Planted:
             self.values[o] = v + noise * nrng.standard_normal()
         self.ranked = sorted(self.values, key=self.values.get)  # worst first
 
-    def __call__(self, orders):
+    def __call__(self, orders, metric=None):
         self.calls += 1
         self.asked.append(list(orders))
         if self.stop_after is not None and self.calls > self.stop_after:
@@ -136,12 +136,14 @@ def test_every_search_key_changes_what_runs(change):
 
     def plan(o):
         sc = sc_of(o, strategies=("patchcore_cl", "joint"), memory_sizes=(100, 300))
-        obs = ByMetric(o.get("metric", "image_auroc"))
+        by = {m: ByMetric(m) for m in ("image_auroc", "image_f1")}
+        obs = lambda orders, metric: by[metric](orders)  # noqa: E731
         if "strategy" in o or "memory_size" in o:  # another (strategy, M): another objective
             j = keys.index((o.get("strategy", "patchcore_cl"), o.get("memory_size", 100)))
             other = Planted(seed=11, keys=keys)
-            obs = lambda orders: {x: {k: (other(orders)[x][k] if i == j else v) for i, (k, v)  # noqa: E731
-                                      in enumerate(ByMetric("image_auroc")(orders)[x].items())} for x in orders}
+            obs = lambda orders, metric: {x: {k: (other(orders)[x][k] if i == j else v) for i, (k, v)  # noqa: E731
+                                              in enumerate(ByMetric("image_auroc")(orders)[x].items())}
+                                          for x in orders}
         return replay(sc, obs).orders
 
     assert plan(dict(base, **change)) != plan(base)
@@ -181,9 +183,10 @@ def test_every_sample_auto_key_changes_what_runs(change):
     """precision, max and metric: when it stops (image_f1 reads a noisier objective); batch, seed: which orders."""
     base = {"sample": "auto", "precision": 0.01, "max": 120}
 
+    by = {"image_auroc": Planted(seed=2, scale=0.2), "image_f1": Planted(seed=2, scale=1.0)}
+
     def plan(o):
-        obj = Planted(seed=2, scale=0.2 if o.get("metric", "image_auroc") == "image_auroc" else 1.0)
-        return replay(sc_of(o), obj).orders
+        return replay(sc_of(o), lambda orders, metric: by[metric](orders)).orders
 
     assert plan(dict(base, **change)) != plan(base)
 
@@ -241,3 +244,32 @@ def test_round_zero_is_what_expand_runs_gives():
     assert [r.order for r in expand_runs(sc)] == plan.rounds[0] and len(plan.rounds[0]) == len(set(plan.rounds[0]))
     n, how = describe_orders(sc)
     assert n == 24 and "uniform sample of 12" in how
+
+
+def test_designs_side_by_side_share_rounds_and_runs():
+    """orders: [{sample: auto, ...}, {search: worst, ...}] (scenarios/long_stream.yaml): round k holds both
+    designs' k-th rounds, an order both propose runs once, each design decides exactly as it would alone."""
+    auto = {"sample": "auto", "precision": 0.01, "max": 60}
+    search = {"search": "worst", "budget": 20, "batch": 6, "uniform": False}
+    both = replay(sc_of([auto, search]), Planted(seed=2, scale=0.2))
+    alone = [replay(sc_of(x), Planted(seed=2, scale=0.2)) for x in (auto, search)]
+    assert both.finished and "sample_auto: precision reached" in both.stop and "search: budget" in both.stop
+    assert set(both.orders) == set(alone[0].orders) | set(alone[1].orders)
+    assert len(both.orders) == len(set(both.orders))
+    for k, r in enumerate(both.rounds):
+        want = set().union(*(set(a.rounds[k]) for a in alone if k < len(a.rounds)))
+        assert set(r) == want - set(o for rr in both.rounds[:k] for o in rr)
+    assert {r["design"] for r in both.log} == {"sample_auto", "search"}
+    n, how = describe_orders(sc_of([auto, search]))
+    assert n == 80 and how.startswith("side by side") and "search for the worst" in how
+    assert [r.order for r in expand_runs(sc_of([auto, search]))] == both.rounds[0]
+
+
+def test_a_list_of_designs_is_checked_entry_by_entry(tmp_path):
+    with pytest.raises(ScenarioError, match=r"key 'orders.budget'"):
+        load_scenario(write(tmp_path, {"dataset": {"tasks": TASKS}, "memory_sizes": [100],
+                                       "orders": [{"sample": "auto", "precision": 0.01, "max": 12},
+                                                  {"search": "worst", "budget": 0}]}))
+    with pytest.raises(ScenarioError, match=r"key 'orders\[0\]'.*designs only"):
+        load_scenario(write(tmp_path, {"dataset": {"tasks": TASKS}, "memory_sizes": [100],
+                                       "orders": [{"balanced": 6}, TASKS]}, "b.yaml"))
