@@ -241,7 +241,8 @@ DESIGN = Table(
         Column("round", _I, "", "0-based round that decided the row (a round's orders run as one batch of trials)"),
         Column("kind", _S, "", "order | check | stop | result"),
         Column("order", _S, "", "the order (names joined by ' > '); null for checks and stops"),
-        Column("role", _S, "", "search: the search's own order | uniform: the uniform sample of the same budget"),
+        Column("role", _S, "", "search: the search's own order | uniform: the uniform sample of the same budget | "
+               "sample: an order of sample: auto"),
         _RUN[1], _RUN[2], _METRIC,
         Column("quantity", _S, "", "final_mean (an order's value, or the check of the mean over orders) | "
                "position_slope (a task's check)"),

@@ -147,6 +147,8 @@ def _sample_auto(sc, p, observe) -> Plan:
         if obs is None:
             return plan
         orders = plan.orders
+        plan.log += [log_row("sample_auto", k, "order", order=sep.join(o), role="sample", metric=p["metric"],
+                             n=len(orders)) for o in batch]
         widest, widest_at = -math.inf, ""
         for key in keys:
             hw = _half_widths(obs, orders, key, tasks)
