@@ -93,3 +93,37 @@ def write_design(out_dir: Path, plan: Plan) -> pd.DataFrame:
     df = pd.DataFrame(plan.log, columns=DESIGN.names).astype({"round": "int64", "memory_size": "int64", "n": "int64"})
     write_table(df, out_dir, "design")
     return df
+
+
+def closing_note(plan: Plan) -> list[str]:
+    """The sweep's closing lines for an adaptive design: how much the order moves the final metric, with the
+    95 % half-width sample: auto reached, and the extreme order the search found against uniform sampling."""
+    log = pd.DataFrame(plan.log)
+    lines = []
+    if log.empty:
+        return lines
+    checks = log[(log.kind == "check") & (log.quantity == "final_mean")]
+    if len(checks):
+        last = checks[checks["round"] == checks["round"].max()]
+        slopes = log[(log.kind == "check") & (log.quantity == "position_slope") & (log["round"] == last["round"].max())]
+        for r in last.itertuples():
+            sl = slopes[(slopes.strategy == r.strategy) & (slopes.memory_size == r.memory_size)]
+            lines.append(f"{r.strategy} M={r.memory_size}: mean final {r.metric} over {r.n} sampled orders "
+                         f"{r.value:.3f} ± {r.ci_half_width:.4f} (95 % CI); widest position-slope half-width "
+                         f"{sl.ci_half_width.max():.4f} per step")
+    res = log[log.kind == "result"]
+    found = res[res.role == "search"]
+    if len(found):
+        f = found.iloc[0]
+        goal = "worst" if "worst" in f.note else "best"
+        uni = {n: v for n, v in zip(res.note, res.value)}
+        line = (f"{f.strategy} M={f.memory_size}: {goal} order found by the search ({f.n} orders): {f.value:.3f} "
+                f"({f.order})")
+        if "uniform best" in uni:
+            ev = log[(log.design == "search") & (log.kind == "order")].value  # search's and uniform orders
+            lo, hi = ev.min(), ev.max()
+            line += (f"; a uniform sample of as many orders spans {uni['uniform worst']:.3f} to "
+                     f"{uni['uniform best']:.3f}, so the order moves the final mean {f.metric} by at least "
+                     f"{hi - lo:.3f} (best minus worst order evaluated)")
+        lines.append(line)
+    return lines

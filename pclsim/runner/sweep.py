@@ -221,12 +221,13 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
                 while more():  # a resume whose last round was complete: the rounds it decides next
                     _run_ray(sc, stream, more(), out_dir, address, max_concurrent, quiet, debug, cache_root,
                              False, track, False, more)
-                from .adaptive import write_design
+                from .adaptive import closing_note, write_design
 
                 write_design(out_dir, plan)
-                if plan.stop:
-                    _say(quiet, f"{plan.design}: {plan.stop}")
             _finish(sc, out_dir, stream, quiet, cache_root)
+            if more is not None:
+                _say(quiet, "\nHow much does the order move the result? (design.parquet)\n  "
+                     + "\n  ".join([plan.stop] + closing_note(plan)))
             check_complete(out_dir, len(runs))  # never exit 0 on an incomplete folder
         except Exception as e:
             raise _storage_problem(e, out_dir) or e

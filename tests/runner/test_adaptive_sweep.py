@@ -66,3 +66,21 @@ def test_search_sweep_rounds_design_table_and_resume(tmp_path):
     assert all(after[n] == before[n] for n in after if not n.startswith("part-r2-"))  # not run again
     again = pd.read_parquet(out / "design.parquet")
     pd.testing.assert_frame_equal(again.reset_index(drop=True), design.reset_index(drop=True))
+
+
+def test_closing_note_says_how_much_the_order_moves_the_result():
+    from pclsim.runner.adaptive import closing_note
+    from tests.study.test_adaptive_orders import Planted, sc_of
+
+    obj = Planted(seed=2, scale=0.2)
+    plan = replay(sc_of([{"sample": "auto", "precision": 0.01, "max": 36},
+                         {"search": "worst", "budget": 18, "batch": 6}]), obj)
+    lines = closing_note(plan)
+    sampled = [o for o in plan.orders if any(r["order"] == " > ".join(o) and r["role"] == "sample"
+                                             for r in plan.log)]
+    mean = sum(obj.values[o] for o in sampled) / len(sampled)
+    assert lines[0].startswith(f"patchcore_cl M=100: mean final image_auroc over {len(sampled)} sampled orders "
+                               f"{mean:.3f} ± ")
+    log = pd.DataFrame(plan.log)
+    ev = log[(log.design == "search") & (log.kind == "order")].value
+    assert lines[1].endswith(f"by at least {ev.max() - ev.min():.3f} (best minus worst order evaluated)")
