@@ -5,9 +5,10 @@ Two designs (registered with pclsim.study.orders, written in a scenario's `order
 - `{search: worst | best, budget: N, metric: M, strategy: S, memory_size: K, seed: s, batch: B, uniform: true}`:
   a search over permutations for the order with the lowest (worst) or highest (best) final mean of metric M
   (mean over tasks of a[T-1][j], then over the scenario's seeds) of strategy S at memory size K. It evaluates
-  at most N distinct orders, B per round. Round 0: a seeded uniform sample of B orders. Every later round
-  fits an additive model of the evaluated orders' values, value ~ sum_t beta[t, position of t] (ridge,
-  lambda = RIDGE, numpy least squares on one-hot task x position columns), and proposes (1) the order the
+  at most N distinct orders, B per round. Round 0: as many relabelled Williams designs as fit in B (the
+  rest uniform). Every later round fits an additive model of the evaluated orders' values, value ~ sum_t
+  beta[t, position of t] with beta[t, p] = a task's linear position slope + a free cell (ridge: RIDGE,
+  CELL_RIDGE; numpy least squares), and proposes (1) the order the
   model rates most extreme, found exactly as an assignment of tasks to positions
   (scipy.optimize.linear_sum_assignment), then (2) swap and insertion neighbours of the ELITE most extreme
   orders found so far, those the model rates most extreme first, a quarter of the batch drawn at random

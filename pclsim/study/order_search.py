@@ -15,13 +15,14 @@ import math
 
 import numpy as np
 
-from .order_rounds import DEFAULT_BATCH, SEP, Plan, log_row, metric_check, uniform_batch
-from .orders import OrderDesign, register_order_design
+from .order_rounds import DEFAULT_BATCH, SEP, Plan, balanced_batch, log_row, metric_check, uniform_batch
+from .orders import OrderDesign, register_order_design, williams_design
 from .scenario_checks import check_int, fail
 
 __all__ = ["additive_fit", "extreme_assignment", "neighbours", "search", "resolve_params", "ORDER_SEARCH", "RIDGE", "ELITE"]
 
-RIDGE = 1e-3  # ridge penalty of the additive task x position model (values are fractions, ~1)
+RIDGE = 1e-3  # ridge penalty of a task's position slope in the additive model (values are fractions, ~1)
+CELL_RIDGE = 1e-2  # ridge penalty of a free (task, position) cell (pclsim.study.order_search.additive_fit)
 ELITE = 3  # most extreme orders whose neighbours a search round proposes
 
 
@@ -36,18 +37,25 @@ def resolve_params(sc: dict, o: dict) -> dict:
 
 
 def additive_fit(orders: list[tuple], values: np.ndarray, tasks: tuple) -> np.ndarray:
-    """beta (T, T): ridge least squares of values (n,) on one-hot (task, position) columns of the orders,
-    after removing their mean; returns beta[t, p] (the mean goes into no cell: only differences matter)."""
+    """beta (T, T): a ridge fit of values (n,) centred on their mean, beta[t, p] = slope[t] * (p - pbar) +
+    cell[t, p]: one linear position slope per task (penalty RIDGE) plus a free (task, position) cell (penalty
+    CELL_RIDGE), numpy least squares on the stacked system. With few orders the slopes carry the fit (T
+    unknowns); the cells take over as the orders pin them down (a mean over seeds counts as one value).
+    Returns beta[t, p] (the mean goes into no cell: only differences matter)."""
     T = len(tasks)
     ix = {t: i for i, t in enumerate(tasks)}
-    X = np.zeros((len(orders), T * T))
+    centre = np.arange(T) - (T - 1) / 2
+    X = np.zeros((len(orders), T + T * T))
     for r, o in enumerate(orders):
         for p, t in enumerate(o):
-            X[r, ix[t] * T + p] = 1.0
+            X[r, ix[t]] = centre[p]
+            X[r, T + ix[t] * T + p] = 1.0
     y = np.asarray(values, float) - float(np.mean(values))
-    A = np.vstack([X, math.sqrt(RIDGE) * np.eye(T * T)])
-    b = np.concatenate([y, np.zeros(T * T)])
-    return np.linalg.lstsq(A, b, rcond=None)[0].reshape(T, T)
+    pen = np.concatenate([np.full(T, math.sqrt(RIDGE)), np.full(T * T, math.sqrt(CELL_RIDGE))])
+    A = np.vstack([X, np.diag(pen)])
+    b = np.concatenate([y, np.zeros(len(pen))])
+    coef = np.linalg.lstsq(A, b, rcond=None)[0]
+    return coef[:T, None] * centre[None, :] + coef[T:].reshape(T, T)
 
 
 def extreme_assignment(beta: np.ndarray, tasks: tuple, worst: bool) -> tuple:
@@ -96,7 +104,7 @@ def search(sc: dict, p: dict, observe) -> Plan:
     sep = SEP
     rng0 = np.random.default_rng([p["seed"], 0])
     evaluated: list[tuple] = []
-    first = uniform_batch(tasks, min(p["batch"], p["budget"]), rng0, set())
+    first = _first_round(tasks, min(p["batch"], p["budget"]), rng0)
     rounds = [first]
     uniform = []
     if p["uniform"]:
@@ -145,6 +153,16 @@ def search(sc: dict, p: dict, observe) -> Plan:
                                  memory_size=key[1], metric=p["metric"], quantity="final_mean", value=uv[o],
                                  n=len(uniform), note=label))
     return plan
+
+
+def _first_round(tasks: tuple, n: int, rng) -> list[tuple]:
+    """Round 0: as many whole relabelled Williams designs as fit in n (every task once at every step per
+    design: the model's slopes and cells are observed evenly), the rest uniform."""
+    base = len(williams_design(len(tasks)))
+    seen: set = set()
+    out = balanced_batch(tasks, n // base * base, rng, seen) if n >= base else None
+    out = out or []
+    return out + uniform_batch(tasks, n - len(out), rng, seen | set(out))
 
 
 def _search_round(tasks, evaluated, values, sign, n, rng) -> list[tuple]:
@@ -202,7 +220,7 @@ def _search_scenario_check(sc, params, src):
 def _search_expand(tasks, params):
     """Round 0 (what validate and the preflight see): the search's first batch and the uniform sample."""
     batch = params["batch"] or min(DEFAULT_BATCH, params["budget"])
-    first = uniform_batch(tuple(tasks), min(batch, params["budget"]), np.random.default_rng([params["seed"], 0]), set())
+    first = _first_round(tuple(tasks), min(batch, params["budget"]), np.random.default_rng([params["seed"], 0]))
     uni = uniform_batch(tuple(tasks), params["budget"], np.random.default_rng([params["seed"], 1]), set()) \
         if params["uniform"] else []
     return first + [o for o in uni if o not in set(first)]
@@ -211,8 +229,8 @@ def _search_expand(tasks, params):
 def _search_describe(p):
     return (f"an adaptive search for the {p['search']} order (final mean of {p['metric']}, "
             f"{p['strategy'] or 'the first strategy'} at M={p['memory_size'] or 'the first memory size'}): at most "
-            f"{p['budget']} orders in rounds of {p['batch'] or min(DEFAULT_BATCH, p['budget'])} (round 0 uniform; then "
-            f"the additive task x position model's extreme order and swap / insertion neighbours of the {ELITE} most "
+            f"{p['budget']} orders in rounds of {p['batch'] or min(DEFAULT_BATCH, p['budget'])} (round 0 balanced where "
+            f"the batch holds a Williams design; then the additive task x position model's extreme order and swap / insertion neighbours of the {ELITE} most "
             f"extreme orders), seed {p['seed']}"
             + (f", next to a uniform sample of {p['budget']} orders" if p["uniform"] else ""))
 

@@ -273,3 +273,12 @@ def test_a_list_of_designs_is_checked_entry_by_entry(tmp_path):
     with pytest.raises(ScenarioError, match=r"key 'orders\[0\]'.*designs only"):
         load_scenario(write(tmp_path, {"dataset": {"tasks": TASKS}, "memory_sizes": [100],
                                        "orders": [{"balanced": 6}, TASKS]}, "b.yaml"))
+
+
+def test_search_round_zero_is_balanced_where_the_batch_holds_a_williams_design():
+    plan = replay(sc_of({"search": "worst", "budget": 24, "batch": 12, "uniform": False}), Planted(stop_after=0))
+    pos, adj = design_balance(plan.rounds[0], TASKS)
+    assert len(plan.rounds[0]) == 12 and (pos == 2).all() and (adj[~np.eye(6, dtype=bool)] == 2).all()
+    odd = replay(sc_of({"search": "worst", "budget": 24, "batch": 8, "uniform": False}), Planted(stop_after=0))
+    pos, _ = design_balance(odd.rounds[0][:6], TASKS)  # one design of 6, then 2 uniform orders
+    assert len(odd.rounds[0]) == 8 and (pos == 1).all()
