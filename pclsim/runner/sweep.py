@@ -33,10 +33,10 @@ __all__ = ["run_sweep", "prepare_output", "results_record", "WRITTEN"]
 # Everything a sweep or `pclsim report` writes into a results folder, and inside a folder the files it
 # writes there: what --fresh may delete (a user's own file inside one of these folders stays).
 WRITTEN = {**{f"{t}.parquet": ("part-*.parquet", ".tmp-*") for t in
-              ("matrices", "steps", "summary", "tasks", "statistics", "routing", "routed", "categories",
-               "design")},
+              ("matrices", "steps", "summary", "tasks", "statistics", "routing", "routed", "categories")},
            "run_info.json": None, "data.json": None, ".tune": ("*",),
            "report": ("index.html", "*.png", "*.csv", "table1.md", ".tmp-*"), "gallery": ("*.npz", ".tmp-*")}
+WRITTEN["design.parquet"] = ("part-*.parquet", ".tmp-*")  # adaptive order designs (pclsim.runner.adaptive)
 
 
 def _remove_written(out: Path, name: str) -> list[Path]:
