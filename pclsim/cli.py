@@ -134,9 +134,13 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
                   f"masks: {'yes' if t.has_masks else 'no'}"
                   + (f", categories: {', '.join(c for c, _, _ in t.categories)}" if getattr(t, "categories", None)
                      else ""))
+        from .study.adaptive import is_adaptive
+
+        adaptive = is_adaptive(sc)  # orders decided in rounds from results: counts are upper bounds
         print(f"tasks: {len(tasks)}  orders: {n_orders}  strategies: {len(sc['strategies'])}  "
               f"memory sizes: {len(sc['memory_sizes'])}  seeds: {len(sc['seeds'])}  "
-              f"runs: {n_runs} (in {len(group_runs(runs))} Tune trials)")
+              + (f"runs: at most {n_runs} (in rounds of Tune trials, {len(group_runs(runs))} in round 0)" if adaptive
+                 else f"runs: {n_runs} (in {len(group_runs(runs))} Tune trials)"))
         print(f"orders: {how}")
         resize = sc["dataset"].get("resize", "crop")
         geometry = "whole image to" if resize == "full" else "shorter side, centre crop"

@@ -48,12 +48,7 @@ Statistics of a run quantity (task = null)
 Statistics of a per-task quantity
 - `position_slope` (task = t): scipy.stats.linregress of t's value on its arrival step (0-based)
   over all runs; 95 % interval slope +- t_{0.975, n-2} stderr (scipy.stats.t); p: linregress's
-  two-sided t test of slope 0. When the runs' orders form a balanced design (every task equally often
-  at every position, as `orders: {balanced: N}` gives: pclsim.study.orders.williams_design), the method
-  says so: the estimator stays OLS, which under that balance equals the contrast of the task's
-  position means, sum_p (p - pbar) ybar_p / sum_p (p - pbar)^2, every position weighted equally, as over
-  all T! orders; with the design's seeded relabelling every order is marginally uniform, so the
-  estimate is unbiased for the all-orders slope (the t interval still treats runs as independent).
+  two-sided t test of slope 0 (orders of a balanced design: pclsim.analysis.designs says which estimator).
 - `rereduction_slope` (task = t; strategies that rebalance a fixed budget over per-task banks,
   patchcore_cl and its ablations): the same against the number of re-reductions the task's bank
   went through, T - 1 - s for a task arriving at step s of T. With orders of one length this is the
@@ -80,6 +75,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from .designs import balanced_suffix
 from .order_tests import (N_PERMUTATIONS, N_RESAMPLES, SEED, PermutationJobs, PositionStatistic,
                           R2Statistic, bootstrap_mean_ci, is_constant, kruskal_orders, linregress_ci,
                           pooled_position_slope, position_permutation_test, r2_permutation_test, random_effects_anova)
@@ -260,22 +256,11 @@ def _order_structure_test(key, quantity, order_means: pd.Series, jobs: Permutati
     return row
 
 
-def _position_balanced(g: pd.DataFrame) -> bool:
-    """Whether the distinct orders of g (per_task_values rows) put every task equally often at every step."""
-    u = g.drop_duplicates(["order", "task"])
-    if u["n_tasks"].nunique() != 1 or u["order"].nunique() < 2:
-        return False
-    counts = pd.crosstab(u["task"], u["position"]).to_numpy()
-    return counts.shape[0] == counts.shape[1] and bool((counts == counts.flat[0]).all())
-
-
 def _task_level(key, quantity, g_all: pd.DataFrame, rebalancing: bool, jobs: PermutationJobs) -> list[dict]:
     g = g_all[np.isfinite(g_all[quantity].to_numpy(float))]
     if g.empty:
         return []
-    rows = []
-    design = "; orders balanced (every task equally often at every step): OLS = contrast of position means" \
-        if _position_balanced(g) else ""
+    rows, design = [], balanced_suffix(g)
     for t, sub in g.groupby("task", sort=True):
         s, ci, p, n, note = linregress_ci(sub["position"], sub[quantity])
         rows.append(_row(*key, quantity, "position_slope", task=t, value=s, ci=ci, p=p, n=n,

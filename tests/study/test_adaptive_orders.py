@@ -230,6 +230,7 @@ def test_validate_says_how_the_search_and_the_sampling_run(tmp_path):
     r = _validate(write(tmp_path, dict(body, orders={"search": "best", "budget": 8, "memory_size": 60})))
     assert r.returncode == 0, r.stderr
     assert "orders: 16 " in r.stdout and "adaptive search for the best order" in r.stdout
+    assert "runs: at most 32 (in rounds of Tune trials, 2 in round 0)" in r.stdout
     assert "patchcore_cl at M=60" in r.stdout and "at most 8 orders in rounds of 8" in r.stdout
     r = _validate(write(tmp_path, dict(body, orders={"sample": "auto", "precision": 0.01, "max": 20}), "b.yaml"))
     assert r.returncode == 0, r.stderr
