@@ -136,9 +136,13 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
                   f"masks: {'yes' if t.has_masks else 'no'}"
                   + (f", categories: {', '.join(c for c, _, _ in t.categories)}" if getattr(t, "categories", None)
                      else ""))
+        from .study.adaptive import is_adaptive
+
+        adaptive = is_adaptive(sc)  # orders decided in rounds from results: counts are upper bounds
         print(f"tasks: {len(tasks)}  orders: {n_orders}  strategies: {len(sc['strategies'])}  "
               f"memory sizes: {len(sc['memory_sizes'])}  seeds: {len(sc['seeds'])}  "
-              f"runs: {n_runs} (in {len(group_runs(runs))} Tune trials)")
+              + (f"runs: at most {n_runs} (in rounds of Tune trials, {len(group_runs(runs))} in round 0)" if adaptive
+                 else f"runs: {n_runs} (in {len(group_runs(runs))} Tune trials)"))
         print(f"orders: {how}")
         resize = sc["dataset"].get("resize", "crop")
         geometry = "whole image to" if resize == "full" else "shorter side, centre crop"
@@ -162,7 +166,7 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
 
 @data_app.command("synth")
 def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD-layout stream into."),
-               tasks: Optional[str] = typer.Option(None, "--tasks", help="Number of tasks or comma-separated names."),
+               tasks: Optional[str] = typer.Option(None, "--tasks", help="Number of tasks (1..15: the six BMAD-named domains, then their variants) or comma-separated names."),
                train: int = typer.Option(100, "--train", min=1, help="Normal training images per task."),
                test: int = typer.Option(40, "--test", min=2, help="Test images per task."),
                size: int = typer.Option(224, "--size", help="Image side in pixels (at least 32)."),
@@ -172,6 +176,7 @@ def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD
     def _run():
         from .data import BMAD_TASKS, synthetic_stream, write_bmad_layout
         from .data.images import MIN_IMAGE_SIZE
+        from .data.synthetic import SYNTHETIC_TASKS
         from .errors import DataError
 
         if size < MIN_IMAGE_SIZE:
@@ -180,14 +185,14 @@ def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD
         if tasks:
             if tasks.isdigit():
                 n = int(tasks)
-                if not 1 <= n <= len(BMAD_TASKS):
-                    raise DataError(f"--tasks: expected 1..{len(BMAD_TASKS)}, got {n}")
-                names = names[:n]
+                if not 1 <= n <= len(SYNTHETIC_TASKS):
+                    raise DataError(f"--tasks: expected 1..{len(SYNTHETIC_TASKS)}, got {n}")
+                names = list(SYNTHETIC_TASKS[:n])
             else:
                 names = [t.strip() for t in tasks.split(",") if t.strip()]
-                bad = [t for t in names if t not in BMAD_TASKS]
+                bad = [t for t in names if t not in SYNTHETIC_TASKS]
                 if bad:
-                    raise DataError(f"--tasks: unknown task {bad[0]!r} (valid: {', '.join(BMAD_TASKS)})")
+                    raise DataError(f"--tasks: unknown task {bad[0]!r} (valid: {', '.join(SYNTHETIC_TASKS)})")
         stream = synthetic_stream(tuple(names), train=train, test=test, size=size, seed=seed)
         write_bmad_layout(stream, out_dir, size)
         print(f"wrote {len(stream)} tasks to {out_dir}")

@@ -48,7 +48,7 @@ Statistics of a run quantity (task = null)
 Statistics of a per-task quantity
 - `position_slope` (task = t): scipy.stats.linregress of t's value on its arrival step (0-based)
   over all runs; 95 % interval slope +- t_{0.975, n-2} stderr (scipy.stats.t); p: linregress's
-  two-sided t test of slope 0.
+  two-sided t test of slope 0 (orders of a balanced design: pclsim.analysis.designs says which estimator).
 - `rereduction_slope` (task = t; strategies that rebalance a fixed budget over per-task banks,
   patchcore_cl and its ablations): the same against the number of re-reductions the task's bank
   went through, T - 1 - s for a task arriving at step s of T. With orders of one length this is the
@@ -75,6 +75,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from .designs import balanced_suffix
 from .order_tests import (N_PERMUTATIONS, N_RESAMPLES, SEED, PermutationJobs, PositionStatistic,
                           R2Statistic, bootstrap_mean_ci, is_constant, kruskal_orders, linregress_ci,
                           pooled_position_slope, position_permutation_test, r2_permutation_test, random_effects_anova)
@@ -278,11 +279,11 @@ def _task_level(key, quantity, g_all: pd.DataFrame, rebalancing: bool, jobs: Per
     g = g_all[np.isfinite(g_all[quantity].to_numpy(float))]
     if g.empty:
         return []
-    rows = []
+    rows, design = [], balanced_suffix(g)
     for t, sub in g.groupby("task", sort=True):
         s, ci, p, n, note = linregress_ci(sub["position"], sub[quantity])
         rows.append(_row(*key, quantity, "position_slope", task=t, value=s, ci=ci, p=p, n=n,
-                         method="scipy.stats.linregress on the arrival step; t interval", note=note))
+                         method="scipy.stats.linregress on the arrival step; t interval" + design, note=note))
         if rebalancing:
             rr = sub["n_tasks"] - 1 - sub["position"]
             s, ci, p, n, note = linregress_ci(rr, sub[quantity])

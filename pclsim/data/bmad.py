@@ -1,6 +1,8 @@
 """BMAD (Bao et al. 2024, "BMAD: Benchmarks for Medical Anomaly Detection") as downloaded: its six categories,
 their on-disk layouts, the 'clean' and 'paper' protocols (method.md section 8), and writing a stream in
-that layout (`pclsim data synth`). Registers `dataset.kind: bmad`.
+that layout (`pclsim data synth`). Registers `dataset.kind: bmad`. A folder named after one of the
+synthetic stream's variant domains (pclsim.data.synthetic_variants, written by `pclsim data synth --tasks
+12`) is read with its base category's layout.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from PIL import Image
 from ..errors import DataError
 from .images import TaskData, resize_size
 from .kinds import DatasetKind, register_dataset_kind
+from .synthetic_variants import VARIANTS, base_domain
 from .listing import cap_splits, check_all_paired, chosen_record, find_mask, image_dir, images_in, resolve_dir, task_data
 
 __all__ = ["BMAD_TASKS", "MASKED_TASKS", "BMAD_LAYOUTS", "PROTOCOLS", "load_bmad_task", "load_bmad",
@@ -63,7 +66,7 @@ def load_bmad_task(root: str | Path, name: str, protocol: str = "clean", max_tra
                    max_test: int | None = None, seed: int = 0, validation: bool = False) -> TaskData:
     """One BMAD category as downloaded. protocol 'paper': validation normals join train and validation anomalies
     join test (method.md section 5); 'clean': train/good and test only. Caps: seeded random choice per split."""
-    if name not in BMAD_LAYOUTS:
+    if base_domain(name) not in BMAD_LAYOUTS:
         raise DataError(f"unknown BMAD task {name!r} (valid: {', '.join(BMAD_TASKS)})")
     if protocol not in PROTOCOLS:
         raise DataError(f"dataset.protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
@@ -71,8 +74,8 @@ def load_bmad_task(root: str | Path, name: str, protocol: str = "clean", max_tra
     cat = root / name
     if not cat.is_dir():
         raise DataError(f"{cat}: BMAD category folder not found")
-    layout = BMAD_LAYOUTS[name]
-    masked = name in MASKED_TASKS
+    layout = BMAD_LAYOUTS[base_domain(name)]
+    masked = base_domain(name) in MASKED_TASKS
 
     def entries(split, labels=(0, 1)):
         out = []  # (image path, label, mask path)
@@ -121,10 +124,10 @@ def load_bmad(dataset: dict, root: Path, tasks: list[str] | None) -> list[TaskDa
     """The `bmad` kind (pclsim.data.kinds): the categories asked for, or those present under root in the
     paper's order. DataError for an unknown category or none found."""
     if tasks is None:
-        tasks = [t for t in BMAD_TASKS if (root / t).is_dir()]
+        tasks = [t for t in BMAD_TASKS + tuple(VARIANTS) if (root / t).is_dir()]
         if not tasks:
             raise DataError(f"{root}: no BMAD category folder ({', '.join(BMAD_TASKS)})")
-    bad = [t for t in tasks if t not in BMAD_TASKS]
+    bad = [t for t in tasks if base_domain(t) not in BMAD_TASKS]
     if bad:
         raise DataError(f"dataset.tasks: unknown BMAD task {bad[0]!r} (valid: {', '.join(BMAD_TASKS)})")
     protocol = dataset.get("protocol", "clean")
@@ -143,7 +146,7 @@ def write_bmad_layout(tasks: list[TaskData], out_dir, image_size: int | None = N
     is not image_size are resized to it. Refuses to write into a non-empty category folder."""
     out = Path(out_dir)
     for t in tasks:
-        if t.name not in BMAD_LAYOUTS:
+        if base_domain(t.name) not in BMAD_LAYOUTS:
             raise DataError(f"{t.name!r}: not a BMAD category (valid: {', '.join(BMAD_TASKS)})")
         cat = out / t.name
         if cat.exists() and (not cat.is_dir() or any(cat.iterdir())):
@@ -153,7 +156,7 @@ def write_bmad_layout(tasks: list[TaskData], out_dir, image_size: int | None = N
     except OSError as e:
         raise DataError(f"{out}: cannot create: {e.strerror}") from None
     for t in tasks:
-        layout = BMAD_LAYOUTS[t.name]
+        layout = BMAD_LAYOUTS[base_domain(t.name)]
         cat = out / t.name
         tr_dir = cat / layout["train"][0][0]
         (good_rel, _, _), (bad_rel, _, mask_rel) = layout["test"]

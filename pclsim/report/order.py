@@ -16,6 +16,7 @@ import pandas as pd
 from ..errors import PclsimError
 from ..results.schema import MATRICES, ORDER_SEPARATOR, ROUTED, ROUTING, STATISTICS, SUMMARY
 from ..analysis.statistics import order_sentence, statistics_table
+from .order_designs import design_section
 from .order_figures import fig_distribution, fig_routing, fig_slopes
 from .page import escape, figure_tag, html_table
 from .reading import ReportData, read_report_table
@@ -175,4 +176,7 @@ def order_section(d: ReportData, out: Path) -> tuple[str, list[tuple[str, str]]]
     if conf is None:
         parts.append('<p class="note">No routing.parquet in this folder: no routing confusion to show.</p>')
     parts += [figure_tag(name, cap) for name, cap in figs]
-    return "\n".join(parts), figs
+    design_html, design_figs = design_section(d, out)  # balance, sample: auto's stops, the order search
+    if design_html:
+        parts.append(design_html)
+    return "\n".join(parts), figs + design_figs

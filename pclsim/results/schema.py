@@ -234,3 +234,27 @@ STATISTICS_COLUMNS = STATISTICS.names
 ROUTING_SCHEMA = ROUTING.schema
 ROUTED_SCHEMA = ROUTED.schema
 CATEGORIES_SCHEMA = CATEGORIES.schema
+
+# Adaptive order designs (issue 23): appended here so that the table above stays as it was
+DESIGN = Table(
+    "design", "design.parquet", "one decision of an adaptive order design (pclsim.study.adaptive): an evaluated "
+    "order (kind 'order'), a stopping check of sample: auto (kind 'check'), its stop (kind 'stop') or a search's "
+    "outcome (kind 'result')", "runner.adaptive.write_design",
+    columns=(
+        Column("design", _S, "", "search | sample_auto"),
+        Column("round", _I, "", "0-based round that decided the row (a round's orders run as one batch of trials)"),
+        Column("kind", _S, "", "order | check | stop | result"),
+        Column("order", _S, "", "the order (names joined by ' > '); null for checks and stops"),
+        Column("role", _S, "", "search: the search's own order | uniform: the uniform sample of the same budget | "
+               "sample: an order of sample: auto"),
+        _RUN[1], _RUN[2], _METRIC,
+        Column("quantity", _S, "", "final_mean (an order's value, or the check of the mean over orders) | "
+               "position_slope (a task's check)"),
+        Column("task", _S, "", "the task of a position_slope check, else null"),
+        Column("value", _F, "metric", "an order's final mean (mean over tasks of a[T-1][j], then over seeds); a "
+               "check: the mean over the orders so far; NaN where none"),
+        Column("ci_half_width", _F, "metric", "95 % t-interval half-width of the check (slopes: per step), or the "
+               "widest one at a stop; NaN for orders"),
+        Column("n", _I, "", "orders evaluated so far (the search's own, or all orders of sample: auto)"),
+        Column("note", _S, "", "running extreme (search), batch kind (checks), why it stopped (stop, result)")))
+TABLES[DESIGN.name] = DESIGN

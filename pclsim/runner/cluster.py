@@ -113,7 +113,11 @@ def probe_address(address: str, timeout: float = 10.0) -> None:
 
 
 def run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root, want_gallery=False,
-             track=None, fresh=False):
+             track=None, fresh=False, more=None):
+    """Features, banks and the Tune trials of the groups `todo`, on one Ray session. more: for adaptive order
+    designs (pclsim.runner.adaptive), a callable giving the next round's groups once these are done ({}: none
+    left); each round prepares only the banks its runs add (the features, and the banks the bank manager
+    persisted, are reused)."""
     ray = ray_init(address, debug)
     _stage(debug, "ray started")
     try:
@@ -126,12 +130,18 @@ def run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, ca
         runs = [r for rs in todo.values() for r in rs] + ([gallery_run] if gallery_run else [])
         prepared = _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet, fresh)
         _stage(debug, "banks done")
-        if todo:
+        first = prepared
+        while todo:
             from ..data.merge import category_parts
 
             _run_trials(ray, sc, todo, out_dir, task_refs, prepared, dim, feature_keys, max_concurrent, quiet,
                         track, category_parts(stream))
             _stage(debug, "trials done")
+            todo = more() if more is not None else {}
+            if todo:
+                prepared = _prepare_banks(ray, sc, task_refs, [r for rs in todo.values() for r in rs], feature_keys,
+                                          cache, quiet, False)
+        prepared = first
         if gallery_run is not None:
             from .actors import write_gallery
 

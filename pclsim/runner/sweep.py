@@ -19,6 +19,7 @@ import yaml
 from .._version import __version__
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import Interrupted, PclsimError
+from ..study.adaptive import is_adaptive
 from ..study.scenario import expand_runs, group_runs, load_scenario, needs_difficulty, scenario_hash
 from ..results.record import results_record
 from ..results.tables import remove_table
@@ -35,6 +36,7 @@ WRITTEN = {**{f"{t}.parquet": ("part-*.parquet", ".tmp-*") for t in
               ("matrices", "steps", "summary", "tasks", "statistics", "routing", "routed", "categories")},
            "run_info.json": None, "data.json": None, "protocol.json": None, ".tune": ("*",),
            "report": ("index.html", "*.png", "*.csv", "table1.md", ".tmp-*"), "gallery": ("*.npz", ".tmp-*")}
+WRITTEN["design.parquet"] = ("part-*.parquet", ".tmp-*")  # adaptive order designs (pclsim.runner.adaptive)
 
 
 def _remove_written(out: Path, name: str) -> list[Path]:
@@ -187,6 +189,23 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
         atomic_write_json(_data_record(stream), out_dir / "data.json")
         from ..results.tables import done_groups
 
+        more = None
+        if is_adaptive(sc):  # the orders the stored results decide so far (pclsim.runner.adaptive)
+            from .adaptive import FolderObserver, plan_rounds
+
+            observer = FolderObserver(out_dir, sc)
+            plan, groups = plan_rounds(sc, out_dir, observer)
+            runs = [r for rs in groups.values() for r in rs]
+
+            def more():
+                nonlocal plan, groups, runs
+                plan, groups = plan_rounds(sc, out_dir, observer)
+                runs = [r for rs in groups.values() for r in rs]
+                left = {g: rs for g, rs in groups.items() if g not in done_groups(out_dir)}
+                if left:
+                    _say(quiet, f"{plan.design} round {len(plan.rounds) - 1}: {len(plan.rounds[-1])} orders, "
+                                f"{sum(map(len, left.values()))} runs")
+                return left
         done = done_groups(out_dir)
         todo = {g: rs for g, rs in groups.items() if g not in done}
         _say(quiet, f"pclsim {__version__}: {sc['name']}: {len(runs)} runs in {len(groups)} trials "
@@ -200,11 +219,21 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
             if todo or want_gallery:
                 try:
                     _run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, cache_root,
-                             want_gallery, track, fresh)
+                             want_gallery, track, fresh, more)
                 except (Interrupted, KeyboardInterrupt):
                     remove_table(out_dir / "summary.parquet")  # never a summary of an incomplete set
                     raise
+            if more is not None:
+                while more():  # a resume whose last round was complete: the rounds it decides next
+                    _run_ray(sc, stream, more(), out_dir, address, max_concurrent, quiet, debug, cache_root,
+                             False, track, False, more)
+                from .adaptive import closing_note, write_design
+
+                write_design(out_dir, plan)
             _finish(sc, out_dir, stream, quiet, cache_root)
+            if more is not None:
+                _say(quiet, "\nHow much does the order move the result? (design.parquet)\n  "
+                     + "\n  ".join([plan.stop] + closing_note(plan)))
             check_complete(out_dir, len(runs))  # never exit 0 on an incomplete folder
         except Exception as e:
             raise _storage_problem(e, out_dir) or e

@@ -226,7 +226,8 @@ for _k in (
     Key("model.batch_size", 32, "images per forward pass of the extractor", integer(1)),
     Key("model.feature_dtype", "float16", "the on-disk feature store: float16 (half the disk) | float32 (exact)",
         choice(lambda: DTYPES)),
-    Key("orders", "all", "all | an order design ({sample: N, seed: S}) | easy_to_hard | hard_to_easy | a list "
+    Key("orders", "all", "all | an order design ({sample: N, seed: S}, {balanced: N, seed: S}, {sample: auto, precision: X, max: N}, "
+                         "{search: worst|best, budget: N}) or a list of them | easy_to_hard | hard_to_easy | a list "
                          "of orders (task lists or either keyword)"),
     Key("strategies", ["patchcore_cl", "multi_model", "joint", "finetune"], "registered strategies to compare",
         _strategies),

@@ -21,6 +21,7 @@ from ..errors import ScenarioError
 from .orders import (DIFFICULTY_ORDERS, check_orders, describe_orders, difficulty_order, expand_orders,
                      needs_difficulty, order_entries)
 from .keys import check_keys, defaults
+from . import adaptive as _adaptive  # noqa: F401  (registers the adaptive order designs: search, sample: auto)
 from .scenario_checks import fail
 
 _orders = expand_orders  # the name pclsim.report imports

@@ -106,7 +106,8 @@ def test_the_evaluator_computes_exactly_the_registered_metrics():
 # ----------------------------------------------------------------------------- the contract
 
 def test_every_table_is_described():
-    assert set(TABLES) == {"matrices", "steps", "summary", "statistics", "routing", "routed", "categories", "tasks"}
+    assert set(TABLES) == {"matrices", "steps", "summary", "statistics", "routing", "routed", "categories", "tasks",
+                           "design"}
     for t in TABLES.values():
         names = [c.name for c in t.columns + t.extra]
         assert len(names) == len(set(names)), t.name
