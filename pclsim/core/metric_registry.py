@@ -75,6 +75,9 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {}
+# metrics at fitted thresholds ("image_f1@fpr0.05"): built on first lookup from their name, kept apart from
+# METRICS (the registered, scenario-independent table that Table 1 and the evaluator's loop read)
+_DERIVED: dict[str, Metric] = {}
 
 
 def register_metric(metric: Metric, replace: bool = False) -> Metric:
@@ -95,14 +98,17 @@ def unregister_metric(name: str) -> None:
 def get_metric(name: str) -> Metric:
     """The registered metric called `name`. Raises KeyError naming the registered ones.
 
-    A metric at a fitted threshold ("image_f1@fpr0.05", pclsim.core.thresholds) is registered on its
-    first lookup, in whatever process asks (a Ray worker included)."""
+    A metric at a fitted threshold ("image_f1@fpr0.05", pclsim.core.thresholds) is built from its name on
+    its first lookup, in whatever process asks (a Ray worker included), and kept apart from METRICS."""
     try:
         return METRICS[name]
     except KeyError:
-        deployed = _threshold_metric(name)
-        if deployed is not None:
-            return register_metric(deployed)
+        if name not in _DERIVED:
+            deployed = _threshold_metric(name)
+            if deployed is not None:
+                _DERIVED[name] = deployed
+        if name in _DERIVED:
+            return _DERIVED[name]
         raise KeyError(f"unknown metric {name!r}: register it with pclsim.core.metric_registry.register_metric "
                        f"(registered: {', '.join(METRICS)})") from None
 

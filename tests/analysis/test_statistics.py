@@ -519,7 +519,7 @@ def test_engine_routing_adds_up_and_matches_task_id_acc(tasks):
                                              ("threshold@sigma3", "idxmax")])
 def test_best_order_follows_the_metrics_direction(metric, best_is):
     """A false-positive rate is better LOWER; a threshold level has no better side (labelled as such). Fresh
-    names: registered on first lookup, so this holds in any process (issue 24's review)."""
+    names: built on first lookup, so this holds in any process (issue 24's review)."""
     orders = [list(o) for o in itertools.permutations(TASKS4)][:8]
     mat, summ = make_study(TASKS4, orders, [0, 1], no_order_effect, metric=metric)
     st = S.statistics_table(summ, mat)

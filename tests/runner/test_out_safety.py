@@ -89,8 +89,8 @@ def test_fresh_on_a_pclsim_folder_deletes_only_what_pclsim_writes(tmp_path):
     (out / "matrices.parquet" / "README.txt").write_text("about these")
     keep = {k: v for k, v in digest(out).items() if k.startswith(("notes", "analysis")) or k.endswith(("md", "txt"))}
     prepare_output(sc, out, fresh=True)
-    assert sorted(p.name for p in out.iterdir()) == ["analysis", "matrices.parquet", "notes.txt", "report",
-                                                    "scenario.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["analysis", "matrices.parquet", "notes.txt",
+                                                    "protocol.json", "report", "scenario.yaml"]
     assert {k: v for k, v in digest(out).items() if k != "scenario.yaml"} == keep
 
 
