@@ -155,10 +155,10 @@ def _sample_auto(sc, p, observe) -> Plan:
             hw = _half_widths(obs, orders, key, tasks)
             for (q, t), h in hw.items():
                 plan.log.append(log_row("sample_auto", k, "check", strategy=key[0], memory_size=key[1],
-                                     metric=p["metric"], quantity=q, task=t, ci=h, n=len(orders),
-                                     value=float(np.mean([obs[o][key]["final"] for o in orders])) if t is None
-                                     else math.nan, note="balanced batch" if len(batch) and
-                                     len(batch) % len(williams_design(len(tasks))) == 0 else "uniform batch"))
+                                        metric=p["metric"], quantity=q, task=t, ci=h, n=len(orders),
+                                        value=float(np.mean([obs[o][key]["final"] for o in orders])) if t is None
+                                        else math.nan, note="balanced batch" if len(batch) and
+                                        len(batch) % len(williams_design(len(tasks))) == 0 else "uniform batch"))
                 h = math.inf if not np.isfinite(h) else h
                 if h > widest:
                     widest, widest_at = h, f"{key[0]} M={key[1]} {q}" + (f" of {t}" if t else "")
@@ -172,7 +172,7 @@ def _sample_auto(sc, p, observe) -> Plan:
                          f"precision {p['precision']:g}")
         if plan.finished:
             plan.log.append(log_row("sample_auto", k, "stop", metric=p["metric"], ci=widest, n=len(orders),
-                                 note=plan.stop))
+                                    note=plan.stop))
             return plan
     return plan  # pragma: no cover
 

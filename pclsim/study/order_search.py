@@ -19,7 +19,8 @@ from .order_rounds import DEFAULT_BATCH, SEP, Plan, balanced_batch, log_row, met
 from .orders import OrderDesign, register_order_design, williams_design
 from .scenario_checks import check_int, fail
 
-__all__ = ["additive_fit", "extreme_assignment", "neighbours", "search", "resolve_params", "ORDER_SEARCH", "RIDGE", "ELITE"]
+__all__ = ["additive_fit", "extreme_assignment", "neighbours", "search", "resolve_params", "ORDER_SEARCH", "RIDGE",
+           "CELL_RIDGE", "ELITE"]
 
 RIDGE = 1e-3  # ridge penalty of a task's position slope in the additive model (values are fractions, ~1)
 CELL_RIDGE = 1e-2  # ridge penalty of a free (task, position) cell (pclsim.study.order_search.additive_fit)
@@ -122,13 +123,13 @@ def search(sc: dict, p: dict, observe) -> Plan:
             evaluated.append(o)
             best_so_far = min(best_so_far, sign * v)
             plan.log.append(log_row("search", k, "order", order=sep.join(o), role="search", strategy=key[0],
-                                 memory_size=key[1], metric=p["metric"], quantity="final_mean", value=v,
-                                 n=len(evaluated), note=f"{p['search']} so far {sign * best_so_far:.6g}"))
+                                    memory_size=key[1], metric=p["metric"], quantity="final_mean", value=v,
+                                    n=len(evaluated), note=f"{p['search']} so far {sign * best_so_far:.6g}"))
         if k == 0:
             for o in uniform:
                 plan.log.append(log_row("search", 0, "order", order=sep.join(o), role="uniform", strategy=key[0],
-                                     memory_size=key[1], metric=p["metric"], quantity="final_mean",
-                                     value=obs[o][key]["final"], note="uniform sample of the same budget"))
+                                        memory_size=key[1], metric=p["metric"], quantity="final_mean",
+                                        value=obs[o][key]["final"], note="uniform sample of the same budget"))
         left = p["budget"] - len(evaluated)
         if left <= 0 or len(evaluated) >= math.factorial(len(tasks)):
             plan.finished = True
@@ -144,14 +145,14 @@ def search(sc: dict, p: dict, observe) -> Plan:
         plan.rounds.append([o for o in nxt if o not in done])  # an order of the uniform sample runs once
     ext = min(evaluated, key=lambda o: (sign * values[o], sep.join(o)))
     plan.log.append(log_row("search", len(rounds) - 1, "result", order=sep.join(ext), role="search", strategy=key[0],
-                         memory_size=key[1], metric=p["metric"], quantity="final_mean", value=values[ext],
-                         n=len(evaluated), note=f"most extreme ({p['search']}) order found; {plan.stop}"))
+                            memory_size=key[1], metric=p["metric"], quantity="final_mean", value=values[ext],
+                            n=len(evaluated), note=f"most extreme ({p['search']}) order found; {plan.stop}"))
     if uniform:
         uv = {o: observe(uniform)[o][key]["final"] for o in uniform}
         for label, o in (("uniform best", max(uv, key=uv.get)), ("uniform worst", min(uv, key=uv.get))):
             plan.log.append(log_row("search", 0, "result", order=sep.join(o), role="uniform", strategy=key[0],
-                                 memory_size=key[1], metric=p["metric"], quantity="final_mean", value=uv[o],
-                                 n=len(uniform), note=label))
+                                    memory_size=key[1], metric=p["metric"], quantity="final_mean", value=uv[o],
+                                    n=len(uniform), note=label))
     return plan
 
 
@@ -228,11 +229,11 @@ def _search_expand(tasks, params):
 
 def _search_describe(p):
     return (f"an adaptive search for the {p['search']} order (final mean of {p['metric']}, "
-            f"{p['strategy'] or 'the first strategy'} at M={p['memory_size'] or 'the first memory size'}): at most "
-            f"{p['budget']} orders in rounds of {p['batch'] or min(DEFAULT_BATCH, p['budget'])} (round 0 balanced where "
-            f"the batch holds a Williams design; then the additive task x position model's extreme order and swap / insertion neighbours of the {ELITE} most "
-            f"extreme orders), seed {p['seed']}"
-            + (f", next to a uniform sample of {p['budget']} orders" if p["uniform"] else ""))
+            f"{p['strategy'] or 'the first strategy'} at M={p['memory_size'] or 'the first memory size'}): "
+            f"at most {p['budget']} orders in rounds of {p['batch'] or min(DEFAULT_BATCH, p['budget'])} "
+            "(round 0 balanced where the batch holds a Williams design; then the additive task x position "
+            f"model's extreme order and swap / insertion neighbours of the {ELITE} most extreme orders), "
+            f"seed {p['seed']}" + (f", next to a uniform sample of {p['budget']} orders" if p["uniform"] else ""))
 
 
 ORDER_SEARCH = register_order_design(OrderDesign(
