@@ -6,9 +6,9 @@ Two designs (registered with pclsim.study.orders, written in a scenario's `order
   a search over permutations for the order with the lowest (worst) or highest (best) final mean of metric M
   (mean over tasks of a[T-1][j], then over the scenario's seeds) of strategy S at memory size K. It evaluates
   at most N distinct orders, B per round. Round 0: as many relabelled Williams designs as fit in B (the
-  rest uniform). Every later round fits an additive model of the evaluated orders' values, value ~ sum_t
-  beta[t, position of t] with beta[t, p] = a task's linear position slope + a free cell (ridge: RIDGE,
-  CELL_RIDGE; numpy least squares), and proposes (1) the order the
+  rest uniform). Every later round builds an additive model, final mean ~ sum_t beta[t, position of t],
+  from the tasks' own final values at their steps (order_search.cell_table; without them, a ridge fit to
+  the orders' final means: order_search.additive_fit), and proposes (1) the order the
   model rates most extreme, found exactly as an assignment of tasks to positions
   (scipy.optimize.linear_sum_assignment), then (2) swap and insertion neighbours of the ELITE most extreme
   orders found so far, those the model rates most extreme first, a quarter of the batch drawn at random
