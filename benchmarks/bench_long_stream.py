@@ -39,7 +39,8 @@ def main():
                          "runs": runs, "rounds": len(plan.rounds), "closing_note": note})
     if a.readme:
         body = (f"`pclsim sweep scenarios/long_stream.yaml` (12 tasks, patchcore_cl, M = 1000 and 3000, `sample: auto` "
-                f"beside a worst-order search) from an empty feature cache took **{wall / 60:.0f} min {wall % 60:.0f} s** "
+                f"beside a worst-order search) from an empty feature cache took "
+                f"**{wall // 60:.0f} min {wall % 60:.0f} s** "
                 f"on {os.cpu_count()} cores (load {load:.2f} before): {len(plan.orders)} orders, {runs} runs in "
                 f"{len(plan.rounds)} rounds (`benchmarks/bench_long_stream.py`). Its closing note:\n\n"
                 + "\n".join(f"- {x}" for x in note) + "\n")

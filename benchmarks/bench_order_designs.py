@@ -145,7 +145,9 @@ def readme_block(r: dict) -> str:
         b, s, a = r["balanced_12_vs_720"][m], r["search_vs_uniform"][m], r["additivity"][m]
         lines.append(f"| {m} | {100 * b['inside_share']:.0f} % ({b['all_inside_designs']} of {len(b['designs'])} "
                      f"designs: every task) | {a['additive_r2']:.3f} | {s['median_search_rank']:.0f} of 720 "
-                     f"({', '.join(str(x['search_rank']) for x in s['runs'])}) | {s['median_uniform_rank']:.0f} of 720 "
+                     f"({', '.join(str(x['search_rank']) for x in s['runs'])}; found at order "
+                     f"{', '.join(str(x['search_first_at']) for x in s['runs'])}) | "
+                     f"{s['median_uniform_rank']:.0f} of 720 "
                      f"({', '.join(str(x['uniform_rank']) for x in s['runs'])}) |")
     sd = max(a["max_within_cell_sd"] for a in r["additivity"].values())
     r2 = min(a["additive_r2"] for a in r["additivity"].values())
@@ -165,7 +167,14 @@ def main():
     ap.add_argument("--search-seeds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--readme", help="write the table into this README (between <!-- order-designs:begin/end -->)")
+    ap.add_argument("--from-json", help="write the README table from this benchmark's saved JSON line instead")
     a = ap.parse_args()
+    if a.from_json:
+        from _common import json_lines
+
+        r = [x for x in json_lines(a.from_json) if x["benchmark"] == "order_designs"][-1]
+        replace_readme_block(a.readme, "order-designs", readme_block(r))
+        return
     tasks = yaml.safe_load((ROOT / "scenarios" / "orders.yaml").read_text())["dataset"]["tasks"]
     pt = all_orders(a.results)
     assert pt.order.nunique() == 720, pt.order.nunique()

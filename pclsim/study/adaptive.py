@@ -6,9 +6,9 @@ Two designs (registered with pclsim.study.orders, written in a scenario's `order
   a search over permutations for the order with the lowest (worst) or highest (best) final mean of metric M
   (mean over tasks of a[T-1][j], then over the scenario's seeds) of strategy S at memory size K. It evaluates
   at most N distinct orders, B per round. Round 0: as many relabelled Williams designs as fit in B (the
-  rest uniform). Every later round fits an additive model of the evaluated orders' values, value ~ sum_t
-  beta[t, position of t] with beta[t, p] = a task's linear position slope + a free cell (ridge: RIDGE,
-  CELL_RIDGE; numpy least squares), and proposes (1) the order the
+  rest uniform). Every later round builds an additive model, final mean ~ sum_t beta[t, position of t],
+  from the tasks' own final values at their steps (order_search.cell_table; without them, a ridge fit to
+  the orders' final means: order_search.additive_fit), and proposes (1) the order the
   model rates most extreme, found exactly as an assignment of tasks to positions
   (scipy.optimize.linear_sum_assignment), then (2) swap and insertion neighbours of the ELITE most extreme
   orders found so far, those the model rates most extreme first, a quarter of the batch drawn at random
@@ -155,10 +155,10 @@ def _sample_auto(sc, p, observe) -> Plan:
             hw = _half_widths(obs, orders, key, tasks)
             for (q, t), h in hw.items():
                 plan.log.append(log_row("sample_auto", k, "check", strategy=key[0], memory_size=key[1],
-                                     metric=p["metric"], quantity=q, task=t, ci=h, n=len(orders),
-                                     value=float(np.mean([obs[o][key]["final"] for o in orders])) if t is None
-                                     else math.nan, note="balanced batch" if len(batch) and
-                                     len(batch) % len(williams_design(len(tasks))) == 0 else "uniform batch"))
+                                        metric=p["metric"], quantity=q, task=t, ci=h, n=len(orders),
+                                        value=float(np.mean([obs[o][key]["final"] for o in orders])) if t is None
+                                        else math.nan, note="balanced batch" if len(batch) and
+                                        len(batch) % len(williams_design(len(tasks))) == 0 else "uniform batch"))
                 h = math.inf if not np.isfinite(h) else h
                 if h > widest:
                     widest, widest_at = h, f"{key[0]} M={key[1]} {q}" + (f" of {t}" if t else "")
@@ -172,7 +172,7 @@ def _sample_auto(sc, p, observe) -> Plan:
                          f"precision {p['precision']:g}")
         if plan.finished:
             plan.log.append(log_row("sample_auto", k, "stop", metric=p["metric"], ci=widest, n=len(orders),
-                                 note=plan.stop))
+                                    note=plan.stop))
             return plan
     return plan  # pragma: no cover
 

@@ -1,6 +1,9 @@
 """The order search of `orders: {search: worst | best, budget: N, ...}` (pclsim.study.adaptive explains the
 design): an additive task x position model of the evaluated orders, its extreme order found as an assignment,
-and swap / insertion neighbours of the most extreme orders found so far, screened by the model.
+and swap / insertion neighbours of the most extreme orders found so far, screened by the model. The model's
+cells come from the tasks' own final values (`cell_table`: an order's final mean is the mean of its tasks'
+final values, each observed at its step), or, without them, from a ridge fit to the orders' final means
+(`additive_fit`).
 
 Why this search: an order's final mean is largely a sum of per-task position effects (the headline stream's
 arrival steps explain about a fifth of its variance, and the rest is mostly adjacency and noise), so a
@@ -19,7 +22,8 @@ from .order_rounds import DEFAULT_BATCH, SEP, Plan, balanced_batch, log_row, met
 from .orders import OrderDesign, register_order_design, williams_design
 from .scenario_checks import check_int, fail
 
-__all__ = ["additive_fit", "extreme_assignment", "neighbours", "search", "resolve_params", "ORDER_SEARCH", "RIDGE", "ELITE"]
+__all__ = ["additive_fit", "cell_table", "extreme_assignment", "neighbours", "search", "resolve_params", "ORDER_SEARCH", "RIDGE",
+           "CELL_RIDGE", "ELITE"]
 
 RIDGE = 1e-3  # ridge penalty of a task's position slope in the additive model (values are fractions, ~1)
 CELL_RIDGE = 1e-2  # ridge penalty of a free (task, position) cell (pclsim.study.order_search.additive_fit)
@@ -56,6 +60,39 @@ def additive_fit(orders: list[tuple], values: np.ndarray, tasks: tuple) -> np.nd
     b = np.concatenate([y, np.zeros(len(pen))])
     coef = np.linalg.lstsq(A, b, rcond=None)[0]
     return coef[:T, None] * centre[None, :] + coef[T:].reshape(T, T)
+
+
+def cell_table(orders: list[tuple], task_values: dict, tasks: tuple) -> np.ndarray | None:
+    """beta (T, T) from the tasks' own final values: beta[t, p] = mean final value of task t over the evaluated
+    orders that put it at step p, divided by T (so that sum_t beta[t, pos t] is the order's final mean when a
+    task's final value depends on its step alone); a cell no order observed gets the task's linear fit on the
+    step (numpy least squares; its mean with one observed step). task_values: {order: {task: value}}; NaN
+    values are left out (a task without the metric adds nothing). None when no value is finite."""
+    T = len(tasks)
+    ix = {t: i for i, t in enumerate(tasks)}
+    total, count = np.zeros((T, T)), np.zeros((T, T))
+    for o in orders:
+        for p, t in enumerate(o):
+            v = task_values.get(o, {}).get(t, np.nan)
+            if np.isfinite(v):
+                total[ix[t], p] += v
+                count[ix[t], p] += 1
+    if not count.any():
+        return None
+    beta = np.zeros((T, T))
+    steps = np.arange(T, dtype=float)
+    for i in range(T):
+        seen = count[i] > 0
+        if not seen.any():
+            continue
+        mean = total[i, seen] / count[i, seen]
+        if seen.sum() > 1:
+            slope, icept = np.polyfit(steps[seen], mean, 1, w=np.sqrt(count[i, seen]))
+            beta[i] = icept + slope * steps
+        else:
+            beta[i] = mean[0]
+        beta[i, seen] = mean
+    return beta / T
 
 
 def extreme_assignment(beta: np.ndarray, tasks: tuple, worst: bool) -> tuple:
@@ -111,6 +148,7 @@ def search(sc: dict, p: dict, observe) -> Plan:
         uniform = uniform_batch(tasks, p["budget"], np.random.default_rng([p["seed"], 1]), set())
     plan.rounds.append(first + [o for o in uniform if o not in set(first)])
     values: dict[tuple, float] = {}
+    task_values: dict[tuple, dict] = {}
     best_so_far = math.inf
     for k in range(10 ** 6):
         obs = observe(plan.orders)
@@ -119,22 +157,23 @@ def search(sc: dict, p: dict, observe) -> Plan:
         for o in rounds[k]:
             v = obs[o][key]["final"]
             values[o] = v
+            task_values[o] = obs[o][key].get("tasks", {})
             evaluated.append(o)
             best_so_far = min(best_so_far, sign * v)
             plan.log.append(log_row("search", k, "order", order=sep.join(o), role="search", strategy=key[0],
-                                 memory_size=key[1], metric=p["metric"], quantity="final_mean", value=v,
-                                 n=len(evaluated), note=f"{p['search']} so far {sign * best_so_far:.6g}"))
+                                    memory_size=key[1], metric=p["metric"], quantity="final_mean", value=v,
+                                    n=len(evaluated), note=f"{p['search']} so far {sign * best_so_far:.6g}"))
         if k == 0:
             for o in uniform:
                 plan.log.append(log_row("search", 0, "order", order=sep.join(o), role="uniform", strategy=key[0],
-                                     memory_size=key[1], metric=p["metric"], quantity="final_mean",
-                                     value=obs[o][key]["final"], note="uniform sample of the same budget"))
+                                        memory_size=key[1], metric=p["metric"], quantity="final_mean",
+                                        value=obs[o][key]["final"], note="uniform sample of the same budget"))
         left = p["budget"] - len(evaluated)
         if left <= 0 or len(evaluated) >= math.factorial(len(tasks)):
             plan.finished = True
             plan.stop = f"budget of {p['budget']} orders evaluated"
             break
-        nxt = _search_round(tasks, evaluated, values, sign, min(p["batch"], left),
+        nxt = _search_round(tasks, evaluated, values, task_values, sign, min(p["batch"], left),
                             np.random.default_rng([p["seed"], 2, k]))
         if not nxt:
             plan.finished, plan.stop = True, "no unevaluated order left"
@@ -144,14 +183,14 @@ def search(sc: dict, p: dict, observe) -> Plan:
         plan.rounds.append([o for o in nxt if o not in done])  # an order of the uniform sample runs once
     ext = min(evaluated, key=lambda o: (sign * values[o], sep.join(o)))
     plan.log.append(log_row("search", len(rounds) - 1, "result", order=sep.join(ext), role="search", strategy=key[0],
-                         memory_size=key[1], metric=p["metric"], quantity="final_mean", value=values[ext],
-                         n=len(evaluated), note=f"most extreme ({p['search']}) order found; {plan.stop}"))
+                            memory_size=key[1], metric=p["metric"], quantity="final_mean", value=values[ext],
+                            n=len(evaluated), note=f"most extreme ({p['search']}) order found; {plan.stop}"))
     if uniform:
         uv = {o: observe(uniform)[o][key]["final"] for o in uniform}
         for label, o in (("uniform best", max(uv, key=uv.get)), ("uniform worst", min(uv, key=uv.get))):
             plan.log.append(log_row("search", 0, "result", order=sep.join(o), role="uniform", strategy=key[0],
-                                 memory_size=key[1], metric=p["metric"], quantity="final_mean", value=uv[o],
-                                 n=len(uniform), note=label))
+                                    memory_size=key[1], metric=p["metric"], quantity="final_mean", value=uv[o],
+                                    n=len(uniform), note=label))
     return plan
 
 
@@ -165,10 +204,13 @@ def _first_round(tasks: tuple, n: int, rng) -> list[tuple]:
     return out + uniform_batch(tasks, n - len(out), rng, seen | set(out))
 
 
-def _search_round(tasks, evaluated, values, sign, n, rng) -> list[tuple]:
+def _search_round(tasks, evaluated, values, task_values, sign, n, rng) -> list[tuple]:
     seen = set(evaluated)
-    y = np.array([sign * values[o] for o in evaluated])
-    beta = additive_fit(evaluated, y, tasks)
+    cells = cell_table(evaluated, task_values, tasks)
+    if cells is not None:  # the tasks' own final values: every step of every task seen after one Williams design
+        beta = sign * cells
+    else:  # only the orders' final means: the additive model fitted to them
+        beta = additive_fit(evaluated, np.array([sign * values[o] for o in evaluated]), tasks)
     out: list[tuple] = []
     a = extreme_assignment(beta, tasks, worst=True)  # minimises sign * value
     if a not in seen:
@@ -228,11 +270,11 @@ def _search_expand(tasks, params):
 
 def _search_describe(p):
     return (f"an adaptive search for the {p['search']} order (final mean of {p['metric']}, "
-            f"{p['strategy'] or 'the first strategy'} at M={p['memory_size'] or 'the first memory size'}): at most "
-            f"{p['budget']} orders in rounds of {p['batch'] or min(DEFAULT_BATCH, p['budget'])} (round 0 balanced where "
-            f"the batch holds a Williams design; then the additive task x position model's extreme order and swap / insertion neighbours of the {ELITE} most "
-            f"extreme orders), seed {p['seed']}"
-            + (f", next to a uniform sample of {p['budget']} orders" if p["uniform"] else ""))
+            f"{p['strategy'] or 'the first strategy'} at M={p['memory_size'] or 'the first memory size'}): "
+            f"at most {p['budget']} orders in rounds of {p['batch'] or min(DEFAULT_BATCH, p['budget'])} "
+            "(round 0 balanced where the batch holds a Williams design; then the additive task x position "
+            f"model's extreme order and swap / insertion neighbours of the {ELITE} most extreme orders), "
+            f"seed {p['seed']}" + (f", next to a uniform sample of {p['budget']} orders" if p["uniform"] else ""))
 
 
 ORDER_SEARCH = register_order_design(OrderDesign(

@@ -213,8 +213,8 @@ def balanced_orders(tasks, n: int, seed: int = 0) -> list[tuple]:
 
 
 def _balanced_describe(p):
-    return (f"a balanced (Williams) design of {p['balanced']} orders: every task equally often at every position and every ordered pair "
-            f"of tasks equally often adjacent; replicates relabelled with seed {p['seed']}")
+    return (f"a balanced (Williams) design of {p['balanced']} orders: every task equally often at every position "
+            f"and every ordered pair of tasks equally often adjacent; replicates relabelled with seed {p['seed']}")
 
 
 register_order_design(OrderDesign(

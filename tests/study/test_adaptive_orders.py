@@ -20,22 +20,25 @@ TASKS = ["Brain_AD", "Liver_AD", "Retina_RESC_AD", "Chest_AD", "Histopathology_A
 
 
 class Planted:
-    """observe() of a known objective: final mean = 0.7 + sum_t beta[t, pos] + pair[a, b] over adjacent pairs
-    (+ noise fixed per order); task values = final + slope_t * position. `stop_after`: the number of observe
-    calls that answer, later ones return None (an interrupted sweep)."""
+    """observe() of a known objective: task t at step p of an order ends at 0.7 + T beta[t, p] + T pair[a, t]
+    (a: the task just before it) + noise (one draw per order); the final mean is the mean over tasks,
+    0.7 + sum_t beta[t, pos] + sum of adjacent pair[a, b] + noise. `stop_after`: the number of observe calls
+    that answer, later ones return None (an interrupted sweep)."""
 
     def __init__(self, seed=0, noise=0.0, keys=(("patchcore_cl", 100),), stop_after=None, scale=1.0):
         rng = np.random.default_rng(seed)
         self.beta = rng.normal(0, 0.02, (6, 6)) * scale
         self.pair = rng.normal(0, 0.01, (6, 6)) * scale
-        self.slope = rng.normal(0, 0.01, 6) * scale
         self.keys, self.calls, self.stop_after, self.asked = keys, 0, stop_after, []
-        self.values = {}
+        self.values, self.tasks = {}, {}
         nrng = np.random.default_rng(seed + 100)
         for o in itertools.permutations(TASKS):
             ix = [TASKS.index(t) for t in o]
-            v = 0.7 + sum(self.beta[i, p] for p, i in enumerate(ix)) + sum(self.pair[a, b] for a, b in zip(ix, ix[1:]))
-            self.values[o] = v + noise * nrng.standard_normal()
+            e = noise * nrng.standard_normal()
+            tv = {t: 0.7 + 6 * self.beta[i, p] + (6 * self.pair[ix[p - 1], i] if p else 0.0) + e
+                  for p, (t, i) in enumerate(zip(o, ix))}
+            self.tasks[o] = tv
+            self.values[o] = float(np.mean(list(tv.values())))
         self.ranked = sorted(self.values, key=self.values.get)  # worst first
 
     def __call__(self, orders, metric=None):
@@ -44,7 +47,7 @@ class Planted:
         if self.stop_after is not None and self.calls > self.stop_after:
             return None
         return {o: {k: {"final": self.values[o] + 0.001 * j,
-                        "tasks": {t: self.values[o] + self.slope[TASKS.index(t)] * o.index(t) for t in o}}
+                        "tasks": {t: v + 0.001 * j for t, v in self.tasks[o].items()}}
                     for j, k in enumerate(self.keys)} for o in orders}
 
     def rank(self, order_str, worst=True):
@@ -283,3 +286,21 @@ def test_search_round_zero_is_balanced_where_the_batch_holds_a_williams_design()
     odd = replay(sc_of({"search": "worst", "budget": 24, "batch": 8, "uniform": False}), Planted(stop_after=0))
     pos, _ = design_balance(odd.rounds[0][:6], TASKS)  # one design of 6, then 2 uniform orders
     assert len(odd.rounds[0]) == 8 and (pos == 1).all()
+
+
+def test_cell_table_reads_each_task_at_its_step():
+    """After one Williams design every (task, step) cell is observed once: the table holds the tasks' values / T;
+    an unseen cell gets the task's linear fit; a task without values adds nothing."""
+    from pclsim.study.order_search import cell_table
+
+    obj = Planted(seed=4)
+    orders = [tuple(TASKS[i] for i in row) for row in williams_design(6)]
+    beta = cell_table(orders, obj.tasks, tuple(TASKS))
+    for o in orders:
+        assert sum(beta[TASKS.index(t), p] for p, t in enumerate(o)) == pytest.approx(obj.values[o], abs=1e-12)
+    part = cell_table(orders[:2], {o: {**obj.tasks[o], "Liver_AD": float("nan")} for o in orders[:2]}, tuple(TASKS))
+    i = TASKS.index("Brain_AD")
+    seen = [orders[0].index("Brain_AD"), orders[1].index("Brain_AD")]
+    fit = np.polyfit(seen, [obj.tasks[o]["Brain_AD"] for o in orders[:2]], 1)
+    assert part[i] == pytest.approx(np.polyval(fit, np.arange(6)) / 6, abs=1e-12)
+    assert (part[TASKS.index("Liver_AD")] == 0).all()
