@@ -151,27 +151,26 @@ def per_task_values(mat: pd.DataFrame) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
-def _direction(metric: str):
-    """The registry's `higher_is_better` of a metric (True for an unregistered name)."""
+def _registered(metric: str):
+    """The registry's Metric (pclsim.core.metric_registry.get_metric, which also builds "<metric>@<policy>"
+    names), or None for a name it does not know."""
     from ..core.metric_registry import get_metric
 
     try:
-        return get_metric(metric).higher_is_better
+        return get_metric(metric)
     except KeyError:
-        return True
+        return None
+
+
+def _direction(metric: str):
+    """The registry's `higher_is_better` of a metric (True for an unregistered name)."""
+    m = _registered(metric)
+    return True if m is None else m.higher_is_better
 
 
 def _not_relative(metrics) -> list[str]:
     """The metrics whose relative forgetting means nothing (the registry's `not_summarised`)."""
-    from ..core.metric_registry import get_metric
-
-    def skip(m):
-        try:
-            return "avg_forgetting_pct" in get_metric(m).not_summarised  # registers "<metric>@<policy>" names
-        except KeyError:
-            return False
-
-    return [m for m in metrics if skip(m)]
+    return [m for m in metrics if (r := _registered(m)) is not None and "avg_forgetting_pct" in r.not_summarised]
 
 
 # ----------------------------------------------------------------------------- building blocks

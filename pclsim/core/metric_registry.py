@@ -176,7 +176,9 @@ def _threshold_metric(name: str) -> Metric | None:
     elif base == "image_recall" or base == "image_fpr":
         chance = lambda p, n_tasks: r  # noqa: E731
     elif base == "image_f1":
-        chance = lambda p, n_tasks: 2 * _need_prevalence(p, "F1") * r / (_need_prevalence(p, "F1") + r)  # noqa: E731
+        def chance(p, n_tasks):
+            p = _need_prevalence(p, "F1")
+            return 2 * p * r / (p + r)
     else:
         chance = lambda p, n_tasks: float("nan")  # noqa: E731
     direction = True

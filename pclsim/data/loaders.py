@@ -73,7 +73,7 @@ def load_stream(dataset: dict, data_root: str | None = None, validation: bool = 
 
 
 def _load_stream(dataset: dict, data_root: str | None = None) -> list[TaskData]:
-    """load_stream without the calibration split (a merged step is split once, after its merge)."""
+    """load_stream without the held-out images (a merged step is split once, after its merge)."""
     kind = get_dataset_kind(dataset.get("kind", "synthetic"))
     if isinstance(dataset.get("tasks"), dict):  # multi-category steps: each category loaded, then merged
         return load_merged(dataset, data_root, _load_stream)

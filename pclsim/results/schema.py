@@ -224,18 +224,7 @@ TASKS = Table(
     extra=(Column("difficulty_image_auroc", _F, "metric", "single-task image AUROC (easy_to_hard orders)"),
            Column("difficulty_rank", _I, "", "1 = easiest")))
 
-TABLES = {t.name: t for t in (MATRICES, STEPS, SUMMARY, STATISTICS, ROUTING, ROUTED, CATEGORIES, TASKS)}
 
-MATRIX_SCHEMA = MATRICES.schema
-STEPS_SCHEMA = STEPS.schema
-SUMMARY_COLUMNS = SUMMARY.names
-STATISTICS_SCHEMA = STATISTICS.schema
-STATISTICS_COLUMNS = STATISTICS.names
-ROUTING_SCHEMA = ROUTING.schema
-ROUTED_SCHEMA = ROUTED.schema
-CATEGORIES_SCHEMA = CATEGORIES.schema
-
-# Adaptive order designs (issue 23): appended here so that the table above stays as it was
 DESIGN = Table(
     "design", "design.parquet", "one decision of an adaptive order design (pclsim.study.adaptive): an evaluated "
     "order (kind 'order'), a stopping check of sample: auto (kind 'check'), its stop (kind 'stop') or a search's "
@@ -257,4 +246,15 @@ DESIGN = Table(
                "widest one at a stop; NaN for orders"),
         Column("n", _I, "", "orders evaluated so far (the search's own, or all orders of sample: auto)"),
         Column("note", _S, "", "running extreme (search), batch kind (checks), why it stopped (stop, result)")))
-TABLES[DESIGN.name] = DESIGN
+
+TABLES = {t.name: t for t in (MATRICES, STEPS, SUMMARY, STATISTICS, ROUTING, ROUTED, CATEGORIES, TASKS,
+                                DESIGN)}
+
+MATRIX_SCHEMA = MATRICES.schema
+STEPS_SCHEMA = STEPS.schema
+SUMMARY_COLUMNS = SUMMARY.names
+STATISTICS_SCHEMA = STATISTICS.schema
+STATISTICS_COLUMNS = STATISTICS.names
+ROUTING_SCHEMA = ROUTING.schema
+ROUTED_SCHEMA = ROUTED.schema
+CATEGORIES_SCHEMA = CATEGORIES.schema

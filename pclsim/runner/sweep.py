@@ -33,10 +33,10 @@ __all__ = ["run_sweep", "prepare_output", "results_record", "WRITTEN"]
 # Everything a sweep or `pclsim report` writes into a results folder, and inside a folder the files it
 # writes there: what --fresh may delete (a user's own file inside one of these folders stays).
 WRITTEN = {**{f"{t}.parquet": ("part-*.parquet", ".tmp-*") for t in
-              ("matrices", "steps", "summary", "tasks", "statistics", "routing", "routed", "categories")},
+              ("matrices", "steps", "summary", "tasks", "statistics", "routing", "routed", "categories",
+               "design")},  # design: adaptive order designs (pclsim.runner.adaptive)
            "run_info.json": None, "data.json": None, "protocol.json": None, ".tune": ("*",),
            "report": ("index.html", "*.png", "*.csv", "table1.md", ".tmp-*"), "gallery": ("*.npz", ".tmp-*")}
-WRITTEN["design.parquet"] = ("part-*.parquet", ".tmp-*")  # adaptive order designs (pclsim.runner.adaptive)
 
 
 def _remove_written(out: Path, name: str) -> list[Path]:
@@ -120,7 +120,6 @@ def prepare_output(sc: dict, out: Path, fresh: bool, data_hash: str | None = Non
     body["run_group"] = (old or {}).get("run_group") if old is not None and not fresh else None
     body["run_group"] = body["run_group"] or uuid.uuid4().hex[:12]
     atomic_write_text(yaml.safe_dump(body, sort_keys=False), meta)
-    from ..atomic import atomic_write_json
     from ..results.protocol_card import PROTOCOL_FILE, protocol_card
 
     atomic_write_json(protocol_card(sc), out / PROTOCOL_FILE)  # the conventions and what touched test labels
@@ -224,8 +223,8 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
                     remove_table(out_dir / "summary.parquet")  # never a summary of an incomplete set
                     raise
             if more is not None:
-                while more():  # a resume whose last round was complete: the rounds it decides next
-                    _run_ray(sc, stream, more(), out_dir, address, max_concurrent, quiet, debug, cache_root,
+                while left := more():  # a resume whose last round was complete: the rounds it decides next
+                    _run_ray(sc, stream, left, out_dir, address, max_concurrent, quiet, debug, cache_root,
                              False, track, False, more)
                 from .adaptive import closing_note, write_design
 

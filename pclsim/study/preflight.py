@@ -184,12 +184,13 @@ def check_memory(sc: dict, tasks, grid: tuple[int, int]) -> None:
     from .strategies import get_strategy
 
     per_image = grid[0] * grid[1]
-    n_img = {t.name: len(t.train) - getattr(t, "n_calibration", 0) - getattr(t, "n_validation", 0)
-             for t in tasks}  # held-out images (calibration, validation): in no bank
+    n_img, held = {}, {}
+    for t in tasks:  # held-out images (calibration, validation) are in no bank
+        cal, val = getattr(t, "n_calibration", 0), getattr(t, "n_validation", 0)
+        n_img[t.name] = len(t.train) - cal - val
+        held[t.name] = ((f", after dataset.calibration held out {cal}" if cal else "")
+                        + (f" and the validation split {val}" if val else ""))
     patches = {name: n * per_image for name, n in n_img.items()}
-    held = {t.name: (f", after dataset.calibration held out {t.n_calibration}" if getattr(t, "n_calibration", 0)
-                     else "") + (f" and the validation split {t.n_validation}" if getattr(t, "n_validation", 0)
-                                 else "") for t in tasks}
     # difficulty-decided orders are not known yet: per-task bank sizes do not depend on the order, and
     # joint banks are checked per task, so any stand-in order checks the same banks
     orders = expand_orders(sc, {t: 0.0 for t in sc["dataset"]["tasks"]} if needs_difficulty(sc) else None)

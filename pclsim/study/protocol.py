@@ -23,7 +23,7 @@ from ..core.metric_registry import METRICS
 from ..core.reweighting import get_reweighting
 from ..core.scoring import anomaly_maps, identify_task, reweight_scores
 from ..core.task_features import TaskFeatures, calibration_name, validation_name
-from ..core.thresholds import PER_POLICY, ThresholdPolicy, deployed_metrics, metric_name
+from ..core.thresholds import ThresholdPolicy, deployed_metrics, metric_name
 from .strategies import BankRef, Strategy
 from ..core.tensors import read_rows
 
@@ -52,18 +52,15 @@ class Evaluator:
                  pixel: bool = True, device=None, thresholds: tuple[ThresholdPolicy, ...] = (), refit: bool = True):
         self.tasks = dict(tasks)
         for name, tf in tasks.items():  # held-out images are scored like a test set (their own table rows)
-            if tf.calibration is not None:
-                cal = calibration_name(name)
-                self.tasks[cal] = TaskFeatures(cal, tf.train[:0], tf.calibration,
-                                               np.zeros(len(tf.calibration), dtype=np.int64), None, tf.grid,
-                                               tf.image_size)
-            if tf.validation is not None:
-                val = validation_name(name)
-                self.tasks[val] = TaskFeatures(val, tf.train[:0], tf.validation, np.asarray(tf.validation_labels),
-                                               None, tf.grid, tf.image_size)
+            for held, patches, labels in ((calibration_name(name), tf.calibration, None),
+                                          (validation_name(name), tf.validation, tf.validation_labels)):
+                if patches is not None:
+                    labels = np.zeros(len(patches), dtype=np.int64) if labels is None else np.asarray(labels)
+                    self.tasks[held] = TaskFeatures(held, tf.train[:0], patches, labels, None, tf.grid, tf.image_size)
         self.thresholds = tuple(thresholds)
         self.refit = bool(refit)
-        self._thresholds: dict = {}
+        self._thresholds: dict = {}   # bank -> {policy label: threshold}
+        self._deployed: dict = {}     # state -> metrics at the refitted thresholds
         self._scores: dict = {}
         self.builder = builder
         self.tables: dict[tuple, CandidateTable] = dict(tables)
@@ -273,9 +270,9 @@ class Evaluator:
         threshold (the mean threshold applied to the task's images, in score units)."""
         memo = None
         if thresholds_of is None:  # refitted thresholds depend on the state only: memoized like the metrics
-            memo = ("deployed", eval_task, tuple(banks), bool(identify))
-            if memo in self._thresholds:
-                return self._thresholds[memo]
+            memo = (eval_task, tuple(banks), bool(identify))
+            if memo in self._deployed:
+                return self._deployed[memo]
         thresholds_of = thresholds_of or self.threshold
         chosen = self.route(eval_task, banks, identify)
         refs = tuple(banks[c] for c in chosen)
@@ -292,7 +289,7 @@ class Evaluator:
                 out[metric_name(m, p)] = v
             out[metric_name("threshold", p)] = float(thr.mean()) if len(thr) else float("nan")
         if memo is not None:
-            self._thresholds[memo] = out
+            self._deployed[memo] = out
         return out
 
     def maps(self, eval_task: str, banks: tuple[BankRef, ...], identify: bool, images) -> tuple[np.ndarray, np.ndarray]:
