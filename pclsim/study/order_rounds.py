@@ -4,13 +4,11 @@ designs)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 
-from .orders import williams_design
+from .orders import uniform_batch, williams_design
 from .scenario_checks import fail
 
 __all__ = ["Plan", "Observe", "DEFAULT_BATCH", "metric_check", "uniform_batch", "balanced_batch", "log_row", "SEP"]
@@ -25,18 +23,6 @@ def metric_check(src, key, v):
     if not isinstance(v, str) or v not in METRICS:
         fail(src, key, f"unknown metric {v!r} (valid: {', '.join(METRICS)})")
     return v
-
-
-def uniform_batch(tasks: tuple, n: int, rng, seen: set) -> list[tuple]:
-    """n distinct uniform random orders not in seen (fewer when fewer are left)."""
-    out = []
-    left = math.factorial(len(tasks)) - len(seen)
-    while len(out) < min(n, left):
-        p = tuple(tasks[i] for i in rng.permutation(len(tasks)))
-        if p not in seen:
-            seen.add(p)
-            out.append(p)
-    return out
 
 
 def balanced_batch(tasks: tuple, n: int, rng, seen: set) -> list[tuple] | None:

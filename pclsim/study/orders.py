@@ -101,9 +101,15 @@ def _sample_check(tasks, params, src):
 def _sample_expand(tasks, params):
     if params["sample"] == "auto":
         return SAMPLE_AUTO["expand"](tasks, params)
-    rng = np.random.default_rng(params["seed"])
-    seen, out = set(), []
-    while len(out) < params["sample"]:
+    return uniform_batch(tuple(tasks), params["sample"], np.random.default_rng(params["seed"]), set())
+
+
+def uniform_batch(tasks: tuple, n: int, rng, seen: set) -> list[tuple]:
+    """n distinct uniform random orders not in seen, drawn with rng's permutations (fewer when fewer are left);
+    adds them to seen."""
+    out = []
+    left = math.factorial(len(tasks)) - len(seen)
+    while len(out) < min(n, left):
         p = tuple(tasks[i] for i in rng.permutation(len(tasks)))
         if p not in seen:
             seen.add(p)
