@@ -128,7 +128,7 @@ def run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, ca
             difficulty, todo = _order_by_difficulty(ray, sc, task_refs, todo, out_dir, quiet)
         gallery_run = _gallery_run(sc, difficulty) if want_gallery else None
         runs = [r for rs in todo.values() for r in rs] + ([gallery_run] if gallery_run else [])
-        prepared = _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet, fresh)
+        prepared = _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet, fresh, debug)
         _stage(debug, "banks done")
         first = prepared
         while todo:
@@ -140,7 +140,7 @@ def run_ray(sc, stream, todo, out_dir, address, max_concurrent, quiet, debug, ca
             todo = more() if more is not None else {}
             if todo:
                 prepared = _prepare_banks(ray, sc, task_refs, [r for rs in todo.values() for r in rs], feature_keys,
-                                          cache, quiet, False)
+                                          cache, quiet, False, debug)
         prepared = first
         if gallery_run is not None:
             from .actors import write_gallery
@@ -271,12 +271,15 @@ def _extract_features(ray, sc, stream, out_dir, cache, quiet, debug):
     return task_refs, feature_keys, infos[0]["dim"]
 
 
-def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet, fresh=False):
+def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet, fresh=False, debug=False):
     """Every selection order, bank and candidate table the runs need, each computed once.
 
     Selections and candidate tables are Ray tasks owned by the driver; the re-reductions run on the
     bank-manager actor, which persists them in the cache (read back unless `fresh`). Returns {seed: (orders, banks, table refs)}:
     orders and banks (index arrays) by value, tables as object references.
+    The stages run one after another (selections, then re-reductions and joint selections, then candidate
+    tables; each stage's jobs in parallel), so each has its own time and peak memory (--debug marks them;
+    `pclsim plan` predicts them per stage).
     """
     from tqdm import tqdm
 
@@ -304,6 +307,11 @@ def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet, fresh=F
             keys = list(sp.selections)
             order_refs = [selection_job.options(**gpu, memory=mem.selection(k)).remote(sp.needs, coreset, seed, k,
                                                                                        names, *feats) for k in keys]
+            try:
+                wait_all(order_refs)
+            except Exception as e:
+                raise memory_kill(e) or e
+            _stage(debug, "selections done")
             bank_refs = []
             for refs in sp.bank_jobs:
                 if refs[0].kind in ("joint", "pool"):
@@ -311,13 +319,18 @@ def _prepare_banks(ray, sc, task_refs, runs, feature_keys, cache, quiet, fresh=F
                         sp.needs, coreset, seed, refs, names, keys, *feats, *order_refs))
                 else:
                     bank_refs.append(manager.rebalance.remote(sp.needs, seed, refs, names, keys, *feats, *order_refs))
-            # candidate tables need only the selections: they run alongside the bank jobs
+            try:
+                wait_all(bank_refs)
+            except Exception as e:
+                raise memory_kill(e) or e
+            _stage(debug, "re-reductions done")
             table_refs = {src: table_job.options(**gpu, memory=mem.table(sp.needs, src)).remote(
                 sp.needs, coreset, seed, src, names, keys, *feats, *order_refs) for src in sp.sources}
             try:
-                wait_all(order_refs + bank_refs + list(table_refs.values()))
+                wait_all(list(table_refs.values()))
             except Exception as e:
                 raise memory_kill(e) or e
+            _stage(debug, "candidate tables done")
             orders = dict(zip(keys, ray.get(order_refs)))
             banks = {}
             for part in ray.get(bank_refs):

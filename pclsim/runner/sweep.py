@@ -24,7 +24,7 @@ from ..study.scenario import expand_runs, group_runs, load_scenario, needs_diffi
 from ..results.record import results_record
 from ..results.tables import remove_table
 from .cluster import check_ray_temp_dir, probe_address as _probe_address, run_ray as _run_ray
-from .control import _T0, say as _say, unwrap as _unwrap  # noqa: F401 (_unwrap: tests)
+from .control import _T0, say as _say, stage as _stage, unwrap as _unwrap  # noqa: F401 (_unwrap: tests)
 from .finish import check_complete, finish as _finish
 
 __all__ = ["run_sweep", "prepare_output", "results_record", "WRITTEN"]
@@ -230,6 +230,7 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
 
                 write_design(out_dir, plan)
             _finish(sc, out_dir, stream, quiet, cache_root)
+            _stage(debug, "summary done")
             if more is not None:
                 _say(quiet, "\nHow much does the order move the result? (design.parquet)\n  "
                      + "\n  ".join([plan.stop] + closing_note(plan)))
