@@ -23,6 +23,7 @@ from .tensors import read_rows
 __all__ = ["CandidateTable", "build_table", "subset_nn", "DEFAULT_K"]
 
 DEFAULT_K = 64
+BLOCK_ENTRIES = 1 << 22  # candidate-list entries `subset_nn` reads at a time (a block of images; 16 MB of int32)
 
 
 @dataclass
@@ -48,31 +49,58 @@ class CandidateTable:
         return int(sum(a.nbytes for a in self.pos.values()) + sum(a.nbytes for a in self.dist.values()))
 
 
+class _InMemory:
+    """The default `build_table` sink: the lists as arrays of the returned CandidateTable."""
+
+    def __init__(self, table: CandidateTable):
+        self.table, self._at = table, {}
+
+    def begin(self, name: str, shape: tuple) -> None:
+        self.table.pos[name] = np.empty(shape, dtype=np.int32)
+        self.table.dist[name] = np.empty(shape, dtype=np.float32)
+        self._at[name] = 0
+
+    def write(self, name: str, pos: np.ndarray, dist: np.ndarray) -> None:
+        s = self._at[name]
+        self.table.pos[name][s : s + len(pos)] = pos
+        self.table.dist[name][s : s + len(pos)] = dist
+        self._at[name] = s + len(pos)
+
+    def end(self, name: str) -> None:
+        pass
+
+    def finish(self) -> CandidateTable:
+        return self.table
+
+
 def build_table(source: tuple, rows: np.ndarray, candidates: np.ndarray, tasks: dict, k: int = DEFAULT_K,
-                device=None, chunk_images: int = 64, backend: str = "auto") -> CandidateTable:
+                device=None, chunk_images: int = 64, backend: str = "auto", sink=None):
     """The candidate table of one source.
 
     rows (C,) sorted, candidates (C, D) float32 their vectors; tasks {name: TaskFeatures} whose
     `test` (n, P, D) patches are the queries, read `chunk_images` images at a time (a memory-mapped
     float16 store is never loaded whole). k is capped at C.
+    sink: where the lists go, chunk by chunk (begin(name, (n, P, K)), write(name, pos, dist), end(name),
+    finish() -> the result); default: a CandidateTable in memory. pclsim.store.tables.TableWriter streams
+    them into the on-disk store and returns its handle, so memory holds one chunk.
+    Raises ValueError when rows and candidates differ in length or are empty.
     """
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) != len(candidates) or len(rows) == 0:
         raise ValueError(f"source {source}: {len(rows)} rows for {len(candidates)} candidate vectors")
     k = int(min(k, len(rows)))
-    tb = CandidateTable(source, rows)
+    sink = sink if sink is not None else _InMemory(CandidateTable(source, rows))
     for name, queries in query_sets(tasks):  # test sets and calibration sets
         n, p, d = queries.shape
-        pos = np.empty((n, p, k), dtype=np.int32)
-        dist = np.empty((n, p, k), dtype=np.float32)
+        sink.begin(name, (n, p, k))
         for s in range(0, n, chunk_images):
             q = read_rows(queries, slice(s, s + chunk_images)).reshape(-1, d)  # one chunk resident, not the task
             dd, ii = knn(q, candidates, k, backend=backend, device=device)
             m = len(q) // p
-            pos[s : s + m] = ii.reshape(m, p, k)
-            dist[s : s + m] = dd.reshape(m, p, k)
-        tb.pos[name], tb.dist[name] = pos, dist
-    return tb
+            sink.write(name, np.asarray(ii).reshape(m, p, k).astype(np.int32, copy=False),
+                       np.asarray(dd).reshape(m, p, k).astype(np.float32, copy=False))
+        sink.end(name)
+    return sink.finish()
 
 
 def subset_nn(table: CandidateTable, eval_task: str, bank_rows: np.ndarray, exact) -> tuple[np.ndarray, np.ndarray, int]:
@@ -89,12 +117,20 @@ def subset_nn(table: CandidateTable, eval_task: str, bank_rows: np.ndarray, exac
     member = np.full(len(table.rows), -1, dtype=np.int64)
     # on duplicated rows keep the first bank position (an exact search's argmin does the same)
     member[where[::-1]] = np.arange(len(bank_rows) - 1, -1, -1)
-    hit = member[table.pos[eval_task]]                       # (n, P, K) bank position or -1
-    found = hit >= 0
-    first = found.argmax(-1)[..., None]
-    dist = np.take_along_axis(table.dist[eval_task], first, -1)[..., 0].copy()
-    pos = np.take_along_axis(hit, first, -1)[..., 0]
-    missing = ~found.any(-1)
+    all_pos, all_dist = table.pos[eval_task], table.dist[eval_task]
+    n, p = all_pos.shape[:2]
+    dist = np.empty((n, p), dtype=np.float32)
+    pos = np.empty((n, p), dtype=np.int64)
+    missing = np.zeros((n, p), dtype=bool)
+    # blocks of images: a stored (memory-mapped) table keeps one block resident, not the task's lists
+    block = max(1, BLOCK_ENTRIES // max(1, p * all_pos.shape[2]))
+    for s in range(0, n, block):
+        hit = member[read_rows(all_pos, slice(s, s + block), dtype=np.int32)]   # (b, P, K) bank position or -1
+        found = hit >= 0
+        first = found.argmax(-1)[..., None]
+        dist[s : s + block] = np.take_along_axis(read_rows(all_dist, slice(s, s + block)), first, -1)[..., 0]
+        pos[s : s + block] = np.take_along_axis(hit, first, -1)[..., 0]
+        missing[s : s + block] = ~found.any(-1)
     n_missing = int(missing.sum())
     if n_missing:
         d, i = exact(missing)

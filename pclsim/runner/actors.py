@@ -9,7 +9,7 @@ import numpy as np
 import ray
 
 from ..store.cache import load_or_extract
-from ..study.engine import candidate_rows, run_banks, run_selection, run_table
+from ..study.engine import candidate_rows, run_banks, run_selection, stored_table
 
 __all__ = ["FeatureExtractorActor", "BankManagerActor", "ResultsWriter", "selection_job", "bank_job", "table_job",
            "task_stats", "ACTOR_RESTARTS"]
@@ -81,10 +81,11 @@ def bank_job(needs, coreset, seed, refs, names, order_keys, *args):
 @ray.remote(num_cpus=1, max_retries=2)
 def table_job(needs, coreset, seed, source, names, order_keys, *args):
     """The candidate table of one source: K nearest candidates of every test patch among the planned
-    prefixes of its selections. args: task features, then selection orders."""
+    prefixes of its selections, written into the on-disk store beside the features (Ray passes its
+    TableRef, never the lists: pclsim.store.tables). args: task features, then selection orders."""
     feats, orders = args[: len(names)], args[len(names):]
     rows = candidate_rows(needs, dict(zip(order_keys, orders)), source)
-    return run_table(_tasks(names, feats), needs, coreset, seed, source, rows)
+    return stored_table(_tasks(names, feats), needs, coreset, seed, source, rows)
 
 
 @ray.remote(num_cpus=1)

@@ -96,14 +96,17 @@ def extractor_pool_size(slots: int, memory_bytes: float, per_actor: int) -> int:
     return max(1, min(int(slots), by_memory))
 
 
-def table_memory_bytes(candidates: int, dim: int, test_patches: int, k: int, chunk_patches: int) -> int:
+def table_memory_bytes(candidates: int, dim: int, test_patches: int, k: int, chunk_patches: int,
+                       stored: bool = True) -> int:
     """Host memory (bytes) of one candidate-table job: the worker (WORKER_BASE_BYTES), the source's
-    candidate vectors (candidates x dim float32, and a float16 read of them), the table it returns
-    (test_patches x min(k, candidates) x (int32 + float32)), one query chunk (chunk_patches x dim float32)
-    and its distance block to every candidate (chunk_patches x candidates float32, twice: the distances and
-    their partial sort)."""
+    candidate vectors (candidates x dim float32, and a float16 read of them), one query chunk
+    (chunk_patches x dim float32), its distance block to every candidate (chunk_patches x candidates float32,
+    twice: the distances and their partial sort) and its lists (chunk_patches x K x (int32 + float32));
+    stored=False: the whole table in memory (test_patches x min(k, candidates) x 8 bytes), as for tasks not
+    read from the feature store (the table then travels through Ray's object store)."""
     k = min(int(k), int(candidates))
-    return int(WORKER_BASE_BYTES + candidates * dim * 6 + test_patches * k * 8 + chunk_patches * dim * 4
+    lists = (test_patches if not stored else chunk_patches) * k * 8
+    return int(WORKER_BASE_BYTES + candidates * dim * 6 + lists + chunk_patches * dim * 4
                + 2 * chunk_patches * candidates * 4)
 
 
@@ -168,6 +171,8 @@ class JobMemory:
         self.per_image = int(first.test.shape[1])
         self.coreset = coreset
         self.largest = largest
+        # tasks read from the feature store: their candidate tables go to the store too (stored_table)
+        self.stored = all(getattr(tf, "ref", None) is not None for tf in tasks.values())
 
     def _cap(self, nbytes: float) -> int:
         need = round_up_mb(nbytes)
@@ -211,7 +216,7 @@ class JobMemory:
 
         c = sum(v for k, v in needs.sizes.items() if k[0] != "joint" and selection_source(k) == source)
         return self._cap(table_memory_bytes(max(c, 1), self.dim, sum(self.test.values()), DEFAULT_K,
-                                            64 * self.per_image))
+                                            64 * self.per_image, self.stored))
 
 
 def job_memory(ray, tasks: dict, coreset: dict) -> JobMemory:

@@ -162,8 +162,8 @@ def _source_name(src: tuple) -> str:
 
 
 def _tables(ray, sp, seed, orders, table_refs, raw, coreset, recomputed, group, progress=None):
-    """The candidate tables of one seed's sources: waited for while they exist (slow is not lost); a lost
-    one is recomputed once for this group by the same Ray table job, with the resources the bank stage gave
+    """The candidate tables of one seed's sources (tables, or handles on stored ones): waited for while they
+    exist (slow is not lost); a lost one (its object, or its stored entry) is recomputed once for this group by the same Ray table job, with the resources the bank stage gave
     it (its GPU share and memory request), never inline in the trial. Appends each recomputed source to
     `recomputed`. progress(line): where the wait and recompute lines go (default `_progress_line`)."""
     from .actors import table_job
@@ -172,7 +172,7 @@ def _tables(ray, sp, seed, orders, table_refs, raw, coreset, recomputed, group, 
     progress = progress or _progress_line
     got = {s: _get_or_recover(ray, table_refs[s], lambda: _LOST, what=f"the candidate table of {_source_name(s)}",
                               progress=progress) for s in sp.sources}
-    lost = [s for s in sp.sources if got[s] is _LOST]
+    lost = [s for s in sp.sources if got[s] is _LOST or _gone_from_disk(got[s])]
     if lost:
         names, keys = list(raw), list(orders)
         gpu = {"num_gpus": 0.25} if ray.cluster_resources().get("GPU", 0) else {}
@@ -193,6 +193,13 @@ def _tables(ray, sp, seed, orders, table_refs, raw, coreset, recomputed, group, 
             got[s] = t
         recomputed.extend(lost)
     return [got[s] for s in sp.sources]
+
+
+def _gone_from_disk(table) -> bool:
+    """A stored table's handle whose entry is no longer in the store (a cleared cache; a node's local disk)."""
+    from ..store.tables import TableRef, lookup_table
+
+    return isinstance(table, TableRef) and lookup_table(table.root, table.key) is None
 
 
 def _run_prepared(ray, runs, tasks, prepared, scenario, categories=None, raw=None, recomputed=None, group=""):

@@ -243,13 +243,13 @@ def remove_own(p: Path) -> tuple[int, bool]:
 
 
 def _candidates(root: Path):
-    """(path, kind) of every temporary thing pclsim may leave in a cache: "folder" for features/.tmp-* and
-    features/.trash-*, "file" for .tmp-* files of interrupted atomic writes in features/.parts-*/ and
+    """(path, kind) of every temporary thing pclsim may leave in a cache: "folder" for features/.tmp-*,
+    features/.trash-* and the same in tables/ (candidate tables being written), "file" for .tmp-* files of interrupted atomic writes in features/.parts-*/ and
     banks/, "parts" for a chunk folder features/.parts-<key> whose entry features/<key> is complete (its
     chunk files are copies of the entry's, left where another user's or a killed sweep's finalise
     could not remove them)."""
     feats = root / "features"
-    for folder in (feats, root / "banks"):
+    for folder in (feats, root / "banks", root / "tables"):
         try:
             entries = list(os.scandir(folder))
         except OSError:

@@ -21,7 +21,7 @@ from .protocol import Evaluator, OrderResult, TaskFeatures, run_order
 from .scenario import Run
 from .strategies import BankRef, get_strategy
 
-__all__ = ["StudyPlan", "SeedPlan", "plan_study", "run_selection", "run_banks", "run_table", "candidate_rows",
+__all__ = ["StudyPlan", "SeedPlan", "plan_study", "run_selection", "run_banks", "run_table", "stored_table", "candidate_rows",
            "restore_evaluator", "evaluator_options", "run_group", "simulate", "strategy_for"]
 
 
@@ -124,6 +124,34 @@ def run_table(tasks: dict, needs: SelectionNeeds, coreset: dict, seed: int, sour
     return build_table(source, rows, bb.vectors(source, rows), tasks, k=k or DEFAULT_K, device=device)
 
 
+def stored_table(tasks: dict, needs: SelectionNeeds, coreset: dict, seed: int, source: tuple, rows: np.ndarray,
+                 k: int | None = None, device=None):
+    """`run_table` into the on-disk store beside the tasks' features -> a TableRef (pclsim.store.tables).
+
+    tasks: {name: TaskFeatures} read from the feature store (each with its `ref`); the table is looked up by
+    its content address first (a stored one is reused, never recomputed) and otherwise streamed to disk
+    chunk by chunk. Tasks not from the store (no `ref`): the table in memory (`run_table`), as before."""
+    from ..store.tables import TableWriter, lookup_table, table_key
+
+    refs = {n: getattr(tf, "ref", None) for n, tf in tasks.items()}
+    if any(r is None for r in refs.values()):
+        return run_table(tasks, needs, coreset, seed, source, rows, k=k, device=device)
+    k = int(min(k or DEFAULT_K, len(rows))) if len(rows) else int(k or DEFAULT_K)
+    root = next(iter(refs.values())).root
+    key = table_key(source, rows, k, {n: r.key for n, r in refs.items()})
+    found = lookup_table(root, key)
+    if found is not None:
+        return found
+    bb = _builder(tasks, needs, coreset, seed, device=device)
+    patches = int(next(iter(tasks.values())).test.shape[1])
+    sink = TableWriter(root, key, source, rows, patches, k)
+    try:
+        return build_table(source, rows, bb.vectors(source, rows), tasks, k=k, device=device, sink=sink)
+    except BaseException:
+        sink.abort()
+        raise
+
+
 def evaluator_options(scenario: dict) -> dict:
     """The Evaluator's keyword arguments a resolved scenario sets: model.reweighting, evaluation.pixel_metrics,
     evaluation.thresholds (parsed, pclsim.core.thresholds) and evaluation.threshold_refit."""
@@ -139,8 +167,12 @@ def restore_evaluator(tasks: dict, sp: SeedPlan, coreset: dict, orders: dict, ba
                       reweighting: str = "paper", pixel: bool = True, device=None, thresholds=(),
                       refit: bool = True) -> Evaluator:
     """An evaluator over prepared bank sources (no selection or search is recomputed); the keyword
-    arguments as `Evaluator`'s (`evaluator_options(scenario)` gives a scenario's)."""
+    arguments as `Evaluator`'s (`evaluator_options(scenario)` gives a scenario's). tables: {source:
+    CandidateTable or its stored handle (TableRef)}."""
+    from ..store.tables import open_table
+
     bb = _builder(tasks, sp.needs, coreset, sp.seed, orders, banks, device=device)
+    tables = {s: open_table(t) for s, t in tables.items()}  # stored tables: mapped, read block by block
     return Evaluator(tasks, bb, tables, reweighting=reweighting, pixel=pixel, device=device, thresholds=thresholds,
                      refit=refit)
 
