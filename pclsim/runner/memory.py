@@ -31,7 +31,9 @@ def backbone_profile(backbone: str, layers, image_size: int) -> dict:
 
     Returns {"params": number of parameters of the whole model (all of it is held in memory),
     "peak_module_bytes": largest input + output of one module for ONE image, float32 bytes,
-    "levels_bytes": the kept feature levels of one image, float32 bytes, "grid": (h, w), "dim": D}.
+    "levels_bytes": the kept feature levels of one image, float32 bytes, "grid": (h, w), "dim": D,
+    "macs": multiply-adds of the truncated forward for ONE image (convolutions and linear layers; the
+    unit `pclsim plan` times extraction in)}.
     Raises ModelError for an unknown backbone or layer.
     """
     import torch
@@ -43,7 +45,7 @@ def backbone_profile(backbone: str, layers, image_size: int) -> dict:
         net = _create(backbone)
     names = resolve_layers(net, backbone, layers)
     body = truncated_body(net, names)
-    peak = [0]
+    peak, macs = [0], [0]
 
     def nbytes(x):
         if isinstance(x, torch.Tensor):
@@ -54,8 +56,12 @@ def backbone_profile(backbone: str, layers, image_size: int) -> dict:
             return sum(nbytes(v) for v in x.values())
         return 0
 
-    def hook(_m, inp, out):
+    def hook(m, inp, out):
         peak[0] = max(peak[0], nbytes(inp) + nbytes(out))
+        if isinstance(m, torch.nn.Conv2d):  # each output element: in_channels / groups x kernel area products
+            macs[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.Linear):
+            macs[0] += out.numel() * m.in_features
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
     try:
@@ -67,7 +73,7 @@ def backbone_profile(backbone: str, layers, image_size: int) -> dict:
     grid = max((tuple(int(v) for v in m.shape[-2:]) for m in maps), key=lambda s: s[0] * s[1])
     return {"params": sum(p.numel() for p in net.parameters()), "peak_module_bytes": peak[0],
             "levels_bytes": sum(m.numel() * 4 for m in maps), "grid": grid,
-            "dim": sum(int(m.shape[1]) for m in maps)}
+            "dim": sum(int(m.shape[1]) for m in maps), "macs": int(macs[0])}
 
 
 def extractor_memory_bytes(profile: dict, image_size: int, batch_size: int, on_gpu: bool = False) -> int:
