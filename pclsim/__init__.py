@@ -6,7 +6,7 @@ Ray (pclsim.study.engine). Registries: `register_strategy`, `register_metric`,
 `register_dataset_kind`, `register_bank_kind`, `register_reweighting`, `register_order_design`.
 
 The package's layers, each importing only those below it (tests/test_architecture.py):
-base (errors, atomic) < data < core < store < study < results < analysis < report, runner < api, cli.
+base (errors, atomic) < data < core < store < study < results < analysis < report, runner < plan < api, cli.
 """
 
 from ._moved import install as _install_moved

@@ -164,6 +164,42 @@ def validate(scenario: str = typer.Argument(..., help="Scenario YAML file."),
     _guard(_run)
 
 
+@app.command()
+def plan(scenario: str = typer.Argument(..., help="Scenario YAML file."),
+         data_root: Optional[str] = typer.Option(None, "--data-root", help="Data set folder: its files are counted "
+                                                 "(default: dataset.root if it exists, else the max_train / "
+                                                 "max_test caps)."),
+         cpus: Optional[int] = typer.Option(None, "--cpus", help="CPUs of the node (default: this machine's)."),
+         gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs of the node (default: this machine's)."),
+         memory: Optional[float] = typer.Option(None, "--memory", help="Memory of the node, GB (default: this "
+                                                "machine's available memory)."),
+         disk: Optional[float] = typer.Option(None, "--disk", help="Free disk for the feature cache, GB (default: "
+                                              "free space in PCLSIM_CACHE_DIR or ~/.cache/pclsim)."),
+         calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default: "
+                                                   "PCLSIM_PLAN_CALIBRATION, else the bundled one)."),
+         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+         debug: bool = typer.Option(False, "--debug")):
+    """Predict each stage's time, peak memory and disk on a node before running; exit 2 if it will not fit."""
+    _DEBUG["on"] = debug
+
+    def _run():
+        from .plan.command import plan_scenario
+
+        p = plan_scenario(scenario, data_root=data_root, cpus=cpus, gpus=gpus, memory_gb=memory, disk_gb=disk,
+                          calibration=calibration)
+        if as_json:
+            import json
+
+            print(json.dumps(p.as_json(), indent=1, default=str))
+        else:
+            print(p.text())
+        return p
+
+    p = _guard(_run)
+    if not p.fits:
+        raise typer.Exit(2)
+
+
 @data_app.command("synth")
 def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD-layout stream into."),
                tasks: Optional[str] = typer.Option(None, "--tasks", help="Number of tasks (1..15: the six BMAD-named domains, then their variants) or comma-separated names."),

@@ -16,8 +16,8 @@ PKG = Path(__file__).resolve().parents[1] / "pclsim"
 # The layers, lowest first (pclsim/__init__.py's docstring): a module may import its own layer and those below.
 LAYERS = {"pclsim.errors": 0, "pclsim._version": 0, "pclsim.atomic": 0, "pclsim.data": 1, "pclsim.core": 2,
           "pclsim.store": 3, "pclsim.study": 4, "pclsim.results": 5, "pclsim.analysis": 6, "pclsim.report": 7,
-          "pclsim.runner": 7}
-TOP = 8  # pclsim/__init__, api, cli, the public facades (metrics, coreset) and the old-path table (_moved)
+          "pclsim.runner": 7, "pclsim.plan": 8}
+TOP = 9  # pclsim/__init__, api, cli, the public facades (metrics, coreset) and the old-path table (_moved)
 MAX_LINES = 400
 
 

@@ -1,0 +1,343 @@
+"""What each stage of a sweep has to do, counted from the scenario's sizes (no feature read, no Ray).
+
+The stages are the sweep's --debug marks: extraction (start -> "features done"), selections, re-reductions
+(PatchCoreCL's re-reductions on the bank manager and the joint selections), candidate tables, trials,
+summary. Each stage is a list of `Job`s, exactly the jobs the sweep runs (`plan_study` plans them, as
+the sweep does): `Job.work` in the stage's unit (UNITS), `Job.memory` the bytes the job holds while it runs
+(the formulas that size the sweep's Ray memory requests, `pclsim.runner.memory`), `Job.lane` where it runs.
+A time is work x a coefficient measured on a node (pclsim.plan.calibration); nothing here is a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import PclsimError
+
+__all__ = ["STAGES", "UNITS", "TaskSize", "Sizes", "Job", "StageWork", "sizes_from_stream", "sizes_from_caps",
+           "study_runs", "study_work", "greedy_macs", "TRIAL_TERMS", "RESULT_BYTES_PER_CELL"]
+
+STAGES = ("extraction", "selections", "re-reductions", "candidate tables", "trials", "summary")
+UNITS = {"extraction": "multiply-adds", "selections": "multiply-adds", "re-reductions": "multiply-adds",
+         "candidate tables": "multiply-adds", "trials": "seconds of trial compute", "summary": "matrix cells"}
+# a trial's compute = coefficients x these terms (fitted per trial, benchmarks/bench_plan.py)
+TRIAL_TERMS = ("trial", "lookups", "reweight_macs", "pixels")
+RESULT_BYTES_PER_CELL = 64  # Parquet bytes of one matrix cell (all tables of a results folder, compressed)
+_NN_MEMO_BYTES = 12  # a trial keeps, per (bank, task) it scored, each test patch's distance (f32) and position (i64)
+
+
+@dataclass(frozen=True)
+class TaskSize:
+    """Image counts of one task. train: training images extracted (bank images and held-out ones);
+    bank: those whose patches the banks draw from; held: held-out images scored like test images
+    (dataset.calibration, a `valid` threshold's validation split); masks: pixel labels."""
+
+    name: str
+    train: int
+    bank: int
+    test: int
+    held: int = 0
+    masks: bool = True
+
+    @property
+    def extracted(self) -> int:
+        return self.train + self.test
+
+    @property
+    def query(self) -> int:
+        return self.test + self.held
+
+
+@dataclass
+class Sizes:
+    """A study's sizes: per task image counts, the backbone's profile (`pclsim.runner.memory.backbone_profile`:
+    grid, dim, macs a image, ...), image size, feature-store bytes a value, extraction batch size, and whether
+    the counts were listed from the data (counted) or taken from the scenario's caps."""
+
+    tasks: dict
+    profile: dict
+    image_size: int
+    feature_bytes: int
+    batch_size: int
+    counted: bool
+
+    @property
+    def patches(self) -> int:
+        h, w = self.profile["grid"]
+        return int(h) * int(w)
+
+    @property
+    def dim(self) -> int:
+        return int(self.profile["dim"])
+
+    def bank_patches(self, task: str) -> int:
+        return self.tasks[task].bank * self.patches
+
+    def source_patches(self, source: tuple) -> int:
+        what = source[1]
+        return sum(self.bank_patches(t) for t in ([what] if isinstance(what, str) else what))
+
+
+def _model_numbers(sc: dict) -> tuple[int, int]:
+    dt = sc["model"].get("feature_dtype", "float16")
+    return (2 if dt == "float16" else 4), int(sc["model"].get("batch_size", 32))
+
+
+def sizes_from_stream(sc: dict, stream, profile: dict) -> Sizes:
+    """Sizes from listed tasks (`pclsim.data.load_stream`: files listed, caps applied, nothing decoded)."""
+    fb, batch = _model_numbers(sc)
+    tasks = {}
+    for t in stream:
+        held = int(getattr(t, "n_calibration", 0)) + int(getattr(t, "n_validation", 0))
+        tasks[t.name] = TaskSize(t.name, len(t.train), len(t.train) - held, len(t.test), held, bool(t.has_masks))
+    return Sizes(tasks, profile, int(sc["dataset"]["image_size"]), fb, batch, True)
+
+
+def sizes_from_caps(sc: dict, profile: dict) -> Sizes:
+    """Sizes assumed from the scenario alone: every task holds dataset.max_train training and dataset.max_test
+    test images (a data set may hold fewer). Raises PclsimError naming the key when a cap is not set."""
+    from ..data.bmad import MASKED_TASKS
+    from ..data.calibration import calibration_count
+
+    ds = sc["dataset"]
+    for key in ("max_train", "max_test"):
+        if not ds.get(key):
+            raise PclsimError(f"dataset.{key}: not set, so the image counts are unknown without the data: give "
+                              f"--data-root (or set dataset.max_train and dataset.max_test)")
+    if not isinstance(ds.get("tasks"), list):
+        raise PclsimError("dataset.tasks: the tasks are found in the data: give --data-root")
+    fb, batch = _model_numbers(sc)
+    n, m = int(ds["max_train"]), int(ds["max_test"])
+    held = calibration_count(n, ds["calibration"]) if ds.get("calibration") else 0
+    tasks = {t: TaskSize(t, n, n - held, m, held, t in MASKED_TASKS if ds["kind"] == "bmad" else True)
+             for t in ds["tasks"]}
+    return Sizes(tasks, profile, int(ds["image_size"]), fb, batch, False)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of a stage: work (the stage's unit), memory (bytes while it runs), lane ("slot": one CPU or GPU
+    share, "manager": the bank manager's one serial lane, "driver": the sweep's own process), terms (a trial's
+    TRIAL_TERMS counts), name."""
+
+    work: float
+    memory: float
+    lane: str = "slot"
+    terms: tuple = ()
+    name: str = ""
+
+
+@dataclass
+class StageWork:
+    """A stage's jobs, the bytes it leaves on disk (disk), the extra bytes on disk while it runs (transient),
+    and whether its jobs run on GPUs where the node has them (gpu)."""
+
+    name: str
+    jobs: list = field(default_factory=list)
+    disk: float = 0.0
+    transient: float = 0.0
+    gpu: bool = False
+
+    @property
+    def work(self) -> float:
+        return float(sum(j.work for j in self.jobs))
+
+
+def study_runs(sc: dict):
+    """(runs, groups) the sweep runs: every run, and the Tune trials (`group_runs`). Orders decided by the
+    tasks' difficulty are stood in for (the work does not depend on which order comes first)."""
+    from ..study.scenario import expand_runs, group_runs, needs_difficulty
+
+    stand_in = {t: 0.0 for t in sc["dataset"]["tasks"]} if needs_difficulty(sc) else None
+    runs = expand_runs(sc, difficulty=stand_in)
+    return runs, group_runs(runs)
+
+
+def _projection(coreset: dict, n: int, dim: int) -> tuple[int, int]:
+    """(dimension greedy k-center measures distances in, projection dimension or 0) for n points
+    (`pclsim.core.coreset.greedy_coreset`: a JL dimension above D runs in its D-dimensional isometric image)."""
+    from ..core.coreset import resolve_projection_dim
+
+    if coreset.get("projection", "jl") != "jl":
+        return dim, 0
+    d, force = resolve_projection_dim(coreset.get("projection_dim", "auto"), max(int(n), 2))
+    if d is None or d <= 0 or (d >= dim and not force):
+        return dim, 0
+    return min(int(d), dim), int(d)
+
+
+def greedy_macs(n: int, k: int, coreset: dict, dim: int) -> float:
+    """Multiply-adds of greedy k-center selecting k of n points: one distance pass over the n projected points
+    a step (n x k x d, d the dimension distances are measured in) plus their projection (n x D x d')."""
+    n, k = int(n), min(int(k), int(n))
+    if n <= 0 or k <= 0:
+        return 0.0
+    d, proj = _projection(coreset, n, dim)
+    return float(n) * k * d + float(n) * dim * proj
+
+
+def _selection_memory(n: int, dim: int, coreset: dict) -> float:
+    from ..runner.memory import selection_memory_bytes
+
+    _, proj = _projection(coreset, n, dim)
+    return selection_memory_bytes(int(n), dim, proj or dim)
+
+
+def _extraction(sc: dict, sz: Sizes) -> StageWork:
+    from ..runner.cluster import CHUNK_BATCHES
+    from ..runner.memory import extractor_memory_bytes
+
+    per_actor = extractor_memory_bytes(sz.profile, sz.image_size, sz.batch_size)
+    chunk = CHUNK_BATCHES * sz.batch_size
+    jobs, volumes = [], []
+    for t in sz.tasks.values():
+        for n in (t.train, t.test):
+            for s in range(0, n, chunk):
+                m = min(chunk, n - s)
+                jobs.append(Job(m * float(sz.profile["macs"]), per_actor, name=f"{t.name} chunk"))
+        masks = t.test * sz.image_size ** 2 if t.masks else 0
+        volumes.append(t.extracted * sz.patches * sz.dim * sz.feature_bytes + t.test * 8 + masks)
+    # a task's chunk files and its assembled entry exist together while it is assembled
+    return StageWork("extraction", jobs, float(sum(volumes)), float(max(volumes, default=0)), gpu=True)
+
+
+def _rereduce_macs(refs, sz: Sizes, coreset: dict) -> tuple[float, float, float]:
+    """(multiply-adds, largest re-reduction's memory, bank-cache bytes) of one task's re-reduction chains:
+    every (arrival, step) of a `rereduced` bank after its arrival re-runs greedy k-center on the stored bank."""
+    from ..study.strategies import per_task_size
+
+    links, out, mem, cache = set(), 0.0, 0.0, 0.0
+    for r in refs:
+        if r.kind == "rereduced":
+            links |= {(r.tasks[0], r.arrival, s, r.budget) for s in range(r.arrival + 1, r.step + 1)}
+        cache += r.size * 8
+    for task, _, s, m in links:
+        prev = min(per_task_size(m, s), sz.bank_patches(task))
+        out += greedy_macs(prev, per_task_size(m, s + 1), coreset, sz.dim)
+        mem = max(mem, _selection_memory(prev, sz.dim, coreset))
+    return out, mem, cache
+
+
+def _bank_jobs(sp, sz: Sizes, coreset: dict) -> tuple[list, float]:
+    from ..runner.memory import WORKER_BASE_BYTES
+
+    jobs, cache = [], 0.0
+    for refs in sp.bank_jobs:
+        kind, tasks = refs[0].kind, refs[0].tasks
+        if kind == "joint":  # composable: greedy k-center over the union of the members' selection prefixes
+            n = sp.needs.sizes[("joint", tasks, 0)]
+            pool = sum(min(n, sp.needs.sizes.get(("select", t, 0), 0), sz.bank_patches(t)) for t in tasks)
+            jobs.append(Job(greedy_macs(pool, n, coreset, sz.dim), _selection_memory(pool, sz.dim, coreset),
+                            name=f"joint {len(tasks)} tasks"))
+        elif kind == "pool":  # the pooled selection was a selection job: a prefix here
+            jobs.append(Job(0.0, WORKER_BASE_BYTES, name=f"pool {len(tasks)} tasks"))
+        else:
+            work, mem, c = _rereduce_macs(refs, sz, coreset)
+            cache += c
+            jobs.append(Job(work, mem or WORKER_BASE_BYTES, lane="manager", name=f"re-reductions {tasks[0]}"))
+    return jobs, cache
+
+
+def _candidates(sp, sz: Sizes, source: tuple) -> int:
+    """A source's candidate count: the union of its selections' planned prefixes (at most its patches)."""
+    from ..study.banks import selection_source
+
+    want = sum(v for k, v in sp.needs.sizes.items() if k[0] != "joint" and selection_source(k) == source)
+    return max(1, min(want, sz.source_patches(source)))
+
+
+def study_work(sc: dict, sz: Sizes, runs=None, groups=None) -> dict:
+    """{stage: StageWork} of a resolved scenario at the sizes `sz` (runs, groups: `study_runs(sc)` by default)."""
+    from ..core.candidates import DEFAULT_K
+    from ..runner.memory import WORKER_BASE_BYTES, table_memory_bytes
+    from ..study.engine import plan_study
+    from ..study.banks import selection_source
+
+    if runs is None:
+        runs, groups = study_runs(sc)
+    coreset, P, D = sc["coreset"], sz.patches, sz.dim
+    plan = plan_study(runs, coreset)
+    stages = {"extraction": _extraction(sc, sz)}
+    sel, banks, tables = (StageWork("selections", gpu=True), StageWork("re-reductions", gpu=True),
+                          StageWork("candidate tables", gpu=True))
+    query = sum(t.query for t in sz.tasks.values()) * P
+    test = sum(t.test for t in sz.tasks.values()) * P
+    k_of = {}
+    for sp in plan.seeds.values():
+        for key in sp.selections:
+            n = sz.source_patches(selection_source(key))
+            k = min(sp.needs.sizes[key], n)
+            if key[0] == "random":  # a seeded permutation
+                sel.jobs.append(Job(float(n), WORKER_BASE_BYTES + n * 8.0, name=f"random {key[1]}"))
+            else:
+                sel.jobs.append(Job(greedy_macs(n, k, coreset, D), _selection_memory(n, D, coreset),
+                                    name=f"{key[0]} {key[1]}"))
+        jobs, cache = _bank_jobs(sp, sz, coreset)
+        banks.jobs += jobs
+        banks.disk += cache
+        for src in sp.sources:
+            c = _candidates(sp, sz, src)
+            k = min(DEFAULT_K, c)
+            k_of[(sp.seed, src)] = k
+            tables.jobs.append(Job(float(query) * c * D, table_memory_bytes(c, D, test, DEFAULT_K, 64 * P, True),
+                                   name=f"table {src[1]}"))
+            tables.disk += query * k * 8.0 + c * 8.0
+    stages.update({"selections": sel, "re-reductions": banks, "candidate tables": tables})
+    stages["trials"] = _trials(sc, sz, groups, k_of)
+    cells = sum(_cells(sc, sz, r) for r in runs)
+    stages["summary"] = StageWork("summary", [Job(float(cells), cells * 100.0, lane="driver", name="summary")],
+                                  disk=cells * float(RESULT_BYTES_PER_CELL))
+    return stages
+
+
+def _cells(sc: dict, sz: Sizes, run) -> int:
+    """Matrix cells a run writes: T x T per metric (image metrics, task_id_acc where the strategy routes, the pixel
+    metrics of tasks with masks)."""
+    T = len(run.order)
+    pixel = 5 if sc["evaluation"].get("pixel_metrics", True) else 0
+    masked = sum(1 for t in run.order if sz.tasks[t].masks)
+    return T * T * 3 + T * masked * pixel
+
+
+def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict) -> StageWork:
+    """One job per Tune trial; terms (TRIAL_TERMS) count what its memoized evaluator computes: the
+    (bank, task) pairs it looks up in the candidate tables (test patches x K a bank part), the reweighting's
+    neighbour search of each bank images are scored with (images x bank x D), the pixels of each distinct
+    state's anomaly maps (tasks with masks)."""
+    from ..core.reweighting import get_reweighting
+    from ..runner.memory import WORKER_BASE_BYTES
+    from ..study.banks import bank_sources
+    from ..study.engine import strategy_for
+
+    coreset, P, D, S = sc["coreset"], sz.patches, sz.dim, sz.image_size
+    pixel = bool(sc["evaluation"].get("pixel_metrics", True))
+    reweight = get_reweighting(sc["model"]["reweighting"]).neighbours > 0
+    stage = StageWork("trials")
+    for name, runs in groups.items():
+        states, pairs, chosen = set(), set(), set()
+        for r in runs:
+            strat = strategy_for(r, coreset)
+            for s in range(len(r.order)):
+                banks = strat.banks(tuple(r.order[: s + 1]))
+                for task in r.order:
+                    sb, ident = strat.scoring(banks, task)
+                    ident = ident or strat.identifies_task
+                    if (task, sb, ident) in states:
+                        continue
+                    states.add((task, sb, ident))
+                    routed = ident and len(sb) > 1
+                    pairs.update((b, r.seed, task) for b in (sb if routed else sb[:1]))
+                    own = [b for b in sb if b.tasks == (task,)] if routed else []
+                    chosen.add(((own or sb)[0], task))
+        lookups = sum(sz.tasks[t].test * P * sum(k_of.get((seed, src), 1) for src in bank_sources(b))
+                      for b, seed, t in pairs)
+        rw = sum(min(sz.tasks[t].test, b.size) * float(b.size) * D for b, t in chosen) if reweight else 0.0
+        pix = sum(sz.tasks[t].test * S * S for t, _, _ in states if pixel and sz.tasks[t].masks)
+        memo = sum(sz.tasks[t].test * P * _NN_MEMO_BYTES for _, _, t in pairs)
+        vectors = sum(b.size * D * 4 for b in {b for b, _ in chosen}) if reweight else 0
+        maps = max((t.test * S * S * 4 * 3 for t in sz.tasks.values() if t.masks and pixel), default=0)
+        stage.jobs.append(Job(0.0, WORKER_BASE_BYTES + memo + vectors + maps, terms=(1.0, float(lookups), rw,
+                                                                                  float(pix)), name=name))
+        stage.disk += sum(_cells(sc, sz, r) for r in runs) * RESULT_BYTES_PER_CELL
+    return stage
+
