@@ -30,17 +30,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import yaml
 
-from _common import emit, json_lines, replace_readme_block
+from _common import emit, json_lines, mark_times, measured_run, replace_readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 BMAD = ["Brain_AD", "Liver_AD", "Retina_RESC_AD", "Chest_AD", "Histopathology_AD", "Retina_OCT2017_AD"]
@@ -60,78 +57,8 @@ def scenario(n_train: int, n_test: int, image_size: int, memory: int, dtype: str
     }
 
 
-def _tree(pid: int) -> list[int]:
-    """pid and all its descendants, from /proc (children files, else a scan of stat's ppid)."""
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
-
-
-def _rollup(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("Pss", "Pss_Anon", "Pss_Shmem", "Pss_File", "Rss"):
-                    out[k] = int(v.split()[0]) * 1024
-    except (OSError, ValueError):
-        pass
-    return out
-
-
-class Sampler(threading.Thread):
-    """Peak PSS (all, anonymous + shared memory, mapped files) of a process tree, sampled every `every`
-    seconds, overall and per stage (`stage` is set by the reader of the sweep's --debug lines)."""
-
-    def __init__(self, pid: int, every: float = 0.5):
-        super().__init__(daemon=True)
-        self.pid, self.every = pid, every
-        self.peak_pss = self.peak_anon_shm = self.peak_file = self.peak_procs = 0
-        self.stage = STAGES[0]
-        self.by_stage: dict[str, dict[str, int]] = {}
-        self.stop = threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            pids = _tree(self.pid)
-            r = [_rollup(p) for p in pids]
-            now = {"pss": sum(x.get("Pss", 0) for x in r),
-                   "anon_shm": sum(x.get("Pss_Anon", 0) + x.get("Pss_Shmem", 0) for x in r),
-                   "file": sum(x.get("Pss_File", 0) for x in r)}
-            self.peak_pss = max(self.peak_pss, now["pss"])
-            self.peak_anon_shm = max(self.peak_anon_shm, now["anon_shm"])
-            self.peak_file = max(self.peak_file, now["file"])
-            self.peak_procs = max(self.peak_procs, len(pids))
-            st = self.by_stage.setdefault(self.stage, {})
-            for k, v in now.items():
-                st[k] = max(st.get(k, 0), v)
-            self.stop.wait(self.every)
-
-
 # the sweep's --debug marks; the memory of the work that ENDS at a mark is booked under that mark's stage
 STAGES = ("ray started", "extractors ready", "features done", "banks done", "trials done", "finished")
-
-
-def _follow(stream, sampler: Sampler, lines: list[str]) -> None:
-    """Read the sweep's stderr as it comes; move the sampler to the next stage at each mark."""
-    for line in stream:
-        lines.append(line)
-        m = re.search(r"\[\s*[\d.]+ s\] (.+)", line)
-        if m and m.group(1).strip() in STAGES[:-1]:
-            sampler.stage = STAGES[STAGES.index(m.group(1).strip()) + 1]
 
 
 def run_size(n_train: int, a, tmp: Path) -> dict:
@@ -142,24 +69,10 @@ def run_size(n_train: int, a, tmp: Path) -> dict:
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "pclsim.cli", "sweep", str(path), "--out", str(tmp / f"out{n_train}"), "--quiet",
            "--debug"]
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    s = Sampler(p.pid)
-    s.start()
-    lines: list[str] = []
-    reader = threading.Thread(target=_follow, args=(p.stderr, s, lines), daemon=True)
-    reader.start()
-    p.wait()
-    reader.join()
-    s.stop.set()
-    s.join()
-    wall = time.perf_counter() - t0
-    err = "".join(lines)
-    if p.returncode != 0:
+    rc, err, s, wall = measured_run(cmd, env, ROOT, STAGES)
+    if rc != 0:
         raise SystemExit(f"sweep at {n_train} train images failed:\n{err[-3000:]}")
-    marks = {}
-    for m in re.finditer(r"\[\s*([\d.]+) s\] (.+)", err):
-        marks.setdefault(m.group(2).strip(), float(m.group(1)))
+    marks = mark_times(err)
     seconds, prev = {}, 0.0
     for st in STAGES[:-1]:
         if st in marks:
