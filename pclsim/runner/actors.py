@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import ray
 
 from ..store.cache import load_or_extract
-from ..study.engine import candidate_rows, run_banks, run_selection, stored_table
+from ..study.engine import candidate_rows, job_name, run_banks, run_selection, stored_table
 
 __all__ = ["FeatureExtractorActor", "BankManagerActor", "ResultsWriter", "selection_job", "bank_job", "table_job",
            "task_stats", "ACTOR_RESTARTS"]
@@ -65,17 +67,27 @@ def _tasks(names, feats) -> dict:
     return dict(zip(names, feats))
 
 
+def _timed(name: str, fn, *args):
+    """fn(*args), then one line `job[NAME] SECONDS s` on stderr: the driver shows it under --debug (Ray forwards
+    worker output there only then), and benchmarks/bench_plan.py fits `pclsim plan`'s job coefficients to it."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    print(f"job[{name}] {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
+    return out
+
+
 @ray.remote(num_cpus=1, max_retries=2)
 def selection_job(needs, coreset, seed, key, names, *feats):
     """One selection order (greedy k-center of one task's patches at its planned length)."""
-    return run_selection(_tasks(names, feats), needs, coreset, seed, key)
+    return _timed(job_name(seed, "selection", key), run_selection, _tasks(names, feats), needs, coreset, seed, key)
 
 
 @ray.remote(num_cpus=1, max_retries=2)
 def bank_job(needs, coreset, seed, refs, names, order_keys, *args):
     """Joint selections (composable coresets) of some task sets. args: task features, then selection orders."""
     feats, orders = args[: len(names)], args[len(names):]
-    return run_banks(_tasks(names, feats), needs, coreset, seed, dict(zip(order_keys, orders)), refs)
+    return _timed(job_name(seed, "banks", refs), run_banks, _tasks(names, feats), needs, coreset, seed,
+                  dict(zip(order_keys, orders)), refs)
 
 
 @ray.remote(num_cpus=1, max_retries=2)
@@ -85,7 +97,8 @@ def table_job(needs, coreset, seed, source, names, order_keys, *args):
     TableRef, never the lists: pclsim.store.tables). args: task features, then selection orders."""
     feats, orders = args[: len(names)], args[len(names):]
     rows = candidate_rows(needs, dict(zip(order_keys, orders)), source)
-    return stored_table(_tasks(names, feats), needs, coreset, seed, source, rows)
+    return _timed(job_name(seed, "table", source), stored_table, _tasks(names, feats), needs, coreset, seed, source,
+                  rows)
 
 
 @ray.remote(num_cpus=1)
@@ -175,7 +188,8 @@ class BankManagerActor:
                 return pickle.loads(path.read_bytes())
             except Exception:
                 pass  # unreadable entry: recompute and overwrite it
-        out = run_banks(_tasks(names, feats), needs, self.coreset, seed, dict(zip(order_keys, orders)), refs)
+        out = _timed(job_name(seed, "banks", refs), run_banks, _tasks(names, feats), needs, self.coreset, seed,
+                     dict(zip(order_keys, orders)), refs)
         self.computed += 1
         try:  # the umask decides who may read it; another user's file (a shared cache) is never replaced
             if not path.exists() or path.stat().st_uid == os.geteuid():

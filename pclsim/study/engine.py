@@ -22,7 +22,7 @@ from .scenario import Run
 from .strategies import BankRef, get_strategy
 
 __all__ = ["StudyPlan", "SeedPlan", "plan_study", "run_selection", "run_banks", "run_table", "stored_table", "candidate_rows",
-           "restore_evaluator", "evaluator_options", "run_group", "simulate", "strategy_for"]
+           "restore_evaluator", "evaluator_options", "run_group", "simulate", "strategy_for", "job_name"]
 
 
 def strategy_for(run: Run, coreset: dict):
@@ -104,6 +104,22 @@ def run_banks(tasks: dict, needs: SelectionNeeds, coreset: dict, seed: int, orde
     """Resolve banks (the bank manager's work: re-reductions, joint selections) -> {ref: parts}."""
     bb = _builder(tasks, needs, coreset, seed, orders, device=device)
     return {r: bb.resolve(r) for r in refs}
+
+
+def job_name(seed: int, job: str, what) -> str:
+    """The name of one bank-stage job in the sweep's --debug timing lines and `pclsim plan`'s work model.
+
+    job: "selection" (what: the selection key), "banks" (what: the job's BankRefs), "table" (what: the source).
+    E.g. "s0 selection select Brain_AD", "s0 banks joint Brain_AD+Liver_AD", "s0 table task Chest_AD"."""
+    def names(x):
+        return x if isinstance(x, str) else "+".join(x)
+
+    if job == "selection":
+        return f"s{seed} selection {what[0]} {names(what[1])}"
+    if job == "banks":
+        kind = what[0].kind if what[0].kind in ("joint", "pool") else "task"
+        return f"s{seed} banks {kind} {names(what[0].tasks)}"
+    return f"s{seed} table {what[0]} {names(what[1])}"
 
 
 def candidate_rows(needs: SelectionNeeds, orders: dict, source: tuple) -> np.ndarray:
