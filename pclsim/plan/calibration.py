@@ -5,15 +5,17 @@ at hand (README, "Sizing a node"):
 
     {"format": "pclsim-plan-calibration/v1",
      "node": {"cpus": 2, "gpus": 0, ...}, "measured": {"date": ..., "sizes": [...], ...},
-     "time": {"cpu": {STAGE: {"intercept_s": s, "per_unit_s": s per unit of work}, ...,
-                      "trial_terms": {TERM: s per count, ...}},
+     "time": {"cpu": {STAGE: {"intercept_s": s, "per_unit_s": s per unit}, ...,
+                      "families": {FAMILY: {TERM: s per count, ...}, ...}},
               "gpu": {...}},                       # only where measured on a GPU node
      "memory": {STAGE: {"intercept_bytes": b, "slope": k}, ...}}
 
-A stage's time is intercept_s + per_unit_s x its makespan (work units, pclsim.plan.work.UNITS; for trials
-the seconds of the trials' compute, each trial_terms x its counts); its peak memory (the sweep's whole
-process tree, PSS) is intercept_bytes + slope x the bytes its concurrent jobs hold by the formulas of
-pclsim.runner.memory. The bundled file (pclsim/plan/calibration.json) was measured on the project's
+A job of a family (pclsim.plan.work.FAMILIES: greedy k-center, candidate table, trial) takes its terms'
+counts x their coefficients in seconds; a stage's time is intercept_s + per_unit_s x its makespan
+(pclsim.plan.work.UNITS: the schedule of its jobs' seconds, or extraction's multiply-adds and the summary's
+matrix cells); its peak memory (the sweep's whole process tree, PSS) is intercept_bytes + slope x the bytes
+its concurrent jobs hold by the formulas of pclsim.runner.memory. The "cpu" set was measured on a node
+without GPUs, "gpu" on one with GPUs (all stages on that node). The bundled file (pclsim/plan/calibration.json) was measured on the project's
 development machine; PCLSIM_PLAN_CALIBRATION or `pclsim plan --calibration FILE` names another.
 """
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PclsimError
-from .work import STAGES, TRIAL_TERMS
+from .work import FAMILIES, STAGES
 
 __all__ = ["FORMAT", "BUNDLED", "ENV", "Calibration", "load_calibration", "calibration_path", "fit_line",
            "fit_terms"]
@@ -106,11 +108,13 @@ def load_calibration(path=None) -> Calibration:
                 raise PclsimError(f"{src}: time.{dev}.{st}: missing; rerun {_RECALIBRATE}")
             for k in ("intercept_s", "per_unit_s"):
                 c[k] = _number(c.get(k), f"time.{dev}.{st}.{k}", src)
-        terms = stages.get("trial_terms")
-        if not isinstance(terms, dict):
-            raise PclsimError(f"{src}: time.{dev}.trial_terms: missing; rerun {_RECALIBRATE}")
-        for t in TRIAL_TERMS:
-            terms[t] = _number(terms.get(t), f"time.{dev}.trial_terms.{t}", src)
+        fams = stages.get("families")
+        for fam, names in FAMILIES.items():
+            terms = fams.get(fam) if isinstance(fams, dict) else None
+            if not isinstance(terms, dict):
+                raise PclsimError(f"{src}: time.{dev}.families.{fam}: missing; rerun {_RECALIBRATE}")
+            for t in names:
+                terms[t] = _number(terms.get(t), f"time.{dev}.families.{fam}.{t}", src)
     for st in STAGES:
         c = memory.get(st)
         if not isinstance(c, dict):
@@ -123,25 +127,27 @@ def load_calibration(path=None) -> Calibration:
 def fit_line(x, y, prior_slope: float | None = None, min_spread: float = 0.05) -> tuple[float, float]:
     """(intercept, slope) >= 0 of y ~ intercept + slope x by least squares.
 
-    Where x barely varies (relative spread below min_spread) the slope cannot be told from the intercept:
-    then the slope is prior_slope (the intercept the mean remainder), or 0 without a prior (y's mean).
-    A negative least-squares coefficient is held at 0 and the other refitted."""
+    Where x varies too little to tell a slope from an intercept (max - min below min_spread x its mean
+    magnitude) or the least-squares slope is negative (noise over a flat stretch), the slope is prior_slope
+    and the intercept the mean remainder (a negative remainder: no intercept, the slope y / x on average);
+    without a prior, y's mean where x does not vary, else y proportional to x. A negative least-squares
+    intercept is held at 0 and the slope refitted. Raises ValueError without points."""
     import numpy as np
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) == 0:
         raise ValueError("fit_line: no points")
-    mean = float(np.mean(np.abs(x))) or 1.0
-    if len(x) < 2 or float(np.ptp(x)) / mean < min_spread:
-        if prior_slope is None:
-            return max(0.0, float(np.mean(y))), 0.0
-        return max(0.0, float(np.mean(y - prior_slope * x))), float(prior_slope)
-    slope, icpt = np.polyfit(x, y, 1)
-    if slope < 0:
-        return max(0.0, float(np.mean(y))), 0.0
-    if icpt < 0:
-        return 0.0, float(np.dot(x, y) / np.dot(x, x))
-    return float(icpt), float(slope)
+    mean = float(np.mean(np.abs(x)))
+    flat = len(x) < 2 or mean == 0 or float(np.ptp(x)) / mean < min_spread
+    through_0 = (0.0, float(np.dot(x, y) / np.dot(x, x))) if np.dot(x, x) > 0 else (max(0.0, float(np.mean(y))), 0.0)
+    if not flat:
+        slope, icpt = np.polyfit(x, y, 1)
+        if slope >= 0:
+            return (float(icpt), float(slope)) if icpt >= 0 else through_0
+    if prior_slope is not None:
+        icpt = float(np.mean(y - prior_slope * x))
+        return (icpt, float(prior_slope)) if icpt >= 0 else (0.0, float(np.mean(y) / mean) if mean else 0.0)
+    return (max(0.0, float(np.mean(y))), 0.0) if flat else through_0
 
 
 def fit_terms(rows, y) -> list[float]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from .work import STAGES, TRIAL_TERMS, UNITS, StageWork
+from .work import FAMILIES, STAGES, StageWork
 
-__all__ = ["Node", "StagePlan", "Plan", "make_plan", "makespan", "stage_memory_bytes", "lanes_for",
+__all__ = ["Node", "StagePlan", "Plan", "make_plan", "makespan", "stage_memory_bytes", "lanes_for", "job_seconds",
            "bank_size_problems", "RAY_MEMORY_SHARE", "GB"]
 
 GB = 1e9
@@ -40,7 +40,8 @@ class Node:
 @dataclass
 class StagePlan:
     """One stage's prediction: jobs, lanes (how many run at once), device, seconds (None: not calibrated for
-    that device), peak (bytes of memory, the process tree), disk (bytes it leaves), work (UNITS)."""
+    that device), peak (bytes of memory, the process tree), disk (bytes it leaves), work (multiply-adds; trials:
+    candidate-list lookups; summary: matrix cells), transient (extra bytes on disk while it runs)."""
 
     name: str
     jobs: int
@@ -147,12 +148,18 @@ def lanes_for(stage: StageWork, node: Node, profile: dict, image_size: int, batc
     return max(1, min(slots, n or 1)), "gpu" if gpu else "cpu"
 
 
-def _trial_seconds(stage: StageWork, terms: dict) -> StageWork:
-    """The trials with their work set to predicted compute seconds (coefficients x TRIAL_TERMS counts)."""
+def job_seconds(stage: StageWork, families: dict) -> StageWork:
+    """The stage with the work of its family jobs set to their predicted seconds (coefficients x counts,
+    pclsim.plan.work.FAMILIES); other jobs keep their work."""
     from dataclasses import replace
 
-    jobs = [replace(j, work=sum(terms[t] * v for t, v in zip(TRIAL_TERMS, j.terms))) for j in stage.jobs]
-    return replace(stage, jobs=jobs)
+    def secs(j):
+        if j.family is None:
+            return j
+        c = families[j.family]
+        return replace(j, work=sum(c[t] * v for t, v in zip(FAMILIES[j.family], j.terms)))
+
+    return replace(stage, jobs=[secs(j) for j in stage.jobs])
 
 
 def bank_size_problems(sc: dict, sizes) -> list[str]:
@@ -187,14 +194,16 @@ def make_plan(sc: dict, sizes, calibration, node: Node, runs=None, groups=None) 
     for name in STAGES:
         st = work[name]
         lanes, device = lanes_for(st, node, sizes.profile, sizes.image_size, sizes.batch_size)
-        coef = calibration.time.get(device, {})
-        if name == "trials" and coef:
-            st = _trial_seconds(st, coef["trial_terms"])
+        coef = calibration.time.get("gpu" if node.gpus else "cpu") or (calibration.time.get("cpu")
+                                                                        if device == "cpu" else None)
+        if coef:
+            st = job_seconds(st, coef["families"])
         span = makespan(st.jobs, lanes, node.cpus)
         seconds = coef[name]["intercept_s"] + coef[name]["per_unit_s"] * span if coef else None
         mem = calibration.memory[name]
         peak = mem["intercept_bytes"] + mem["slope"] * stage_memory_bytes(st.jobs, lanes)
-        stages.append(StagePlan(name, len(st.jobs), lanes, device, seconds, peak, st.disk, st.work, st.transient))
+        stages.append(StagePlan(name, len(st.jobs), lanes, device, seconds, peak, st.disk, work[name].work,
+                                st.transient))
     if any(s.seconds is None for s in stages):
         notes.append(f"GPU times are not calibrated (the calibration holds {', '.join(calibration.devices())} "
                      "coefficients only): the GPU stages' times are left out; run benchmarks/bench_plan.py "
@@ -203,7 +212,8 @@ def make_plan(sc: dict, sizes, calibration, node: Node, runs=None, groups=None) 
         notes.append("image counts assumed from dataset.max_train / max_test (every task that large); "
                      "--data-root counts the files")
     plan = Plan(sc["name"], node, stages, len(runs), len(groups), sizes.tasks, sizes.patches, sizes.dim,
-                sizes.counted, {"path": calibration.path, **calibration.node, **calibration.measured}, notes=notes)
+                sizes.counted, {"path": calibration.path, **calibration.node,
+                 **{k: calibration.measured.get(k) for k in ("date", "sizes", "test")}}, notes=notes)
     plan.problems += [f"memory size: {p}" for p in bank_size_problems(sc, sizes)]
     top = max(stages, key=lambda s: s.peak)
     if top.peak > node.memory:
@@ -216,6 +226,3 @@ def make_plan(sc: dict, sizes, calibration, node: Node, runs=None, groups=None) 
                              f"{node.disk_path or 'the cache folder'}, {node.disk / GB:.1f} GB free (--disk)")
     return plan
 
-
-def unit_of(stage: str) -> str:
-    return UNITS[stage]

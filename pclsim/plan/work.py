@@ -10,18 +10,34 @@ A time is work x a coefficient measured on a node (pclsim.plan.calibration); not
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..errors import PclsimError
 
-__all__ = ["STAGES", "UNITS", "TaskSize", "Sizes", "Job", "StageWork", "sizes_from_stream", "sizes_from_caps",
-           "study_runs", "study_work", "greedy_macs", "TRIAL_TERMS", "RESULT_BYTES_PER_CELL"]
+__all__ = ["STAGES", "UNITS", "FAMILIES", "TaskSize", "Sizes", "Job", "StageWork", "sizes_from_stream",
+           "sizes_from_caps", "study_runs", "study_work", "greedy_macs", "greedy_terms", "RESULT_BYTES_PER_CELL",
+           "JOB_LINE", "TRIAL_LINE"]
 
 STAGES = ("extraction", "selections", "re-reductions", "candidate tables", "trials", "summary")
-UNITS = {"extraction": "multiply-adds", "selections": "multiply-adds", "re-reductions": "multiply-adds",
-         "candidate tables": "multiply-adds", "trials": "seconds of trial compute", "summary": "matrix cells"}
-# a trial's compute = coefficients x these terms (fitted per trial, benchmarks/bench_plan.py)
-TRIAL_TERMS = ("trial", "lookups", "reweight_macs", "pixels")
+# what a stage's makespan is measured in: extraction and summary in work, the others in seconds of their jobs
+UNITS = {"extraction": "multiply-adds", "selections": "job seconds", "re-reductions": "job seconds",
+         "candidate tables": "job seconds", "trials": "job seconds", "summary": "matrix cells"}
+# A job of a family takes sum(coefficient x count) seconds over these counts (coefficients fitted to the jobs'
+# measured times, benchmarks/bench_plan.py):
+#   greedy (selections, joint selections, re-reduction chains): the job; the greedy steps (points selected); the
+#          distance multiply-adds (points x steps x distance dimension); the projection's (points x D x d')
+#   table: the job; the distance multiply-adds (query patches x candidates x D); the list entries written (x K)
+#   trial: the trial; candidate-list lookups; bank multiply-adds (test images x bank x D of every bank a task is
+#          scored against: the reweighting's neighbour search and the exact search of patches none of whose K
+#          candidates the bank holds both scale so, at rates the data decide); anomaly-map pixels
+FAMILIES = {"greedy": ("job", "steps", "distance_macs", "projection_macs"),
+            "table": ("job", "distance_macs", "lists"),
+            "trial": ("trial", "lookups", "bank_macs", "pixels")}
+# what a sweep prints under --debug for each bank-stage job (pclsim.runner.actors) and each trial
+# (pclsim.runner.trials): the measured times the job coefficients are fitted to
+JOB_LINE = re.compile(r"job\[(.+?)\] ([\d.]+) s")
+TRIAL_LINE = re.compile(r"trial (\S+): \d+ runs, compute ([\d.]+) s, write ([\d.]+) s")
 RESULT_BYTES_PER_CELL = 64  # Parquet bytes of one matrix cell (all tables of a results folder, compressed)
 _NN_MEMO_BYTES = 12  # a trial keeps, per (bank, task) it scored, each test patch's distance (f32) and position (i64)
 
@@ -116,15 +132,17 @@ def sizes_from_caps(sc: dict, profile: dict) -> Sizes:
 
 @dataclass(frozen=True)
 class Job:
-    """One job of a stage: work (the stage's unit), memory (bytes while it runs), lane ("slot": one CPU or GPU
-    share, "manager": the bank manager's one serial lane, "driver": the sweep's own process), terms (a trial's
-    TRIAL_TERMS counts), name."""
+    """One job of a stage: work (multiply-adds, or the stage's unit), memory (bytes while it runs), lane ("slot":
+    one CPU or GPU share, "manager": the bank manager's one serial lane, "driver": the sweep's own process),
+    family and terms (its FAMILIES counts: its time is coefficients x terms), name (`engine.job_name`, a trial's
+    group)."""
 
     work: float
     memory: float
     lane: str = "slot"
     terms: tuple = ()
     name: str = ""
+    family: str | None = None
 
 
 @dataclass
@@ -166,14 +184,28 @@ def _projection(coreset: dict, n: int, dim: int) -> tuple[int, int]:
     return min(int(d), dim), int(d)
 
 
-def greedy_macs(n: int, k: int, coreset: dict, dim: int) -> float:
-    """Multiply-adds of greedy k-center selecting k of n points: one distance pass over the n projected points
-    a step (n x k x d, d the dimension distances are measured in) plus their projection (n x D x d')."""
+def greedy_terms(n: int, k: int, coreset: dict, dim: int) -> tuple[float, float, float]:
+    """(steps, distance multiply-adds, projection multiply-adds) of greedy k-center selecting k of n points: one
+    distance pass over the n projected points a step (n x k x d, d the dimension distances are measured in) and
+    the projection of the points (n x D x d')."""
     n, k = int(n), min(int(k), int(n))
     if n <= 0 or k <= 0:
-        return 0.0
+        return 0.0, 0.0, 0.0
     d, proj = _projection(coreset, n, dim)
-    return float(n) * k * d + float(n) * dim * proj
+    return float(k), float(n) * k * d, float(n) * dim * proj
+
+
+def greedy_macs(n: int, k: int, coreset: dict, dim: int) -> float:
+    """Multiply-adds of greedy k-center selecting k of n points (`greedy_terms`' distances and projection)."""
+    _, dist, proj = greedy_terms(n, k, coreset, dim)
+    return dist + proj
+
+
+def _greedy_job(runs, memory: float, name: str, lane: str = "slot") -> Job:
+    """A job of greedy k-center runs [(n, k, coreset, dim), ...] (a chain of re-reductions: several)."""
+    t = [greedy_terms(*r) for r in runs]
+    steps, dist, proj = (sum(x[i] for x in t) for i in range(3))
+    return Job(dist + proj, memory, lane, (1.0, steps, dist, proj), name, "greedy")
 
 
 def _selection_memory(n: int, dim: int, coreset: dict) -> float:
@@ -201,40 +233,41 @@ def _extraction(sc: dict, sz: Sizes) -> StageWork:
     return StageWork("extraction", jobs, float(sum(volumes)), float(max(volumes, default=0)), gpu=True)
 
 
-def _rereduce_macs(refs, sz: Sizes, coreset: dict) -> tuple[float, float, float]:
-    """(multiply-adds, largest re-reduction's memory, bank-cache bytes) of one task's re-reduction chains:
-    every (arrival, step) of a `rereduced` bank after its arrival re-runs greedy k-center on the stored bank."""
+def _rereductions(refs, sz: Sizes, coreset: dict) -> tuple[list, float, float]:
+    """(greedy runs, largest re-reduction's memory, bank-cache bytes) of one task's re-reduction chains: every
+    (arrival, step) of a `rereduced` bank after its arrival re-runs greedy k-center on the stored bank."""
     from ..study.strategies import per_task_size
 
-    links, out, mem, cache = set(), 0.0, 0.0, 0.0
+    links, runs, mem, cache = set(), [], 0.0, 0.0
     for r in refs:
         if r.kind == "rereduced":
             links |= {(r.tasks[0], r.arrival, s, r.budget) for s in range(r.arrival + 1, r.step + 1)}
         cache += r.size * 8
-    for task, _, s, m in links:
+    for task, _, s, m in sorted(links):
         prev = min(per_task_size(m, s), sz.bank_patches(task))
-        out += greedy_macs(prev, per_task_size(m, s + 1), coreset, sz.dim)
+        runs.append((prev, per_task_size(m, s + 1), coreset, sz.dim))
         mem = max(mem, _selection_memory(prev, sz.dim, coreset))
-    return out, mem, cache
+    return runs, mem, cache
 
 
 def _bank_jobs(sp, sz: Sizes, coreset: dict) -> tuple[list, float]:
     from ..runner.memory import WORKER_BASE_BYTES
+    from ..study.engine import job_name
 
     jobs, cache = [], 0.0
     for refs in sp.bank_jobs:
         kind, tasks = refs[0].kind, refs[0].tasks
+        name = job_name(sp.seed, "banks", refs)
         if kind == "joint":  # composable: greedy k-center over the union of the members' selection prefixes
             n = sp.needs.sizes[("joint", tasks, 0)]
             pool = sum(min(n, sp.needs.sizes.get(("select", t, 0), 0), sz.bank_patches(t)) for t in tasks)
-            jobs.append(Job(greedy_macs(pool, n, coreset, sz.dim), _selection_memory(pool, sz.dim, coreset),
-                            name=f"joint {len(tasks)} tasks"))
+            jobs.append(_greedy_job([(pool, n, coreset, sz.dim)], _selection_memory(pool, sz.dim, coreset), name))
         elif kind == "pool":  # the pooled selection was a selection job: a prefix here
-            jobs.append(Job(0.0, WORKER_BASE_BYTES, name=f"pool {len(tasks)} tasks"))
+            jobs.append(_greedy_job([], WORKER_BASE_BYTES, name))
         else:
-            work, mem, c = _rereduce_macs(refs, sz, coreset)
+            runs, mem, c = _rereductions(refs, sz, coreset)
             cache += c
-            jobs.append(Job(work, mem or WORKER_BASE_BYTES, lane="manager", name=f"re-reductions {tasks[0]}"))
+            jobs.append(_greedy_job(runs, mem or WORKER_BASE_BYTES, name, lane="manager"))
     return jobs, cache
 
 
@@ -250,7 +283,7 @@ def study_work(sc: dict, sz: Sizes, runs=None, groups=None) -> dict:
     """{stage: StageWork} of a resolved scenario at the sizes `sz` (runs, groups: `study_runs(sc)` by default)."""
     from ..core.candidates import DEFAULT_K
     from ..runner.memory import WORKER_BASE_BYTES, table_memory_bytes
-    from ..study.engine import plan_study
+    from ..study.engine import job_name, plan_study
     from ..study.banks import selection_source
 
     if runs is None:
@@ -267,11 +300,11 @@ def study_work(sc: dict, sz: Sizes, runs=None, groups=None) -> dict:
         for key in sp.selections:
             n = sz.source_patches(selection_source(key))
             k = min(sp.needs.sizes[key], n)
-            if key[0] == "random":  # a seeded permutation
-                sel.jobs.append(Job(float(n), WORKER_BASE_BYTES + n * 8.0, name=f"random {key[1]}"))
+            name = job_name(sp.seed, "selection", key)
+            if key[0] == "random":  # a seeded permutation: the job alone
+                sel.jobs.append(_greedy_job([], WORKER_BASE_BYTES + n * 8.0, name))
             else:
-                sel.jobs.append(Job(greedy_macs(n, k, coreset, D), _selection_memory(n, D, coreset),
-                                    name=f"{key[0]} {key[1]}"))
+                sel.jobs.append(_greedy_job([(n, k, coreset, D)], _selection_memory(n, D, coreset), name))
         jobs, cache = _bank_jobs(sp, sz, coreset)
         banks.jobs += jobs
         banks.disk += cache
@@ -279,8 +312,10 @@ def study_work(sc: dict, sz: Sizes, runs=None, groups=None) -> dict:
             c = _candidates(sp, sz, src)
             k = min(DEFAULT_K, c)
             k_of[(sp.seed, src)] = k
-            tables.jobs.append(Job(float(query) * c * D, table_memory_bytes(c, D, test, DEFAULT_K, 64 * P, True),
-                                   name=f"table {src[1]}"))
+            macs = float(query) * c * D
+            tables.jobs.append(Job(macs, table_memory_bytes(c, D, test, DEFAULT_K, 64 * P, True),
+                                   terms=(1.0, macs, float(query) * k), name=job_name(sp.seed, "table", src),
+                                   family="table"))
             tables.disk += query * k * 8.0 + c * 8.0
     stages.update({"selections": sel, "re-reductions": banks, "candidate tables": tables})
     stages["trials"] = _trials(sc, sz, groups, k_of)
@@ -300,10 +335,10 @@ def _cells(sc: dict, sz: Sizes, run) -> int:
 
 
 def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict) -> StageWork:
-    """One job per Tune trial; terms (TRIAL_TERMS) count what its memoized evaluator computes: the
-    (bank, task) pairs it looks up in the candidate tables (test patches x K a bank part), the reweighting's
-    neighbour search of each bank images are scored with (images x bank x D), the pixels of each distinct
-    state's anomaly maps (tasks with masks)."""
+    """One job per Tune trial; terms (FAMILIES["trial"]) count what its memoized evaluator computes: the
+    (bank, task) pairs it looks up in the candidate tables (test patches x K a bank part), the same pairs' test
+    images x bank size x D (reweighting and exact fallback searches), the pixels of each distinct state's anomaly
+    maps (tasks with masks)."""
     from ..core.reweighting import get_reweighting
     from ..runner.memory import WORKER_BASE_BYTES
     from ..study.banks import bank_sources
@@ -331,13 +366,13 @@ def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict) -> StageWork:
                     chosen.add(((own or sb)[0], task))
         lookups = sum(sz.tasks[t].test * P * sum(k_of.get((seed, src), 1) for src in bank_sources(b))
                       for b, seed, t in pairs)
-        rw = sum(min(sz.tasks[t].test, b.size) * float(b.size) * D for b, t in chosen) if reweight else 0.0
+        bank = sum(sz.tasks[t].test * float(b.size) * D for b, _, t in pairs)
         pix = sum(sz.tasks[t].test * S * S for t, _, _ in states if pixel and sz.tasks[t].masks)
         memo = sum(sz.tasks[t].test * P * _NN_MEMO_BYTES for _, _, t in pairs)
         vectors = sum(b.size * D * 4 for b in {b for b, _ in chosen}) if reweight else 0
         maps = max((t.test * S * S * 4 * 3 for t in sz.tasks.values() if t.masks and pixel), default=0)
-        stage.jobs.append(Job(0.0, WORKER_BASE_BYTES + memo + vectors + maps, terms=(1.0, float(lookups), rw,
-                                                                                  float(pix)), name=name))
+        stage.jobs.append(Job(float(lookups), WORKER_BASE_BYTES + memo + vectors + maps,
+                              terms=(1.0, float(lookups), bank, float(pix)), name=name, family="trial"))
         stage.disk += sum(_cells(sc, sz, r) for r in runs) * RESULT_BYTES_PER_CELL
     return stage
 

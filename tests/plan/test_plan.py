@@ -9,7 +9,7 @@ from pclsim.errors import PclsimError
 from pclsim.plan.calibration import Calibration, fit_line, fit_terms, load_calibration
 from pclsim.plan.command import plan_scenario, this_node
 from pclsim.plan.predict import GB, Node, make_plan
-from pclsim.plan.work import STAGES, TRIAL_TERMS, Sizes, TaskSize
+from pclsim.plan.work import FAMILIES, STAGES, Sizes, TaskSize
 from pclsim.study.scenario import resolve
 from pclsim_cli import cli
 
@@ -19,8 +19,9 @@ TASKS = ["Brain_AD", "Chest_AD"]
 
 def calibration(seconds_per_unit=1e-9, intercept=5.0, memory_slope=1.0, devices=("cpu",)) -> Calibration:
     stage = {st: {"intercept_s": intercept, "per_unit_s": seconds_per_unit} for st in STAGES}
-    stage["trials"] = {"intercept_s": intercept, "per_unit_s": 1.0}
-    stage["trial_terms"] = {t: 1e-6 for t in TRIAL_TERMS}
+    for st in ("selections", "re-reductions", "candidate tables", "trials"):  # makespans in job seconds
+        stage[st] = {"intercept_s": intercept, "per_unit_s": 1.0}
+    stage["families"] = {f: {t: seconds_per_unit * 1e3 for t in terms} for f, terms in FAMILIES.items()}
     return Calibration({d: json.loads(json.dumps(stage)) for d in devices},
                        {st: {"intercept_bytes": 1e9, "slope": memory_slope} for st in STAGES},
                        {"cpus": 2, "gpus": 0}, {"date": "2026-01-01", "sizes": [4, 8]})
@@ -54,7 +55,7 @@ def test_calibration_round_trip(tmp_path):
 def test_environment_names_the_calibration_file(tmp_path, monkeypatch):
     path = calibration(7e-10).save(tmp_path / "env.json")
     monkeypatch.setenv("PCLSIM_PLAN_CALIBRATION", str(path))
-    assert load_calibration().time["cpu"]["selections"]["per_unit_s"] == 7e-10
+    assert load_calibration().time["cpu"]["extraction"]["per_unit_s"] == 7e-10
 
 
 @pytest.mark.parametrize("body,needle", [
@@ -64,7 +65,8 @@ def test_environment_names_the_calibration_file(tmp_path, monkeypatch):
     ("drop:time.cpu.trials", "time.cpu.trials: missing"),
     ("drop:memory.summary", "memory.summary: missing"),
     ("bad:time.cpu.selections.per_unit_s", "time.cpu.selections.per_unit_s: expected a non-negative number"),
-    ("drop:time.cpu.trial_terms", "time.cpu.trial_terms: missing"),
+    ("drop:time.cpu.families.trial", "time.cpu.families.trial: missing"),
+    ("bad:time.cpu.families.greedy.steps", "time.cpu.families.greedy.steps: expected a non-negative number"),
 ])
 def test_a_missing_or_invalid_calibration_is_one_clear_error(tmp_path, body, needle):
     path = tmp_path / "cal.json"
@@ -91,10 +93,12 @@ def test_a_missing_or_invalid_calibration_is_one_clear_error(tmp_path, body, nee
 # -------------------------------------------------------------------------------------- fits
 def test_fit_line_recovers_a_line_and_falls_back_where_x_does_not_vary():
     assert fit_line([1, 2, 3, 4], [12, 14, 16, 18]) == pytest.approx((10, 2))
-    assert fit_line([1, 2, 3], [3, 2, 1]) == pytest.approx((2, 0))  # no negative slope
+    assert fit_line([1, 2, 3], [3, 2, 1]) == pytest.approx((0, 10 / 14))  # no negative slope: y proportional to x
+    assert fit_line([1, 2, 3], [3, 2, 1], prior_slope=0.5) == pytest.approx((1, 0.5))
     assert fit_line([10, 20, 30], [10, 30, 50]) == pytest.approx((0, 2200 / 1400))  # no negative intercept
     assert fit_line([5, 5, 5], [7, 8, 9]) == pytest.approx((8, 0))
     assert fit_line([5, 5, 5], [7, 8, 9], prior_slope=1.0) == pytest.approx((3, 1))
+    assert fit_line([5, 5, 5], [2, 3, 4], prior_slope=1.0) == pytest.approx((0, 3 / 5))  # no negative intercept
 
 
 def test_fit_terms_recovers_nonnegative_coefficients_of_very_different_scales():

@@ -98,6 +98,7 @@ def test_trials_are_the_groups_and_finetune_looks_up_every_step_and_task():
     ft = trials["finetune-M60-s0-g0"].terms
     # finetune after step s holds the bank of task s: 3 banks x 3 eval tasks, K = 60 candidates
     assert ft[1] == 9 * 12 * 16 * 60
+    assert ft[2] == 9 * 12 * 60 * 8  # test images x bank x D of every pair
     # states: (eval task, bank) per step; the pixels of A's states: 3 steps x 12 images x 32^2
     assert ft[3] == 3 * 12 * 32 * 32
 
@@ -139,3 +140,33 @@ def test_stage_memory_counts_the_jobs_that_run_at_once():
     jobs = [Job(1, m) for m in (5.0, 1.0, 3.0)] + [Job(1, 7.0, lane="manager"), Job(1, 2.0, lane="manager")]
     assert stage_memory_bytes(jobs, 2) == 5 + 3 + 7
     assert stage_memory_bytes(jobs, 1) == 5 + 7
+
+
+def test_job_names_are_the_sweeps_and_its_timing_lines_parse(capsys):
+    """The bank-stage jobs carry engine.job_name, the name the sweep's workers print their time under
+    (runner.actors._timed, under --debug), which is what bench_plan fits the job coefficients to."""
+    from pclsim.plan.work import JOB_LINE
+    from pclsim.runner.actors import _timed
+    from pclsim.study.engine import job_name, plan_study
+
+    sc = scenario(["patchcore_cl", "joint"], [40], [("A", "B", "C")])
+    work, runs = work_of(sc, sizes())
+    sp = plan_study(runs, CORESET).seeds[0]
+    assert [j.name for j in work["selections"].jobs] == [job_name(0, "selection", k) for k in sp.selections]
+    assert [j.name for j in work["re-reductions"].jobs] == [job_name(0, "banks", r) for r in sp.bank_jobs]
+    assert [j.name for j in work["candidate tables"].jobs] == [job_name(0, "table", s) for s in sp.sources]
+    assert "s0 banks joint A+B" in {j.name for j in work["re-reductions"].jobs}
+    assert _timed("s0 table task A", lambda x: x + 1, 1) == 2
+    m = JOB_LINE.search(capsys.readouterr().err)
+    assert m.group(1) == "s0 table task A" and float(m.group(2)) >= 0
+
+
+def test_greedy_jobs_count_steps_and_a_chain_sums_its_links():
+    sc = scenario(["patchcore_cl"], [60], [("A", "B", "C")])
+    work, _ = work_of(sc, sizes(train=20))
+    chains = {j.name: j for j in work["re-reductions"].jobs}
+    first = chains["s0 banks task A"]  # arrived first: re-reduced at steps 1 and 2 (60 -> 30 -> 20)
+    assert first.family == "greedy" and first.terms[0] == 1 and first.terms[1] == 30 + 20
+    assert chains["s0 banks task C"].terms[1] == 0  # arrived last: never re-reduced
+    sel = work["selections"].jobs[0]
+    assert sel.terms == (1.0, 60.0, 320 * 60 * min(jl_dim(320), 8), 320 * 8 * jl_dim(320))
