@@ -64,7 +64,7 @@ def plan_text(plan) -> str:
     for note in plan.notes:
         lines.append(f"note: {note}")
     if plan.fits:
-        lines.append("fits on this node")
+        lines.append("fits: nothing above exceeds the node")
     for p in plan.problems:
         lines.append(f"will not fit: {p}")
     return "\n".join(lines)

@@ -187,12 +187,12 @@ def _projection(coreset: dict, n: int, dim: int) -> tuple[int, int]:
 def greedy_terms(n: int, k: int, coreset: dict, dim: int) -> tuple[float, float, float]:
     """(steps, distance multiply-adds, projection multiply-adds) of greedy k-center selecting k of n points: one
     distance pass over the n projected points a step (n x k x d, d the dimension distances are measured in) and
-    the projection of the points (n x D x d')."""
+    the projection of the points (n x D x d, where there is one)."""
     n, k = int(n), min(int(k), int(n))
     if n <= 0 or k <= 0:
         return 0.0, 0.0, 0.0
     d, proj = _projection(coreset, n, dim)
-    return float(k), float(n) * k * d, float(n) * dim * proj
+    return float(k), float(n) * k * d, float(n) * dim * d if proj else 0.0
 
 
 def greedy_macs(n: int, k: int, coreset: dict, dim: int) -> float:

@@ -40,13 +40,13 @@ def d_eff(n, dim):
 
 def brute_greedy(n, k, dim):
     k = min(k, n)
-    return n * k * d_eff(n, dim) + n * dim * jl_dim(n)
+    return n * k * d_eff(n, dim) + n * dim * d_eff(n, dim)
 
 
 def test_greedy_macs_is_one_pass_over_the_projected_points_a_step():
     assert greedy_macs(1000, 10, CORESET, 1536) == 1000 * 10 * jl_dim(1000) + 1000 * 1536 * jl_dim(1000)
-    # a JL dimension above D runs in the D-dimensional isometric image
-    assert greedy_macs(1000, 10, CORESET, 8) == 1000 * 10 * 8 + 1000 * 8 * jl_dim(1000)
+    # a JL dimension above D runs in the D-dimensional isometric image (projected by a D x D matrix)
+    assert greedy_macs(1000, 10, CORESET, 8) == 1000 * 10 * 8 + 1000 * 8 * 8
     assert greedy_macs(1000, 10, dict(CORESET, projection="none"), 8) == 1000 * 10 * 8
     assert greedy_macs(50, 80, CORESET, 8) == greedy_macs(50, 50, CORESET, 8)  # at most every point
     assert greedy_macs(0, 5, CORESET, 8) == 0
@@ -169,4 +169,4 @@ def test_greedy_jobs_count_steps_and_a_chain_sums_its_links():
     assert first.family == "greedy" and first.terms[0] == 1 and first.terms[1] == 30 + 20
     assert chains["s0 banks task C"].terms[1] == 0  # arrived last: never re-reduced
     sel = work["selections"].jobs[0]
-    assert sel.terms == (1.0, 60.0, 320 * 60 * min(jl_dim(320), 8), 320 * 8 * jl_dim(320))
+    assert sel.terms == (1.0, 60.0, 320 * 60 * 8, 320 * 8 * 8)  # jl_dim(320) > D = 8
