@@ -2,7 +2,8 @@
 
 A stage's jobs run in parallel up to its lanes: extraction on one extractor per GPU (else per CPU) as many as
 the node's memory holds (`extractor_pool_size`); selection, joint and table jobs on one CPU each (a quarter
-GPU each where there are GPUs: up to 4 a GPU), as many as Ray's share of the memory holds; the bank manager's
+GPU each where there are GPUs: up to 4 a GPU), as many as their Ray memory requests fit in Ray's share of the
+memory (RAY_MEMORY_SHARE); the bank manager's
 re-reductions one after another beside them; trials one per CPU; the summary in the sweep's own process.
 Jobs are handed out in the sweep's order to the first free lane (list scheduling), so a stage's makespan
 is that schedule's length, at least its total work over the CPUs. Time = intercept + per-unit coefficient x
@@ -141,9 +142,11 @@ def lanes_for(stage: StageWork, node: Node, profile: dict, image_size: int, batc
     if stage.name == "summary":
         return 1, "cpu"
     slots = min(node.cpus, _JOBS_PER_GPU * node.gpus) if gpu else node.cpus
-    biggest = max((j.memory for j in stage.jobs if j.lane == "slot"), default=0.0)
-    if biggest > 0:
-        slots = min(slots, max(1, int(ray_memory // biggest)))
+    # Ray starts as many as their memory requests fit in (a request above the node's is capped at it); Tune's
+    # trials ask for a CPU only
+    biggest = max((j.request or j.memory for j in stage.jobs if j.lane == "slot"), default=0.0)
+    if biggest > 0 and stage.name != "trials":
+        slots = min(slots, max(1, int(ray_memory // min(biggest, ray_memory))))
     n = sum(1 for j in stage.jobs if j.lane == "slot")
     return max(1, min(slots, n or 1)), "gpu" if gpu else "cpu"
 

@@ -39,13 +39,20 @@ def _counts(plan) -> str:
 def plan_text(plan) -> str:
     n = plan.node
     gpus = f"{n.gpus} GPU{'s' if n.gpus != 1 else ''}" if n.gpus else "no GPU"
+    from pathlib import Path
+
+    from .calibration import BUNDLED
+
     cal = plan.calibration
     where = f"{cal.get('cpus', '?')} CPUs" + (f", {cal['gpus']} GPUs" if cal.get("gpus") else "")
+    path = cal.get("path")
+    if path and Path(path).resolve() == BUNDLED.resolve():
+        path = "the bundled pclsim/plan/calibration.json"
     lines = [f"plan: {plan.scenario} on {n.cpus} CPUs, {gpus}, {gigabytes(n.memory)} memory, "
              f"{gigabytes(n.disk)} free disk" + (f" in {n.disk_path}" if n.disk_path else ""),
              f"  {len(plan.tasks)} tasks, {_counts(plan)}{'' if plan.counted else ' (assumed)'}; "
              f"{plan.patches:,} patches an image, D = {plan.dim:,}; {plan.runs:,} runs in {plan.trials:,} trials",
-             f"  coefficients: {cal.get('path')} (measured on {where}"
+             f"  coefficients: {path} (measured on {where}"
              + (f", {cal['date']}" if cal.get("date") else "") + ")", ""]
     rows = [("stage", "jobs", "at once", "time", "peak memory", "disk")]
     for s in plan.stages:

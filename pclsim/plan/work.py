@@ -135,7 +135,7 @@ class Job:
     """One job of a stage: work (multiply-adds, or the stage's unit), memory (bytes while it runs), lane ("slot":
     one CPU or GPU share, "manager": the bank manager's one serial lane, "driver": the sweep's own process),
     family and terms (its FAMILIES counts: its time is coefficients x terms), name (`engine.job_name`, a trial's
-    group)."""
+    group), request (the Ray memory request that decides how many run at once, where it differs from memory)."""
 
     work: float
     memory: float
@@ -143,6 +143,7 @@ class Job:
     terms: tuple = ()
     name: str = ""
     family: str | None = None
+    request: float | None = None
 
 
 @dataclass
@@ -201,11 +202,11 @@ def greedy_macs(n: int, k: int, coreset: dict, dim: int) -> float:
     return dist + proj
 
 
-def _greedy_job(runs, memory: float, name: str, lane: str = "slot") -> Job:
+def _greedy_job(runs, memory: float, name: str, lane: str = "slot", request: float | None = None) -> Job:
     """A job of greedy k-center runs [(n, k, coreset, dim), ...] (a chain of re-reductions: several)."""
     t = [greedy_terms(*r) for r in runs]
     steps, dist, proj = (sum(x[i] for x in t) for i in range(3))
-    return Job(dist + proj, memory, lane, (1.0, steps, dist, proj), name, "greedy")
+    return Job(dist + proj, memory, lane, (1.0, steps, dist, proj), name, "greedy", request)
 
 
 def _selection_memory(n: int, dim: int, coreset: dict) -> float:
@@ -261,7 +262,10 @@ def _bank_jobs(sp, sz: Sizes, coreset: dict) -> tuple[list, float]:
         if kind == "joint":  # composable: greedy k-center over the union of the members' selection prefixes
             n = sp.needs.sizes[("joint", tasks, 0)]
             pool = sum(min(n, sp.needs.sizes.get(("select", t, 0), 0), sz.bank_patches(t)) for t in tasks)
-            jobs.append(_greedy_job([(pool, n, coreset, sz.dim)], _selection_memory(pool, sz.dim, coreset), name))
+            # the sweep asks Ray for a selection over all the members' patches (JobMemory.banks)
+            ask = _selection_memory(sum(sz.bank_patches(t) for t in tasks), sz.dim, coreset)
+            jobs.append(_greedy_job([(pool, n, coreset, sz.dim)], _selection_memory(pool, sz.dim, coreset), name,
+                                    request=ask))
         elif kind == "pool":  # the pooled selection was a selection job: a prefix here
             jobs.append(_greedy_job([], WORKER_BASE_BYTES, name))
         else:

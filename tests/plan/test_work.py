@@ -170,3 +170,17 @@ def test_greedy_jobs_count_steps_and_a_chain_sums_its_links():
     assert chains["s0 banks task C"].terms[1] == 0  # arrived last: never re-reduced
     sel = work["selections"].jobs[0]
     assert sel.terms == (1.0, 60.0, 320 * 60 * 8, 320 * 8 * 8)  # jl_dim(320) > D = 8
+
+
+def test_lanes_follow_the_ray_requests_and_trials_ask_for_a_cpu_only():
+    from pclsim.plan.predict import Node, lanes_for
+    from pclsim.plan.work import StageWork
+
+    node = Node(cpus=8, gpus=0, memory=10e9, disk=1e12)  # Ray's share: 7 GB
+    jobs = [Job(1, 1e9, request=3e9), Job(1, 1e9, request=3e9), Job(1, 1e9, request=3e9)]
+    assert lanes_for(StageWork("re-reductions", jobs), node, PROFILE, 32, 4)[0] == 2  # 7 GB // 3 GB
+    assert lanes_for(StageWork("trials", jobs), node, PROFILE, 32, 4)[0] == 3  # one a job, no memory request
+    huge = [Job(1, 1e9, request=50e9)] * 4  # above the node: Ray caps the request, one at a time
+    assert lanes_for(StageWork("selections", huge), node, PROFILE, 32, 4)[0] == 1
+    assert lanes_for(StageWork("selections", jobs, gpu=True), Node(8, 1, 100e9, 1e12), PROFILE, 32, 4) == (3, "gpu")
+    assert lanes_for(StageWork("trials", jobs), Node(8, 1, 100e9, 1e12), PROFILE, 32, 4) == (3, "cpu")
