@@ -12,7 +12,8 @@ sampler reads the PSS of the sweep's whole process tree (Ray included) every 0.5
   --check          predict every stage with a calibration file and compare with the measured sweep: time and
                    peak memory within 35 % for every stage that takes more than 10 s
   --fit-from F     calibrate from the sweeps a saved run measured (its plan_sweep lines), without sweeping
-  --readme-from F  README's plan block: the check's table and the paper-size prediction
+  --paper          only the paper-size prediction (`pclsim plan scenarios/paper_table1.yaml` with the calibration)
+  --readme-from F  README's plan block: the check's table (if the file has one) and the paper-size prediction
 
     python benchmarks/bench_plan.py --calibrate --sizes 4 8 12 --test 8 16 24
     PCLSIM_BENCH_OUT=benchmarks/plan_result.jsonl python benchmarks/bench_plan.py --check --sizes 20 40 60 --test 40
@@ -252,31 +253,42 @@ def paper_prediction(cal_path: str) -> dict:
 
 
 def readme_text(lines: list[dict]) -> str:
-    rows = [x for x in lines if x["benchmark"] == "plan_check_row"]
+    """README's plan block from saved lines: the last check's table (where there is one) and the last paper-size
+    prediction."""
     summary = next((x for x in reversed(lines) if x["benchmark"] == "plan_check"), None)
     paper = next((x for x in reversed(lines) if x["benchmark"] == "plan_paper"), None)
-    if summary is None or paper is None:
-        raise SystemExit("error: the file holds no plan_check and plan_paper lines (run --check with PCLSIM_BENCH_OUT)")
-    rows = [r for r in rows if r["train"] in summary["sizes"]][-len(summary["sizes"]) * 6:]
-    out = [f"Measured by `benchmarks/bench_plan.py --check --sizes {' '.join(map(str, summary['sizes']))} --test "
-           f"{summary['test']}` on {summary['cpus']} cores (load {summary['load_before']} before) with the "
-           f"calibration of {summary['calibration_date']} (sizes {summary['calibration_sizes']}): the reduced paper "
-           "scenario (six synthetic BMAD-layout tasks, WRN50-2 random weights, 224 px, the four strategies, M = "
-           "10,000 and 30,000 capped at a task's patches), each stage predicted by `pclsim plan` and measured (peak: "
-           "PSS of the whole process tree). A stage is checked when it takes more than 10 s; it passes when time "
-           "and peak memory are both within 35 %.", "",
-           "| train images a task | stage | measured | predicted | ratio | peak measured | predicted | ratio | check |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ok = "pass" if r["ok"] else "FAIL" if r["checked"] else "(< 10 s)"
-        pred = "n/c" if r["predicted_s"] is None else f"{r['predicted_s']:.0f} s"
-        rt = "" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}"
-        out.append(f"| {r['train']} | {r['stage']} | {r['measured_s']:.0f} s | {pred} | {rt} | "
-                   f"{r['measured_peak_gb']:.2f} GB | {r['predicted_peak_gb']:.2f} GB | {r['memory_ratio']:.2f} | {ok} |")
-    out += ["", f"{summary['passed']} of {summary['checked']} checked stages within 35 % "
-            f"({'all pass' if summary['ok'] else 'NOT all'}). The paper's size on this node "
-            f"(`pclsim plan scenarios/paper_table1.yaml`: 2,000 + 2,000 images a task, M = 10,000 and 30,000, exit "
-            f"code {paper['exit_code']}):", "", "```", paper["text"], "```"]
+    if paper is None:
+        raise SystemExit("error: the file holds no plan_paper line (run --check or --paper with PCLSIM_BENCH_OUT)")
+    out = []
+    if summary is None:
+        out += ["The check has not been run with these coefficients yet: `PCLSIM_BENCH_OUT=benchmarks/plan_result.jsonl "
+                "python benchmarks/bench_plan.py --check --sizes 20 40 60 --test 40`, then `--readme-from` writes "
+                "its table here.", ""]
+    else:
+        rows = [x for x in lines if x["benchmark"] == "plan_check_row" and x["train"] in summary["sizes"]]
+        rows = rows[-len(summary["sizes"]) * 6:]
+        out += [f"Measured by `benchmarks/bench_plan.py --check --sizes {' '.join(map(str, summary['sizes']))} --test "
+                f"{summary['test']}` on {summary['cpus']} cores (load {summary['load_before']} before) with the "
+                f"calibration of {summary['calibration_date']} (train images {summary['calibration_sizes']}): the "
+                "reduced paper scenario (six synthetic BMAD-layout tasks, WRN50-2 random weights, 224 px, the four "
+                "strategies, M = 10,000 and 30,000 capped at a task's patches), each stage predicted by `pclsim plan` "
+                "and measured (peak: PSS of the whole process tree). A stage is checked when it takes more than 10 s; "
+                "it passes when its time and its peak memory are both within 35 %.", "",
+                "| train images a task | stage | measured | predicted | ratio | peak measured | predicted | ratio | check |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            ok = "pass" if r["ok"] else "FAIL" if r["checked"] else "(< 10 s)"
+            pred = "n/c" if r["predicted_s"] is None else f"{r['predicted_s']:.0f} s"
+            rt = "" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}"
+            out.append(f"| {r['train']} | {r['stage']} | {r['measured_s']:.0f} s | {pred} | {rt} | "
+                       f"{r['measured_peak_gb']:.2f} GB | {r['predicted_peak_gb']:.2f} GB | {r['memory_ratio']:.2f} | "
+                       f"{ok} |")
+        out += ["", f"{summary['passed']} of {summary['checked']} checked stages within 35 % "
+                f"({'all pass' if summary['ok'] else 'NOT all'}).", ""]
+    cal = paper["plan"]["calibration"]
+    out += [f"The paper's size (`pclsim plan scenarios/paper_table1.yaml`: 2,000 + 2,000 images a task, M = 10,000 "
+            f"and 30,000) on this node with the calibration of {cal.get('date')} (train images {cal.get('sizes')}, "
+            f"test {cal.get('test')}), exit code {paper['exit_code']}:", "", "```", paper["text"], "```"]
     return "\n".join(out)
 
 
@@ -287,6 +299,7 @@ def main():
     what.add_argument("--check", action="store_true")
     what.add_argument("--fit-from", metavar="JSONL")
     what.add_argument("--readme-from", metavar="JSONL")
+    what.add_argument("--paper", action="store_true", help="only the paper-size prediction with the calibration")
     ap.add_argument("--sizes", type=int, nargs="+", default=None,
                     help="train images a task (default: 4 8 12 to calibrate, 20 40 60 to check)")
     ap.add_argument("--test", type=int, nargs="+", default=None,
@@ -303,6 +316,10 @@ def main():
     cal_path = a.calibration or str(BUNDLED)
     if a.readme_from:
         replace_readme_block(ROOT / "README.md", "plan", readme_text(json_lines(a.readme_from)))
+        return
+    if a.paper:
+        load_calibration(cal_path)  # a bad file: its error here, not pclsim plan's
+        emit("plan_paper", paper_prediction(cal_path))
         return
     if a.fit_from:
         lines = [x for x in json_lines(a.fit_from) if x["benchmark"] == "plan_sweep"]
