@@ -28,12 +28,12 @@ UNITS = {"extraction": "multiply-adds", "selections": "job seconds", "re-reducti
 #   greedy (selections, joint selections, re-reduction chains): the job; the greedy steps (points selected); the
 #          distance multiply-adds (points x steps x distance dimension); the projection's (points x D x d')
 #   table: the job; the distance multiply-adds (query patches x candidates x D); the list entries written (x K)
-#   trial: the trial; candidate-list lookups; bank multiply-adds (test images x bank x D of every bank a task is
-#          scored against: the reweighting's neighbour search and the exact search of patches none of whose K
-#          candidates the bank holds both scale so, at rates the data decide); anomaly-map pixels
+#   trial: the trial; its states (metrics computed, each a routing and the image metrics); candidate-list lookups;
+#          the reweighting's neighbour-search multiply-adds (test images x bank x D of the bank a task's images are
+#          scored with); anomaly-map pixels
 FAMILIES = {"greedy": ("job", "steps", "distance_macs", "projection_macs"),
             "table": ("job", "distance_macs", "lists"),
-            "trial": ("trial", "lookups", "bank_macs", "pixels")}
+            "trial": ("trial", "states", "lookups", "reweight_macs", "pixels")}
 # what a sweep prints under --debug for each bank-stage job (pclsim.runner.actors) and each trial
 # (pclsim.runner.trials): the measured times the job coefficients are fitted to
 JOB_LINE = re.compile(r"job\[(.+?)\] ([\d.]+) s")
@@ -339,10 +339,12 @@ def _cells(sc: dict, sz: Sizes, run) -> int:
 
 
 def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict) -> StageWork:
-    """One job per Tune trial; terms (FAMILIES["trial"]) count what its memoized evaluator computes: the
-    (bank, task) pairs it looks up in the candidate tables (test patches x K a bank part), the same pairs' test
-    images x bank size x D (reweighting and exact fallback searches), the pixels of each distinct state's anomaly
-    maps (tasks with masks)."""
+    """One job per Tune trial; terms (FAMILIES["trial"]) count what its memoized evaluator computes: its distinct
+    states (eval task, banks, routing), the (bank, task) pairs it looks up in the candidate tables (test patches x K a bank part; a task routed among
+    several banks is looked up in each), the reweighting's neighbour search in the bank a task's images are
+    scored with (its own where it has one: images x bank x D), the pixels of each distinct state's anomaly maps
+    (tasks with masks). The exact searches of patches none of whose K candidates a bank holds depend on the
+    data; the fitted coefficients absorb their average."""
     from ..core.reweighting import get_reweighting
     from ..runner.memory import WORKER_BASE_BYTES
     from ..study.banks import bank_sources
@@ -370,13 +372,13 @@ def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict) -> StageWork:
                     chosen.add(((own or sb)[0], task))
         lookups = sum(sz.tasks[t].test * P * sum(k_of.get((seed, src), 1) for src in bank_sources(b))
                       for b, seed, t in pairs)
-        bank = sum(sz.tasks[t].test * float(b.size) * D for b, _, t in pairs)
+        rw = sum(min(sz.tasks[t].test, b.size) * float(b.size) * D for b, t in chosen) if reweight else 0.0
         pix = sum(sz.tasks[t].test * S * S for t, _, _ in states if pixel and sz.tasks[t].masks)
         memo = sum(sz.tasks[t].test * P * _NN_MEMO_BYTES for _, _, t in pairs)
         vectors = sum(b.size * D * 4 for b in {b for b, _ in chosen}) if reweight else 0
         maps = max((t.test * S * S * 4 * 3 for t in sz.tasks.values() if t.masks and pixel), default=0)
         stage.jobs.append(Job(float(lookups), WORKER_BASE_BYTES + memo + vectors + maps,
-                              terms=(1.0, float(lookups), bank, float(pix)), name=name, family="trial"))
+                              terms=(1.0, float(len(states)), float(lookups), rw, float(pix)), name=name, family="trial"))
         stage.disk += sum(_cells(sc, sz, r) for r in runs) * RESULT_BYTES_PER_CELL
     return stage
 

@@ -97,8 +97,10 @@ def test_trials_are_the_groups_and_finetune_looks_up_every_step_and_task():
     assert set(trials) == set(group_runs(runs))
     ft = trials["finetune-M60-s0-g0"].terms
     # finetune after step s holds the bank of task s: 3 banks x 3 eval tasks, K = 60 candidates
+    assert ft[0] == 1 and ft[1] == 9  # one state a step and task
+    ft = ft[1:]
     assert ft[1] == 9 * 12 * 16 * 60
-    assert ft[2] == 9 * 12 * 60 * 8  # test images x bank x D of every pair
+    assert ft[2] == 9 * 12 * 60 * 8  # the reweighting: test images x bank x D of the bank each state scores with
     # states: (eval task, bank) per step; the pixels of A's states: 3 steps x 12 images x 32^2
     assert ft[3] == 3 * 12 * 32 * 32
 
@@ -124,7 +126,8 @@ def test_trial_lookups_equal_what_the_memoized_evaluator_queries(strategies):
         orders_, banks, tables = prepare_seed(tasks, sp, CORESET)
         ev = restore_evaluator(tasks, sp, CORESET, orders_, banks, tables)
         run_group(rs, ev, CORESET)
-        assert job.terms[1] == ev.stats["nn_queries"] * 64, job.name
+        assert job.terms[2] == ev.stats["nn_queries"] * 64, job.name
+        assert job.terms[1] == ev.stats["evaluations"] - ev.stats["state_hits"], job.name  # distinct states
 
 
 def test_makespan_is_list_scheduling_and_the_manager_lane_shares_the_cpus():
@@ -184,3 +187,21 @@ def test_lanes_follow_the_ray_requests_and_trials_ask_for_a_cpu_only():
     assert lanes_for(StageWork("selections", huge), node, PROFILE, 32, 4)[0] == 1
     assert lanes_for(StageWork("selections", jobs, gpu=True), Node(8, 1, 100e9, 1e12), PROFILE, 32, 4) == (3, "gpu")
     assert lanes_for(StageWork("trials", jobs), Node(8, 1, 100e9, 1e12), PROFILE, 32, 4) == (3, "cpu")
+
+
+def test_the_reweighting_term_counts_the_bank_images_are_scored_with():
+    """patchcore_cl looks a task up in every bank to route it but reweights in its own (M / (t + 1)); joint holds
+    one bank of M. Each distinct (bank, task) once: test images x bank x D."""
+    def terms(strategy, reweighting="paper"):
+        sc = scenario([strategy], [60], [("A", "B", "C")], reweighting=reweighting)
+        work, _ = work_of(sc, sizes(train=20, test=12))
+        return work["trials"].jobs[0].terms[1:]  # without the trial's constant
+
+    pc, jt = terms("patchcore_cl"), terms("joint")
+    # lookups: K = the source's candidates (A selected 60 on arrival, B 30, C 20); A's banks meet 9 (bank, task)
+    # pairs over the steps, B's 6, C's 3; joint: 18 pairs of parts with K = 60
+    assert pc[1] == 12 * 16 * (9 * 60 + 6 * 30 + 3 * 20) and jt[1] == 12 * 16 * 18 * 60
+    # step s: each task in its own bank of 60 // (s + 1); a task not seen yet in the first bank (as big)
+    assert pc[2] == 12 * 8 * sum(3 * (60 // (s + 1)) for s in range(3))
+    assert jt[2] == 12 * 8 * 9 * 60
+    assert terms("joint", reweighting="none")[2] == 0
