@@ -90,6 +90,11 @@ def test_a_missing_or_invalid_calibration_is_one_clear_error(tmp_path, body, nee
     assert "bench_plan.py --calibrate" in str(e.value) or "cannot read" in str(e.value)
 
 
+def test_the_bundled_calibration_loads():
+    cal = load_calibration()
+    assert "cpu" in cal.time and cal.node.get("cpus")
+
+
 # -------------------------------------------------------------------------------------- fits
 def test_fit_line_recovers_a_line_and_falls_back_where_x_does_not_vary():
     assert fit_line([1, 2, 3, 4], [12, 14, 16, 18]) == pytest.approx((10, 2))
