@@ -211,6 +211,11 @@ def make_plan(sc: dict, sizes, calibration, node: Node, runs=None, groups=None) 
         notes.append(f"GPU times are not calibrated (the calibration holds {', '.join(calibration.devices())} "
                      "coefficients only): the GPU stages' times are left out; run benchmarks/bench_plan.py "
                      "--calibrate on a GPU node")
+    from ..study.adaptive import is_adaptive
+
+    if is_adaptive(sc):
+        notes.append("the orders are decided in rounds from results (an adaptive design): this plan counts the "
+                     "runs of the first round only; later rounds add trials and, for new orders, bank jobs")
     if not sizes.counted:
         notes.append("image counts assumed from dataset.max_train / max_test (every task that large); "
                      "--data-root counts the files")

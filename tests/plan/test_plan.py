@@ -223,3 +223,11 @@ def test_plan_bad_input_is_one_error_line(tmp_path):
 def test_plan_scenario_reads_bad_scenarios_like_validate(tmp_path):
     with pytest.raises(PclsimError, match="unknown key"):
         plan_scenario(write(tmp_path, synthetic((40,), bogus=1)), calibration=calibration().save(tmp_path / "c.json"))
+
+
+def test_adaptive_orders_are_planned_for_their_first_round_and_said_so():
+    sc = resolve(synthetic((40,), orders={"search": "worst", "budget": 2}), "s.yaml")
+    p = make_plan(sc, sizes(), calibration(), node())
+    assert any("first round only" in n for n in p.notes)
+    assert not any("first round" in n for n in make_plan(resolve(synthetic((40,))), sizes(), calibration(),
+                                                          node()).notes)
