@@ -125,6 +125,14 @@ def run_sweep(n_train: int, n_test: int, a, data: Path, tmp: Path) -> dict:
     for st, (begin, end, booked) in SPANS.items():
         stage_s[st] = round(marks[end] - (marks[begin] if begin else 0.0), 2)
         peak[st] = max(s.by_stage.get(b, {}).get("pss", 0) for b in booked)
+    # the memory Ray saw when the sweep started decides how many jobs ran at once: predict with that
+    import json
+
+    ray_memory = json.loads((tmp / f"out{n_train}" / "run_info.json").read_text())["cluster_resources"].get("memory")
+    if ray_memory:
+        from pclsim.plan.predict import RAY_MEMORY_SHARE
+
+        node.memory = float(ray_memory) / RAY_MEMORY_SHARE
     jobs = {m.group(1): float(m.group(2)) for m in JOB_LINE.finditer(err)}
     jobs.update({m.group(1): round(float(m.group(2)) + float(m.group(3)), 2) for m in TRIAL_LINE.finditer(err)})
     return {"train": n_train, "test": n_test, "scenario": raw, "tasks": tasks,
