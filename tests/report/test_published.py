@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from browser import chromium_or_skip, screenshot_command
 from fabricated_results import fabricate_results
 from pclsim.data.bmad import BMAD_TASKS, SYNTHETIC_MARKER
 from pclsim.report import build_report
@@ -27,7 +28,8 @@ LABEL = {"multi_model": "Multi-Model", "joint": "Joint", "finetune": "Fine-Tunin
 METRIC_ROWS = ["image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_pr", "pixel_aupro"]
 # the cells the paper publishes and pclsim's Table 1 measures (Arch. Mem has no Table 1 row; PatchCoreCL-10k's
 # gap is against the paper's Joint at 30000, not pclsim's joint at 10000)
-MATCHED = ([(r, s, 30000) for s in ("multi_model", "joint", "finetune", "patchcore_cl") for r in METRIC_ROWS + ["bank_mb"]]
+MATCHED = ([(r, s, 30000) for s in ("multi_model", "joint", "finetune", "patchcore_cl")
+            for r in METRIC_ROWS + ["bank_mb"]]
            + [(r, "patchcore_cl", 10000) for r in METRIC_ROWS + ["bank_mb", "avg_forgetting_pct"]]
            + [(r, s, 30000) for s in ("finetune", "patchcore_cl") for r in ("relative_gap", "avg_forgetting_pct")])
 
@@ -281,9 +283,7 @@ def _brown(rgb: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_published_column_renders_in_headless_chromium(paper_study, tmp_path):
-    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-    if chromium is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    chromium = chromium_or_skip()
     root, index = paper_study
     other = tmp_path / "other"
     fabricate_results(other, tasks=BMAD_TASKS, orders=[PAPER_ORDER], memory_sizes=(10000, 30000),
@@ -291,10 +291,8 @@ def test_published_column_renders_in_headless_chromium(paper_study, tmp_path):
     shots = {}
     for name, idx in (("paper", index), ("other", build_report(other))):
         shot = tmp_path / f"{name}.png"
-        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
-               f"--screenshot={shot}", "--window-size=1200,1600", idx.as_uri()]
-        subprocess.run(cmd, capture_output=True, timeout=180, check=False)
+        subprocess.run(screenshot_command(chromium, tmp_path / "ud", shot, "1200,1600", idx.as_uri()),
+                       capture_output=True, timeout=180, check=False)
         assert shot.is_file(), "chromium wrote no screenshot"
         with Image.open(shot) as im:
             shots[name] = np.asarray(im.convert("RGB"))
