@@ -107,8 +107,7 @@ class Evaluator:
                 part_vecs = self.builder.vectors(source, rows)
 
                 def exact(mask, vecs=part_vecs):
-                    q = read_rows(test, np.nonzero(mask.any(1))[0])
-                    q = q[mask[mask.any(1)]]
+                    q = read_rows(test, np.nonzero(mask))  # only the patches without a listed candidate
                     d, i = knn(q, vecs, 1, device=self.device)
                     return d[:, 0], i[:, 0]
 
