@@ -63,6 +63,7 @@ def main():
     ap.add_argument("--data-root")
     ap.add_argument("--weights", help="model.weights for this run (e.g. none: random weights, no checkpoint)")
     ap.add_argument("--memory-sizes", type=int, nargs="+")
+    ap.add_argument("--strategies", nargs="+")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cache", help="feature store folder (default: a new empty one: extraction is measured)")
@@ -85,13 +86,15 @@ def main():
         sc["model"]["weights"] = a.weights
     if a.memory_sizes:
         sc["memory_sizes"] = list(a.memory_sizes)
+    if a.strategies:
+        sc["strategies"] = list(a.strategies)
     stream = load_stream(sc["dataset"], sc["dataset"]["root"])
     runs = expand_runs(sc)
     co = sc["coreset"]
     dev = None if a.device == "auto" else a.device
     sampler = PeakRSS()
     sampler.start()
-    seconds, profiles = {}, {}
+    seconds, profiles, stats = {}, {}, {}
 
     def stage(name, fn):
         sampler.stage = name
@@ -146,7 +149,10 @@ def main():
             def trials():
                 ev = restore_evaluator(tasks, sp, co, orders, bank_parts, tables, device=dev,
                                        **evaluator_options(sc))
-                return run_group([r for r in runs if r.seed == seed], ev, co)
+                out = run_group([r for r in runs if r.seed == seed], ev, co)
+                for k, v in ev.stats.items():
+                    stats[k] = stats.get(k, 0) + int(v)
+                return out
 
             results += stage("trials", trials)
     sampler.stop.set()
@@ -155,7 +161,8 @@ def main():
             "total_s": round(sum(seconds.values()), 1),
             "peak_gb": {k: round(v / 1e9, 2) for k, v in sampler.peak.items() if k != "start"},
             "max_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
-            "extraction_images_per_s": round(n_images / seconds["extraction"], 1)}
+            "extraction_images_per_s": round(n_images / seconds["extraction"], 1),
+            "evaluator": stats}  # nearest-neighbour queries and those answered by the exact fallback
     try:
         from pclsim import __version__
         line["pclsim"] = __version__
