@@ -171,7 +171,14 @@ def greedy_coreset(x, k: int, *, projection_dim: int | str | None = 128, seed: i
         # step). z is kept transposed, (d, N): c @ z^T then streams N-long rows (an axpy per dimension),
         # ~3x faster on one CPU thread than the row-major GEMV (benchmarks/bench_coreset.py).
         if device.type == "cpu" and n > LAZY_MIN_POINTS:
-            return _greedy_lazy(z.float().contiguous(), sq, k, start)
+            # its products are small (pending picks x d x block): on one thread, since waking other
+            # threads for each costs more than it saves, and far more on a busy machine
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return _greedy_lazy(z.float().contiguous(), sq, k, start)
+            finally:
+                torch.set_num_threads(threads)
         zt = z.T.contiguous()
         del z
         selected = torch.empty(k, dtype=torch.int64, device=device)
