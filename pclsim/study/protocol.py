@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core import metrics as metric_fns
-from ..core.candidates import CandidateTable, bank_members, first_held, subset_nn
+from ..core.candidates import CandidateTable, subset_nn
 from ..core.knn import knn
 from ..core.metric_registry import METRICS
 from ..core.reweighting import get_reweighting
@@ -26,9 +26,6 @@ from ..core.task_features import TaskFeatures, calibration_name, validation_name
 from ..core.thresholds import ThresholdPolicy, deployed_metrics, metric_name
 from .strategies import BankRef, Strategy
 from ..core.tensors import read_rows
-
-DEEP_K = 256  # candidates in the deeper lists of the patches a bank's K listed ones all miss (Evaluator._fallback)
-DEEP_CACHE_ENTRIES = 1 << 26  # list entries (8 bytes each) kept per (source, task): 512 MB at most
 
 __all__ = ["TaskFeatures", "Evaluator", "run_order", "OrderResult", "IMAGE_METRICS", "PIXEL_METRICS"]
 
@@ -78,8 +75,6 @@ class Evaluator:
         self._neighbours: dict = {}
         self._components: dict = {}
         self._views: dict = {}
-        self._deep: dict = {}                  # (source, task) -> deeper candidate lists of fallback patches
-        self._deep_source: tuple = (None, None)
         self.stats = {"evaluations": 0, "state_hits": 0, "metric_computations": 0, "nn_queries": 0,
                       "fallback_queries": 0}
 
@@ -128,47 +123,11 @@ class Evaluator:
 
     def _fallback(self, source: tuple, eval_task: str, test, rows: np.ndarray, mask: np.ndarray):
         """(dist (q,), bank position (q,)) of the patches `mask` (n, P) none of whose K listed candidates the
-        bank `rows` holds: the first held candidate of a deeper list (DEEP_K nearest candidates of the patch,
-        computed once per source and patch and shared by every bank of the source: the patches that miss
-        one small bank miss the others too), else an exact search against the bank (`knn`). Both are exact
-        nearest neighbours: every candidate not listed is at least as far as the last listed one."""
-        table = self.tables[source]
-        flat = np.flatnonzero(mask)
-        q_pos, q_dist = self._deep_lists(source, eval_task, test, flat)
-        d, i, found = first_held(bank_members(table, rows), q_pos, q_dist)
-        d, i = d.astype(np.float32), i.astype(np.int64)
-        if not found.all():
-            still = ~found
-            q = read_rows(test, np.unravel_index(flat[still], mask.shape))
-            dd, ii = knn(q, self.builder.vectors(source, rows), 1, device=self.device)
-            d[still], i[still] = dd[:, 0], ii[:, 0]
-        return d, i
-
-    def _deep_lists(self, source: tuple, eval_task: str, test, flat: np.ndarray):
-        """(pos (q, K2) int32 into the table's rows, dist (q, K2) float32) of the flat patch indices `flat` of
-        eval_task: their K2 = min(DEEP_K, C) nearest candidates, computed for the patches not seen before
-        (one k-NN against the source's candidate vectors) and kept while they fit DEEP_CACHE_ENTRIES."""
-        table = self.tables[source]
-        k2 = int(min(DEEP_K, len(table.rows)))
-        key = (source, eval_task)
-        idx, pos, dist = self._deep.get(key, (np.zeros(0, np.int64), np.zeros((0, k2), np.int32),
-                                              np.zeros((0, k2), np.float32)))
-        new = flat[~np.isin(flat, idx, assume_unique=True)] if len(idx) else flat
-        if len(new):
-            if self._deep_source[0] != source:  # the candidate vectors of one source at a time
-                self._deep_source = (source, self.builder.vectors(source, table.rows))
-            n_img_patches = test.shape[1]
-            q = read_rows(test, (new // n_img_patches, new % n_img_patches))
-            dd, ii = knn(q, self._deep_source[1], k2, device=self.device)
-            idx = np.concatenate([idx, new])
-            pos = np.concatenate([pos, ii.astype(np.int32)])
-            dist = np.concatenate([dist, dd.astype(np.float32)])
-            order = np.argsort(idx, kind="stable")
-            idx, pos, dist = idx[order], pos[order], dist[order]
-            if idx.size * k2 <= DEEP_CACHE_ENTRIES:
-                self._deep[key] = (idx, pos, dist)
-        at = np.searchsorted(idx, flat)
-        return pos[at], dist[at]
+        bank `rows` holds: an exact search against the bank (`knn`), its vectors read only now (most
+        evaluations need none). Only those patches are read from the store, not their whole images."""
+        q = read_rows(test, np.nonzero(mask))
+        d, i = knn(q, self.builder.vectors(source, rows), 1, device=self.device)
+        return d[:, 0], i[:, 0]
 
     def _mean_distance(self, ref: BankRef, eval_task: str) -> np.ndarray:
         key = ("mean", ref, eval_task)
