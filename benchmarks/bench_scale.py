@@ -16,6 +16,9 @@ shared between processes (the object store, mapped store files) count once:
 The ratio (peak growth between the two largest sizes) / (feature-volume growth) is printed for
 both (target <= 0.4; main held about 2.5 x the features).
 
+--tables instead grows the test sets (--test-sizes, default 40 200, at the first --sizes) and reports
+the peak memory's growth per byte of candidate tables (in the on-disk store; target <= 0.4).
+
 --dtype-check instead compares a float16 store with a float32 store on the synthetic stream
 (scenarios/orders.yaml's six domains and model, a sample of orders, in-process): the largest
 metric difference over every matrix cell (target <= 0.002).
@@ -24,6 +27,7 @@ metric difference over every matrix cell (target <= 0.002).
     PCLSIM_BENCH_OUT=benchmarks/scale_result.jsonl python benchmarks/bench_scale.py   # save the lines
     python benchmarks/bench_scale.py --readme-from benchmarks/scale_result.jsonl      # README's scale / scale-dtype blocks
     python benchmarks/bench_scale.py --dtype-check [--orders 6]
+    python benchmarks/bench_scale.py --tables --sizes 40 --test-sizes 40 200 --memory 2000
 """
 
 from __future__ import annotations
@@ -61,13 +65,20 @@ def scenario(n_train: int, n_test: int, image_size: int, memory: int, dtype: str
 STAGES = ("ray started", "extractors ready", "features done", "banks done", "trials done", "finished")
 
 
-def run_size(n_train: int, a, tmp: Path) -> dict:
-    sc = scenario(n_train, a.test, a.image_size, a.memory, a.dtype)
-    path = tmp / f"scale{n_train}.yaml"
+def _folder_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
+
+
+def run_size(n_train: int, a, tmp: Path, n_test: int | None = None) -> dict:
+    n_test = a.test if n_test is None else n_test
+    sc = scenario(n_train, n_test, a.image_size, a.memory, a.dtype)
+    tag = f"{n_train}-{n_test}"
+    sc["name"] = f"scale{tag}"
+    path = tmp / f"scale{tag}.yaml"
     path.write_text(yaml.safe_dump(sc, sort_keys=False))
-    env = dict(os.environ, PCLSIM_CACHE_DIR=str(tmp / f"cache{n_train}"), RAY_ADDRESS="local",
+    env = dict(os.environ, PCLSIM_CACHE_DIR=str(tmp / f"cache{tag}"), RAY_ADDRESS="local",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "pclsim.cli", "sweep", str(path), "--out", str(tmp / f"out{n_train}"), "--quiet",
+    cmd = [sys.executable, "-m", "pclsim.cli", "sweep", str(path), "--out", str(tmp / f"out{tag}"), "--quiet",
            "--debug"]
     rc, err, s, wall = measured_run(cmd, env, ROOT, STAGES)
     if rc != 0:
@@ -79,8 +90,9 @@ def run_size(n_train: int, a, tmp: Path) -> dict:
             seconds[st.replace(" ", "_")] = round(marks[st] - prev, 1)
             prev = marks[st]
     grid = (a.image_size // 8) ** 2  # layer2 of a ResNet: stride 8
-    volume = 6 * (n_train + a.test) * grid * 1536 * 4
-    return {"train_images_per_task": n_train, "test_images_per_task": a.test, "patches": grid,
+    volume = 6 * (n_train + n_test) * grid * 1536 * 4
+    return {"train_images_per_task": n_train, "test_images_per_task": n_test, "patches": grid,
+            "tables_gb": round(_folder_bytes(tmp / f"cache{tag}" / "tables") / 1e9, 3),
             "feature_gb_f32": round(volume / 1e9, 3), "peak_pss_gb": round(s.peak_pss / 1e9, 3),
             "peak_anon_shm_gb": round(s.peak_anon_shm / 1e9, 3), "peak_file_gb": round(s.peak_file / 1e9, 3),
             "stage_peak_gb": {k.replace(" ", "_"): {m: round(v / 1e9, 3) for m, v in d.items()}
@@ -192,6 +204,34 @@ def summarise(rows: list[dict], a, load_before) -> dict:
     return out
 
 
+def summarise_tables(rows: list[dict], a, load_before) -> dict:
+    """--tables: the peak memory's growth per byte of candidate tables added (they live in the on-disk store)."""
+    x, y = rows[-2], rows[-1]
+    dt = y["tables_gb"] - x["tables_gb"]
+    out = {"test_sizes": [r["test_images_per_task"] for r in rows], "train": rows[0]["train_images_per_task"],
+           "image_size": a.image_size, "memory": a.memory, "tables_gb": [r["tables_gb"] for r in rows],
+           "peak_pss_gb": [r["peak_pss_gb"] for r in rows], "peak_anon_shm_gb": [r["peak_anon_shm_gb"] for r in rows],
+           "table_growth_gb": round(dt, 3),
+           "pss_growth_per_table_byte": round((y["peak_pss_gb"] - x["peak_pss_gb"]) / dt, 3) if dt > 0 else None,
+           "anon_shm_growth_per_table_byte": round((y["peak_anon_shm_gb"] - x["peak_anon_shm_gb"]) / dt, 3)
+           if dt > 0 else None, "target": 0.4, "resolvable": dt >= 0.5, "cpus": os.cpu_count(),
+           "load_before": load_before}
+    out["ok"] = (out["pss_growth_per_table_byte"] <= 0.4) if out["resolvable"] else None
+    return out
+
+
+def tables_text(s: dict) -> str:
+    """The README's scale-tables block from a saved --tables line."""
+    rows = " / ".join(f"{n} test images: tables {t:.2f} GB, peak PSS {p:.2f} GB" for n, t, p in
+                      zip(s["test_sizes"], s["tables_gb"], s["peak_pss_gb"]))
+    return (f"Candidate tables on disk (`benchmarks/bench_scale.py --tables --test-sizes "
+            f"{' '.join(map(str, s['test_sizes']))} --sizes {s['train']} --image-size {s['image_size']} --memory "
+            f"{s['memory']}`, {s['cpus']} cores): {rows}. Between the two, the peak PSS of the process tree grew "
+            f"**{s['pss_growth_per_table_byte']:.2f}** bytes per byte of added candidate tables (anonymous + shared "
+            f"{s['anon_shm_growth_per_table_byte']:.2f}; target <= 0.4): the tables live in the on-disk store "
+            "(`<cache>/tables/`) and are read block by block, not held in Ray's object store.")
+
+
 def readme_text(lines: list[dict]) -> str:
     """The README's scale block from a saved run (its scale_size lines and the scale line after them)."""
     s = next(x for x in reversed(lines) if x["benchmark"] == "scale")
@@ -224,8 +264,8 @@ def readme_text(lines: list[dict]) -> str:
             f"{pp['store_gb_f16']:.0f} GB float16 store on disk) by the PSS fit (a negative slope taken as 0): "
             f"the process tree about "
             f"{pp['process_tree_gb']:.0f} GB plus what the benchmark holds fixed and the paper grows: the "
-            f"candidate tables, {pp['candidate_tables_gb']:.0f} GB in Ray's object store (six task sources x "
-            f"12,000 test images x 784 patches x K = 64 x 8 bytes; spilled to disk when the store is full), and "
+            f"candidate tables, {pp['candidate_tables_gb']:.0f} GB on disk in the store (six task sources x "
+            f"12,000 test images x 784 patches x K = 64 x 8 bytes; read a block at a time, see below), and "
             f"{pp['selection_gb_cpu']:.1f} GB for each selection running on a CPU (1.57 M x "
             f"{pp['selection_dim']} projected patches, float32; half that on a GPU)."]
     return "\n".join(out)
@@ -257,13 +297,20 @@ def main():
     ap.add_argument("--memory", type=int, default=2000)
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     ap.add_argument("--dtype-check", action="store_true")
+    ap.add_argument("--tables", action="store_true",
+                    help="grow the test sets instead (--test-sizes) at the first --sizes: peak memory per byte of "
+                         "candidate tables, which grow with the test patches")
+    ap.add_argument("--test-sizes", type=int, nargs="+", default=[40, 200])
     ap.add_argument("--orders", type=int, default=6)
     ap.add_argument("--readme-from", metavar="JSONL", help="write README's scale and scale-dtype blocks from a saved run (each from the lines it has)")
     a = ap.parse_args()
     if a.readme_from:  # each block from the lines the file holds; a block without lines is left as it is
         lines = json_lines(a.readme_from)
         kinds = {x["benchmark"] for x in lines}
-        if not kinds & {"scale", "feature_dtype_synthetic"}:
+        if "scale_tables" in kinds:
+            replace_readme_block(ROOT / "README.md", "scale-tables",
+                                 tables_text([x for x in lines if x["benchmark"] == "scale_tables"][-1]))
+        if not kinds & {"scale", "feature_dtype_synthetic", "scale_tables"}:
             raise SystemExit(f"error: {a.readme_from}: no 'scale' or 'feature_dtype_synthetic' line to write from")
         if "scale" in kinds:
             replace_readme_block(ROOT / "README.md", "scale", readme_text(lines))
@@ -273,6 +320,17 @@ def main():
         return
     if a.dtype_check:
         dtype_check(a)
+        return
+    if a.tables:
+        if len(set(a.test_sizes)) < 2:
+            raise SystemExit("error: --test-sizes needs at least two different sizes")
+        load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        rows = []
+        with tempfile.TemporaryDirectory() as d:
+            for n in sorted(a.test_sizes):
+                rows.append(run_size(a.sizes[0], a, Path(d), n_test=n))
+                emit("scale_tables_size", rows[-1])
+        emit("scale_tables", summarise_tables(rows, a, load_before))
         return
     if len(set(a.sizes)) < 2:
         raise SystemExit("error: --sizes needs at least two different sizes (the growth between the two largest is the figure)")

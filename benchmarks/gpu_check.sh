@@ -12,6 +12,8 @@
 # paper_task is the paper-size pipeline of one task without Ray (benchmarks/bench_paper_task.py):
 # 2,000 + 2,000 images WRN50-2 at 224 px into the feature store, selection of 30,000 from 1.57 M
 # patches, NN table of 1.57 M test patches; targets on an H200: > 3,000 images/s, < 30 s, < 60 s.
+# paper_stages is the reduced paper_table1 study (60 + 40 images a task) without Ray on the GPU, stage by
+# stage (benchmarks/bench_paper_stages.py); plan_paper_reduced prints `pclsim plan`'s stage table for it.
 set -u -o pipefail
 
 cd "$(dirname "$0")/.." || exit 2
@@ -98,6 +100,13 @@ EOF
   step coreset_1.57M_x_1536 120 "$PY" benchmarks/bench_coreset.py --device "$DEV" --n 1570000 --dim 1536 --k 30000
   step knn 35 "$PY" benchmarks/bench_knn.py --device "$DEV"
   step paper_task 200 "$PY" benchmarks/bench_paper_task.py --device "$DEV"
+  # the reduced paper_table1 study (60 train + 40 test images a task, WRN50-2 224 px, M = 10k / 30k, four
+  # strategies) without Ray on this device, stage by stage, and `pclsim plan`'s prediction for it
+  local synth=/tmp/gpu_check_bmad60
+  [[ -d $synth ]] || timeout 120 "$PY" -m pclsim.cli data synth "$synth" --train 60 --test 40 > /dev/null
+  step paper_stages 240 "$PY" benchmarks/bench_paper_stages.py scenarios/paper_table1.yaml --data-root "$synth" \
+    --weights none --device "$DEV"
+  step plan_paper_reduced 30 "$PY" -m pclsim.cli plan scenarios/paper_table1.yaml --data-root "$synth"
 
   echo
   echo "=== summary ($(( $(date +%s) - START_S ))s total, $FAILED not ok)"

@@ -1,6 +1,6 @@
 """The package version, in one place (pyproject.toml states the same number for the installer)."""
 
-__version__ = "0.3.2"
+__version__ = "0.4.0"
 
 
 def versions() -> dict[str, str]:

@@ -211,6 +211,7 @@ def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD
 
     def _run():
         from .data import BMAD_TASKS, synthetic_stream, write_bmad_layout
+        from .data.bmad import write_synthetic_marker
         from .data.images import MIN_IMAGE_SIZE
         from .data.synthetic import SYNTHETIC_TASKS
         from .errors import DataError
@@ -231,6 +232,7 @@ def data_synth(out_dir: str = typer.Argument(..., help="Folder to write the BMAD
                     raise DataError(f"--tasks: unknown task {bad[0]!r} (valid: {', '.join(SYNTHETIC_TASKS)})")
         stream = synthetic_stream(tuple(names), train=train, test=test, size=size, seed=seed)
         write_bmad_layout(stream, out_dir, size)
+        write_synthetic_marker(out_dir, {"tasks": names, "train": train, "test": test, "size": size, "seed": seed})
         print(f"wrote {len(stream)} tasks to {out_dir}")
 
     _guard(_run)

@@ -20,7 +20,7 @@ from .knn import knn
 from .task_features import query_sets
 from .tensors import read_rows
 
-__all__ = ["CandidateTable", "build_table", "subset_nn", "DEFAULT_K"]
+__all__ = ["CandidateTable", "build_table", "subset_nn", "bank_members", "first_held", "DEFAULT_K"]
 
 DEFAULT_K = 64
 BLOCK_ENTRIES = 1 << 22  # candidate-list entries `subset_nn` reads at a time (a block of images; 16 MB of int32)
@@ -103,6 +103,31 @@ def build_table(source: tuple, rows: np.ndarray, candidates: np.ndarray, tasks: 
     return sink.finish()
 
 
+def bank_members(table: CandidateTable, bank_rows: np.ndarray) -> np.ndarray:
+    """(C,) int64: for each candidate of the table, its position in `bank_rows`, or -1 where the bank does not
+    hold it (a duplicated row keeps its first position, as an exact search's argmin does). Raises ValueError
+    when the bank holds rows outside the table's candidate set."""
+    bank_rows = np.asarray(bank_rows, dtype=np.int64)
+    where = np.searchsorted(table.rows, bank_rows)
+    if np.any(where >= len(table.rows)) or np.any(table.rows[np.minimum(where, len(table.rows) - 1)] != bank_rows):
+        raise ValueError(f"bank holds rows outside the candidate set of source {table.source}")
+    member = np.full(len(table.rows), -1, dtype=np.int64)
+    member[where[::-1]] = np.arange(len(bank_rows) - 1, -1, -1)
+    return member
+
+
+def first_held(member: np.ndarray, pos: np.ndarray, dist: np.ndarray):
+    """(dist, bank position, found) of the first listed candidate a bank holds, per list (last axis).
+
+    member: `bank_members`; pos/dist (..., K) a candidate list, nearest first. Where the bank holds none of
+    the K, found is False (dist and position are then the first entry's and -1: to be replaced)."""
+    hit = member[pos]
+    found = hit >= 0
+    first = found.argmax(-1)[..., None]
+    return (np.take_along_axis(dist, first, -1)[..., 0], np.take_along_axis(hit, first, -1)[..., 0],
+            found.any(-1))
+
+
 def subset_nn(table: CandidateTable, eval_task: str, bank_rows: np.ndarray, exact) -> tuple[np.ndarray, np.ndarray, int]:
     """Nearest neighbour of every test patch of eval_task in the bank `bank_rows` (a subset of table.rows).
 
@@ -110,13 +135,7 @@ def subset_nn(table: CandidateTable, eval_task: str, bank_rows: np.ndarray, exac
     exact(query_mask (n, P) bool) -> (dist (q,), bank position (q,)) answers the patches none of whose
     K candidates the bank holds.
     """
-    bank_rows = np.asarray(bank_rows, dtype=np.int64)
-    where = np.searchsorted(table.rows, bank_rows)
-    if np.any(where >= len(table.rows)) or np.any(table.rows[np.minimum(where, len(table.rows) - 1)] != bank_rows):
-        raise ValueError(f"bank holds rows outside the candidate set of source {table.source}")
-    member = np.full(len(table.rows), -1, dtype=np.int64)
-    # on duplicated rows keep the first bank position (an exact search's argmin does the same)
-    member[where[::-1]] = np.arange(len(bank_rows) - 1, -1, -1)
+    member = bank_members(table, bank_rows)
     all_pos, all_dist = table.pos[eval_task], table.dist[eval_task]
     n, p = all_pos.shape[:2]
     dist = np.empty((n, p), dtype=np.float32)
@@ -125,12 +144,9 @@ def subset_nn(table: CandidateTable, eval_task: str, bank_rows: np.ndarray, exac
     # blocks of images: a stored (memory-mapped) table keeps one block resident, not the task's lists
     block = max(1, BLOCK_ENTRIES // max(1, p * all_pos.shape[2]))
     for s in range(0, n, block):
-        hit = member[read_rows(all_pos, slice(s, s + block), dtype=np.int32)]   # (b, P, K) bank position or -1
-        found = hit >= 0
-        first = found.argmax(-1)[..., None]
-        dist[s : s + block] = np.take_along_axis(read_rows(all_dist, slice(s, s + block)), first, -1)[..., 0]
-        pos[s : s + block] = np.take_along_axis(hit, first, -1)[..., 0]
-        missing[s : s + block] = ~found.any(-1)
+        d, i, found = first_held(member, read_rows(all_pos, slice(s, s + block), dtype=np.int32),
+                                 read_rows(all_dist, slice(s, s + block)))
+        dist[s : s + block], pos[s : s + block], missing[s : s + block] = d, i, ~found
     n_missing = int(missing.sum())
     if n_missing:
         d, i = exact(missing)

@@ -22,6 +22,11 @@ _CHUNK_BYTES = 32 << 20  # float32 bytes of one block of rows read from the stor
 # rounding is ~1/1000 of the JL projection's own distortion; scoring still uses the stored values.
 SELECTION_INPUT = torch.float16
 
+# On a CPU, selections over more points than this use the lazy block form (`_greedy_lazy`): the same picks
+# from one matrix product per stale block instead of one pass over every point per pick.
+LAZY_MIN_POINTS = 4096
+LAZY_BLOCK = 256  # points per block of `_greedy_lazy` (measured best of 128-8192 on 47,040 x 265: benchmarks/bench_coreset.py)
+
 __all__ = ["greedy_coreset", "jl_dim", "sparse_projection", "isometric_basis", "project", "resolve_projection_dim"]
 
 
@@ -165,6 +170,15 @@ def greedy_coreset(x, k: int, *, projection_dim: int | str | None = 128, seed: i
         # Squared norms in float32; distances via |z|^2 + |c|^2 - 2 z.c (one vector-matrix product per
         # step). z is kept transposed, (d, N): c @ z^T then streams N-long rows (an axpy per dimension),
         # ~3x faster on one CPU thread than the row-major GEMV (benchmarks/bench_coreset.py).
+        if device.type == "cpu" and n > LAZY_MIN_POINTS:
+            # its products are small (pending picks x d x block): on one thread, since waking other
+            # threads for each costs more than it saves, and far more on a busy machine
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return _greedy_lazy(z.float().contiguous(), sq, k, start)
+            finally:
+                torch.set_num_threads(threads)
         zt = z.T.contiguous()
         del z
         selected = torch.empty(k, dtype=torch.int64, device=device)
@@ -180,3 +194,54 @@ def greedy_coreset(x, k: int, *, projection_dim: int | str | None = 128, seed: i
             selected[i] = idx
         return selected.cpu().numpy().astype(np.int64)
 
+
+
+def _greedy_lazy(z: torch.Tensor, sq: torch.Tensor, k: int, start: int, block: int | None = None) -> np.ndarray:
+    """Greedy k-center over (N, d) float32 CPU points z (centred; sq their squared norms), lazily per block.
+
+    The plain form updates every point's distance to the selected set after each pick: one pass over
+    N x d values per pick, bound by memory bandwidth. Here the points are cut into blocks of `block`; a
+    block's largest distance is an upper bound of its true one while picks are pending for it (distances
+    only shrink), so each pick updates only the blocks whose bound is the largest, until the largest bound
+    belongs to an up-to-date block: its farthest point is the farthest of all (the first such point on
+    ties, as argmax over all points). A block brought up to date applies all its pending picks in one
+    matrix product (p x d by d x block), at matrix-multiply speed instead of bandwidth speed. Each
+    distance is the plain form's |z|^2 - 2 z.c + |c|^2 and the minimum over picks is exact, so the picks are
+    those of the plain form but for the order of float summation inside the dot products (a near-tie
+    within float32 rounding may resolve differently; tests/core/test_coreset_lazy.py compares them).
+    Returns int64 indices in selection order.
+    """
+    n, d = z.shape
+    block = int(block or LAZY_BLOCK)
+    nb = -(-n // block)
+    mind = torch.full((n,), float("inf"), dtype=torch.float32)
+    bound = torch.full((nb,), float("inf"), dtype=torch.float64)  # float64 holds every float32 maximum exactly
+    applied = [0] * nb                        # picks applied to each block
+    picked: list[list[int]] = [[] for _ in range(nb)]  # each block's picks (kept at -1)
+    centres = torch.empty((k, d), dtype=torch.float32)
+    csq = torch.empty((k,), dtype=torch.float32)
+    selected = np.empty(k, dtype=np.int64)
+    idx = int(start)
+    for i in range(k):
+        selected[i] = idx
+        centres[i] = z[idx]
+        csq[i] = sq[idx]
+        mind[idx] = -1.0  # never select the same point twice; its block's bound stays an upper bound
+        picked[idx // block].append(idx)
+        if i + 1 == k:
+            break
+        while True:
+            b = int(torch.argmax(bound))  # the first block of largest bound
+            lo, hi = b * block, min(n, (b + 1) * block)
+            if applied[b] <= i:  # stale: apply its pending picks in one product
+                c = centres[applied[b]:i + 1]
+                d2 = (sq[lo:hi, None] - 2.0 * (z[lo:hi] @ c.T)) + csq[None, applied[b]:i + 1]
+                torch.minimum(mind[lo:hi], d2.min(1).values, out=mind[lo:hi])
+                if picked[b]:
+                    mind[picked[b]] = -1.0
+                applied[b] = i + 1
+                bound[b] = float(mind[lo:hi].max())
+                continue
+            idx = lo + int(torch.argmax(mind[lo:hi]))
+            break
+    return selected

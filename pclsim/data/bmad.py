@@ -7,6 +7,7 @@ synthetic stream's variant domains (pclsim.data.synthetic_variants, written by `
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,17 @@ from .kinds import DatasetKind, register_dataset_kind
 from .synthetic_variants import VARIANTS, base_domain
 from .listing import cap_splits, check_all_paired, chosen_record, find_mask, image_dir, images_in, resolve_dir, task_data
 
-__all__ = ["BMAD_TASKS", "MASKED_TASKS", "BMAD_LAYOUTS", "PROTOCOLS", "load_bmad_task", "load_bmad",
-           "write_bmad_layout"]
+__all__ = ["BMAD_TASKS", "MASKED_TASKS", "BMAD_LAYOUTS", "PROTOCOLS", "SYNTHETIC_MARKER", "load_bmad_task",
+           "load_bmad", "write_bmad_layout", "write_synthetic_marker"]
 
 BMAD_TASKS = ("Brain_AD", "Liver_AD", "Retina_RESC_AD", "Chest_AD", "Histopathology_AD", "Retina_OCT2017_AD")
 MASKED_TASKS = ("Brain_AD", "Liver_AD", "Retina_RESC_AD")  # the categories with pixel masks
 # dataset.protocol: clean = train/good and test only; paper = validation normals join train and validation
 # anomalies join test (method.md section 5)
 PROTOCOLS = ("clean", "paper")
+# written by `pclsim data synth` beside the category folders: these are not the real BMAD images (the sweep
+# records it in data.json, the report's Table 1 says so beside the paper's published figures)
+SYNTHETIC_MARKER = "pclsim-synthetic.json"
 
 # Per category: split -> [(image folder, label, mask folder or None)], paths relative to the category folder.
 BMAD_LAYOUTS: dict[str, dict[str, list[tuple[str, int, str | None]]]] = {
@@ -173,6 +177,16 @@ def write_bmad_layout(tasks: list[TaskData], out_dir, image_size: int | None = N
             _save(dirs[int(s.label)] / fn, img, image_size)
             if mask_dir is not None and s.label == 1 and mask is not None:
                 _save(mask_dir / fn, mask.astype(np.uint8) * 255, image_size, nearest=True)
+
+
+def write_synthetic_marker(out_dir, info: dict) -> None:
+    """Write SYNTHETIC_MARKER into out_dir: a JSON record ({"synthetic": true, **info}) that the folder holds
+    pclsim's synthetic stream, not BMAD as downloaded. Raises DataError when it cannot be written."""
+    path = Path(out_dir) / SYNTHETIC_MARKER
+    try:
+        path.write_text(json.dumps({"synthetic": True, "written_by": "pclsim data synth", **info}, indent=1) + "\n")
+    except OSError as e:
+        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def _save(path: Path, a: np.ndarray, image_size: int | None, nearest: bool = False) -> None:

@@ -12,17 +12,23 @@ from .deployed import deployed_section, protocol_section
 from .gallery import fig_gallery
 from .order import order_section
 from .page import page, write_text
+from .published import paper_comparison
 from .reading import ReportData, first_line
 from .tables import per_task_final, table1, table1_markdown, undefined_cells
 
-__all__ = ["build_report", "report_command"]
+__all__ = ["build_report", "report_command", "PUBLISHED_CSV"]
+
+PUBLISHED_CSV = "table1_published.csv"  # the paper's published Table 1 beside the measured one (paper's scenario only)
 
 
 def build_report(results_dir, metric: str = "image_f1", out_dir=None) -> Path:
     """Write index.html, PNG figures and Table 1 (csv, md) for a sweep's results folder.
 
     metric: a metric in matrices.parquet shown by the figures, the per-task table and the
-    order section (Table 1 shows every registered Table 1 metric). Returns the path of index.html
+    order section (Table 1 shows every registered Table 1 metric). When the study is the seed
+    paper's (dataset.kind bmad, the six BMAD tasks), Table 1 also shows the paper's published
+    values beside the cells it publishes, and table1_published.csv holds them per cell
+    (pclsim.report.published); otherwise that file is removed if an earlier report left one. Returns the path of index.html
     (default RESULTS_DIR/report/index.html). Raises PclsimError (one line) for a missing or
     unreadable folder or table, a metric without rows, or an output folder that cannot be written.
     """
@@ -41,13 +47,18 @@ def build_report(results_dir, metric: str = "image_f1", out_dir=None) -> Path:
     mean, std, _n = table1(d)
     undefined = undefined_cells(d)
     per_task = per_task_final(d)
+    paper = paper_comparison(d, mean)  # None unless the study is the paper's (BMAD's six tasks)
     mean.index.name = "row"
     std.index.name = "row"
     try:
         mean.to_csv(out / "table1.csv", float_format="%.6g")
         std.to_csv(out / "table1_std.csv", float_format="%.6g")
         per_task.to_csv(out / "per_task_final.csv", float_format="%.6g")
-        write_text(out / "table1.md", table1_markdown(mean, std, metric, undefined))
+        write_text(out / "table1.md", table1_markdown(mean, std, metric, undefined, paper))
+        if paper is not None:
+            write_text(out / PUBLISHED_CSV, paper["table"].to_csv(index=False, float_format="%.10g"))
+        else:  # an earlier report of this folder (other data, or before a re-run) must not leave one behind
+            (out / PUBLISHED_CSV).unlink(missing_ok=True)
     except OSError as e:
         raise PclsimError(f"{out}: cannot write the report: {first_line(e)}") from None
 
@@ -69,7 +80,7 @@ def build_report(results_dir, metric: str = "image_f1", out_dir=None) -> Path:
         order_html, _ = order_section(d, out)  # "Does the order matter?" with its own figures
     order_html += deployed_section(d, out) + protocol_section(root)
     index = out / "index.html"
-    write_text(index, page(d, mean, std, per_task, figs, note, order_html, undefined))
+    write_text(index, page(d, mean, std, per_task, figs, note, order_html, undefined, paper))
     return index
 
 

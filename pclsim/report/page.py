@@ -26,6 +26,7 @@ td:first-child,th:first-child{text-align:left}
 figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}
 figcaption{font-size:.9em;color:#444;margin-top:.3em}.meta td{text-align:left}.note{font-size:.9em;color:#333}
 code{background:#f3f3f3;padding:0 .2em}.wide{overflow-x:auto}.meta td{white-space:normal}
+.paper{display:block;font-size:.82em;color:#8a4b00}.pubnote{border-left:3px solid #c98a2b;padding-left:.6em}
 """
 
 
@@ -34,22 +35,29 @@ def escape(s) -> str:
     return html.escape(str(s), quote=True)
 
 
-def html_table(frame: pd.DataFrame, cell) -> str:
-    """An HTML table of `frame`'s shape: cell(row, None) is a row's header, cell(row, column) a cell's text."""
-    head = "<tr><th></th>" + "".join(f"<th>{escape(c)}</th>" for c in frame.columns) + "</tr>"
+def html_table(frame: pd.DataFrame, cell, sub=None) -> str:
+    """An HTML table of `frame`'s shape: cell(row, None) is a row's header, cell(row, column) a cell's text.
+    sub(row, column), where given, is a second line under a cell's text (sub(None, column) under a column's
+    header), in the style `.paper`; '' for none."""
+    def line2(r, c):
+        t = sub(r, c) if sub is not None else ""
+        return f'<span class="paper">{escape(t)}</span>' if t else ""
+
+    head = "<tr><th></th>" + "".join(f"<th>{escape(c)}{line2(None, c)}</th>" for c in frame.columns) + "</tr>"
     body = []
     for r in frame.index:
         body.append("<tr><th>" + escape(cell(r, None)) + "</th>"
-                    + "".join(f"<td>{escape(cell(r, c))}</td>" for c in frame.columns) + "</tr>")
+                    + "".join(f"<td>{escape(cell(r, c))}{line2(r, c)}</td>" for c in frame.columns) + "</tr>")
     return ('<div class="wide"><table>\n<thead>' + head + "</thead>\n<tbody>\n" + "\n".join(body)
             + "\n</tbody></table></div>")
 
 
 def page(d: ReportData, mean, std, per_task, figs, gallery_note: str, order_html: str = "",
-         undefined: dict | None = None) -> str:
+         undefined: dict | None = None, paper: dict | None = None) -> str:
     """index.html's text: the study's facts, Table 1 (mean, std: frames of tables.table1; undefined:
-    tables.undefined_cells), the per-task table, the order section's HTML, the figures ((file name,
-    caption) pairs) and the notes."""
+    tables.undefined_cells; paper: published.paper_comparison's dict, the published figures beside the
+    cells, or None), the per-task table, the order section's HTML, the figures ((file name, caption)
+    pairs) and the notes."""
     undefined = undefined or {}
     sc = d.scenario
     ds = sc.get("dataset") or {}
@@ -76,7 +84,7 @@ def page(d: ReportData, mean, std, per_task, figs, gallery_note: str, order_html
         f"{d.n_seeds} seed(s).</p>",
         '<table class="meta"><tbody>' + "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in meta)
         + "</tbody></table>",
-        "<h2>Table 1</h2>",
+        "<h2 id=\"table1\">Table 1" + (" with the seed paper's published values" if paper else "") + "</h2>",
         "<p class=\"note\">The layout of the paper's Table 1. Metric rows: final mean over tasks (after the whole "
         "stream) of each metric, then the mean over orders and seeds"
         + (" &plusmn; the standard deviation over runs" if (d.n_runs > len(d.combos)) else "")
@@ -85,8 +93,11 @@ def page(d: ReportData, mean, std, per_task, figs, gallery_note: str, order_html
         "have masks; &ldquo;&ndash;&rdquo; marks a value that does not exist (e.g. the gap of joint to itself). "
         "Also written as <a href=\"table1.csv\">table1.csv</a> (means), <a href=\"table1_std.csv\">table1_std.csv"
         "</a> and <a href=\"table1.md\">table1.md</a>.</p>",
+        _paper_caption(paper, "legend"),
         html_table(mean, lambda r, c: row_label(r, d.metric) if c is None else table1_cell(r, c, mean, std,
-                                                                                       undefined)),
+                                                                                       undefined),
+                   _paper_lines(paper)),
+        _paper_caption(paper),
         ("<p class=\"note\">Undefined (no run has the value; summary.parquet's <code>undefined</code> column "
          "gives each run's reason): " + "; ".join(f"{escape(row_label(r, d.metric))}, {escape(c)}: {escape(why)}"
                                                  for (r, c), why in undefined.items()) + ".</p>") if undefined else "",
@@ -112,6 +123,25 @@ def page(d: ReportData, mean, std, per_task, figs, gallery_note: str, order_html
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _paper_lines(paper: dict | None):
+    """html_table's `sub` for Table 1: the paper's column names and its values beside the measured cells."""
+    if not paper:
+        return None
+    return lambda r, c: f"paper, real BMAD: {paper['columns'][c]}" if r is None and c in paper["columns"] else \
+        paper["cells"].get((r, c), "")
+
+
+def _paper_caption(paper: dict | None, key: str = "caption") -> str:
+    """The paragraphs of paper[key] ("legend": before Table 1; "caption": after it, with the CSV's link)."""
+    if not paper:
+        return ""
+    lines = "".join(f"<p class=\"note pubnote\">{escape(s)}</p>" for s in paper[key])
+    if key == "legend":
+        return lines
+    return (lines + '<p class="note pubnote">Per cell (published, measured, difference, unit): '
+            '<a href="table1_published.csv">table1_published.csv</a>.</p>')
 
 
 def figure_tag(name: str, caption: str) -> str:

@@ -103,11 +103,19 @@ def table1_cell(r: str, c: str, mean: pd.DataFrame, std: pd.DataFrame, undefined
     return format_cell(r, mean.loc[r, c], std.loc[r, c])
 
 
-def table1_markdown(mean: pd.DataFrame, std: pd.DataFrame, metric: str, undefined: dict | None = None) -> str:
-    """Table 1 as a Markdown table (table1.md), rows labelled as on the page; `undefined` as undefined_cells."""
-    head = ["", *mean.columns]
+def table1_markdown(mean: pd.DataFrame, std: pd.DataFrame, metric: str, undefined: dict | None = None,
+                    paper: dict | None = None) -> str:
+    """Table 1 as a Markdown table (table1.md), rows labelled as on the page; `undefined` as undefined_cells.
+
+    paper: published.paper_comparison's dict, or None: each compared cell gets '(paper 0.82, Δ −0.008)', each
+    column the paper has its name, and the legend and caption follow the table."""
+    cells_of, names = (paper["cells"], paper["columns"]) if paper else ({}, {})
+    head = ["", *(f"{c} (paper, real BMAD: {names[c]})" if c in names else c for c in mean.columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in mean.index:
-        cells = [table1_cell(r, c, mean, std, undefined or {}) for c in mean.columns]
+        cells = [table1_cell(r, c, mean, std, undefined or {}) + (f" ({cells_of[(r, c)]})" if (r, c) in cells_of
+                                                                 else "") for c in mean.columns]
         lines.append("| " + " | ".join([row_label(r, metric)] + cells) + " |")
+    if paper:
+        lines += [""] + [f"{s}\n" for s in paper["legend"] + paper["caption"]] + ["Per cell: table1_published.csv."]
     return "\n".join(lines) + "\n"

@@ -185,7 +185,7 @@ def run_sweep(scenario_path: str, out: str | None = None, data_root: str | None 
     lock = _lock(out_dir)  # held until the sweep returns: a second sweep into this folder refuses
     try:
         prepare_output(sc, out_dir, fresh, data_fingerprint(sc, stream), accept_versions)
-        atomic_write_json(_data_record(stream), out_dir / "data.json")
+        atomic_write_json(_data_record(stream, sc["dataset"].get("root")), out_dir / "data.json")
         from ..results.tables import done_groups
 
         more = None
@@ -294,11 +294,18 @@ def _storage_problem(e: BaseException, out_dir: Path) -> PclsimError | None:
     return None
 
 
-def _data_record(stream) -> dict:
-    """data.json: per task its sizes and, where seeded caps or the paper protocol chose files, which ones."""
-    return {"tasks": {t.name: {"train": len(t.train), "test": len(t.test),
-                               "test_anomalous": sum(int(s.label) for s in t.test), "has_masks": bool(t.has_masks),
-                               "chosen": t.chosen} for t in stream}}
+def _data_record(stream, root=None) -> dict:
+    """data.json: per task its sizes and, where seeded caps or the paper protocol chose files, which ones;
+    `synthetic: true` where the data folder holds `pclsim data synth`'s marker (the report says so beside the
+    paper's published Table 1)."""
+    from ..data.bmad import SYNTHETIC_MARKER
+
+    rec = {"tasks": {t.name: {"train": len(t.train), "test": len(t.test),
+                              "test_anomalous": sum(int(s.label) for s in t.test), "has_masks": bool(t.has_masks),
+                              "chosen": t.chosen} for t in stream}}
+    if root and (Path(str(root)) / SYNTHETIC_MARKER).is_file():
+        rec["synthetic"] = True
+    return rec
 
 
 def _stand_in_difficulty(sc) -> dict:

@@ -104,13 +104,8 @@ class Evaluator:
             best_d = best_i = None
             offset = 0
             for source, rows in self.builder.resolve(ref):
-                part_vecs = self.builder.vectors(source, rows)
-
-                def exact(mask, vecs=part_vecs):
-                    q = read_rows(test, np.nonzero(mask.any(1))[0])
-                    q = q[mask[mask.any(1)]]
-                    d, i = knn(q, vecs, 1, device=self.device)
-                    return d[:, 0], i[:, 0]
+                def exact(mask, source=source, rows=rows):
+                    return self._fallback(source, eval_task, test, rows, mask)
 
                 d, i, miss = subset_nn(self.tables[source], eval_task, rows, exact)
                 i = i + offset
@@ -125,6 +120,14 @@ class Evaluator:
                 offset += len(rows)
             self._nn[key] = (best_d, best_i)
         return self._nn[key]
+
+    def _fallback(self, source: tuple, eval_task: str, test, rows: np.ndarray, mask: np.ndarray):
+        """(dist (q,), bank position (q,)) of the patches `mask` (n, P) none of whose K listed candidates the
+        bank `rows` holds: an exact search against the bank (`knn`), its vectors read only now (most
+        evaluations need none). Only those patches are read from the store, not their whole images."""
+        q = read_rows(test, np.nonzero(mask))
+        d, i = knn(q, self.builder.vectors(source, rows), 1, device=self.device)
+        return d[:, 0], i[:, 0]
 
     def _mean_distance(self, ref: BankRef, eval_task: str) -> np.ndarray:
         key = ("mean", ref, eval_task)

@@ -21,6 +21,18 @@ def naive_greedy(z: np.ndarray, k: int, start: int = 0) -> list[int]:
     return sel
 
 
+@pytest.fixture(params=["plain", "lazy"])
+def form(request, monkeypatch):
+    """Both CPU forms of greedy_coreset: the plain one pass per pick, and the lazy block form
+    (coreset._greedy_lazy, taken above LAZY_MIN_POINTS points: here forced, with blocks of 64 points)."""
+    from pclsim.core import coreset
+
+    if request.param == "lazy":
+        monkeypatch.setattr(coreset, "LAZY_MIN_POINTS", 0)
+        monkeypatch.setattr(coreset, "LAZY_BLOCK", 64)
+    return request.param
+
+
 @pytest.fixture
 def blobs():
     rng = np.random.default_rng(1)
@@ -31,14 +43,14 @@ def blobs():
     return x.astype(np.float16).astype(np.float32)
 
 
-def test_greedy_matches_naive_loop_in_projected_space(blobs):
+def test_greedy_matches_naive_loop_in_projected_space(blobs, form):
     k = 60
     got = greedy_coreset(blobs, k, projection_dim=16, seed=3, device="cpu")
     z = project(blobs, 16, seed=3, device="cpu").numpy()
     assert got.dtype == np.int64 and got.tolist() == naive_greedy(z, k)
 
 
-def test_auto_projection_wider_than_features_selects_as_in_projected_space(blobs):
+def test_auto_projection_wider_than_features_selects_as_in_projected_space(blobs, form):
     """JL "auto" on 600 points is ~158 dims > D = 40: the selection runs in the D-dim isometric image
     (isometric_basis), which must select exactly what the naive loop selects in the full projection."""
     k = 80
@@ -53,13 +65,13 @@ def test_auto_projection_wider_than_features_selects_as_in_projected_space(blobs
     np.testing.assert_allclose(d_compact, d_full, rtol=1e-4, atol=1e-3)
 
 
-def test_greedy_without_projection_matches_naive(blobs):
+def test_greedy_without_projection_matches_naive(blobs, form):
     got = greedy_coreset(blobs, 50, projection_dim=None, device="cpu")
     assert got.tolist() == naive_greedy(blobs, 50)
     assert len(set(got.tolist())) == 50 and got[0] == 0
 
 
-def test_float32_and_float16_copies_select_the_same_coreset():
+def test_float32_and_float16_copies_select_the_same_coreset(form):
     """Near-ties below float16 resolution: the float32 values order them, a float16 store cannot, and
     greedy choices cascade. Reading at float16 precision makes both stores pick the same patches."""
     rng = np.random.default_rng(7)
@@ -75,7 +87,7 @@ def test_float32_and_float16_copies_select_the_same_coreset():
     assert naive_greedy(x32, 60) != naive_greedy(x16.astype(np.float32), 60)
 
 
-def test_prefix_property(blobs):
+def test_prefix_property(blobs, form):
     order = greedy_coreset(blobs, 100, projection_dim=16, seed=0, device="cpu")
     sub = blobs[order]
     for k in (10, 37, 100):
@@ -83,7 +95,32 @@ def test_prefix_property(blobs):
         assert again.tolist() == list(range(k))  # re-reducing the coreset = truncating it
 
 
-def test_greedy_accepts_tensor_and_validates(blobs):
+def test_lazy_form_picks_what_the_plain_form_picks_on_many_blocks(monkeypatch):
+    """The lazy block form against the plain form on 6,000 points in 47 blocks of 128 (every block stale many
+    times): the same picks up to a near-tie that float32 cannot order (both forms compute each distance
+    in float32, with dot products summed in another order), and the naive float64 loop's on the first picks."""
+    from pclsim.core import coreset
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(30, 64)) * 4)[rng.integers(0, 30, 6000)] + rng.normal(size=(6000, 64))
+    x = x.astype(np.float16).astype(np.float32)
+    z = torch.from_numpy(project(x, 32, seed=1, device="cpu").numpy())
+    z = z - z.mean(0)
+    sq = z.pow(2).sum(1)
+    lazy = coreset._greedy_lazy(z.contiguous(), sq, 1500, 7, block=128)
+    monkeypatch.setattr(coreset, "LAZY_MIN_POINTS", 10**9)  # the plain form
+    plain = greedy_coreset(x, 1500, projection_dim=32, seed=1, device="cpu", start=7)
+    assert lazy[:300].tolist() == naive_greedy(z.numpy(), 300, start=7)
+    assert len(set(lazy.tolist())) == 1500
+    same = int(np.argmax(lazy != plain)) if np.any(lazy != plain) else len(lazy)
+    assert same >= 300
+    if same < len(lazy):  # where they part, the two picks are equally far within float32 rounding
+        zd = z.double()
+        d = torch.cdist(zd[[int(lazy[same]), int(plain[same])]], zd[lazy[:same]]).pow(2).min(1).values
+        assert abs(float(d[0] - d[1])) <= 1e-6 * float(sq.max())
+
+
+def test_greedy_accepts_tensor_and_validates(blobs, form):
     t = torch.from_numpy(blobs)
     assert greedy_coreset(t, 5, device="cpu").tolist() == greedy_coreset(blobs, 5, device="cpu").tolist()
     with pytest.raises(ValueError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +15,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from browser import chromium_or_skip, screenshot_command
 from fabricated_results import bank_mb, fabricate_results
 from pclsim.errors import PclsimError
 from pclsim.report import build_report, report_command
@@ -451,14 +451,10 @@ def test_cli_report_exit_codes(copy_of):
 
 @pytest.mark.slow
 def test_renders_in_headless_chromium(study, tmp_path):
-    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-    if chromium is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    chromium = chromium_or_skip()
     _, index, _ = study
     shot = tmp_path / "shot.png"
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
-           f"--screenshot={shot}", "--window-size=1200,5000", index.as_uri()]
+    cmd = screenshot_command(chromium, tmp_path / "ud", shot, "1200,5000", index.as_uri())
     subprocess.run(cmd, capture_output=True, timeout=180, check=False)
     assert shot.is_file(), "chromium wrote no screenshot"
     with Image.open(shot) as im:
