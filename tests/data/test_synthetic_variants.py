@@ -64,6 +64,7 @@ def test_cli_synth_tasks_12_and_its_bounds(tmp_path):
 
     r = cli("data", "synth", tmp_path / "s", "--tasks", "12", "--train", "2", "--test", "2", "--size", "32")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(SYNTHETIC_TASKS[:12])
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == sorted(SYNTHETIC_TASKS[:12])
+    assert (tmp_path / "s" / "pclsim-synthetic.json").is_file()  # the folder says it is synthetic (the report reads it)
     r = cli("data", "synth", tmp_path / "t", "--tasks", "16")
     assert r.returncode == 2 and r.stderr.startswith("error:") and "--tasks" in r.stderr and "1..15" in r.stderr
