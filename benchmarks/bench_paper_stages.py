@@ -12,11 +12,12 @@ Made for two uses:
 - the before/after profile of issue 20: it calls only study functions that 0.3.2 already had, so
   `PYTHONPATH=<an older checkout> python benchmarks/bench_paper_stages.py ...` profiles that version the same way.
 
-    pclsim data synth /tmp/bmad60 --train 60 --test 40
+    python benchmarks/bench_paper_stages.py scenarios/paper_table1.yaml --synth 60 40 --weights none   # or --data-root DIR
     python benchmarks/bench_paper_stages.py scenarios/paper_table1.yaml --data-root /tmp/bmad60 --weights none \\
         [--memory-sizes 10000 30000] [--device cpu|cuda] [--threads 2] [--profile 25] [--cache DIR]
 
-Prints one JSON line (benchmark "paper_stages") with the stages' seconds and peak GB, and a table.
+Prints one JSON line (benchmark "paper_stages") with the stages' seconds and peak GB, a table, and what
+`pclsim plan` predicts for the same scenario and data on this node (its table, for the sweep's stages).
 `--readme-from BEFORE.jsonl AFTER.jsonl` writes README's paper-profile block from two saved runs.
 """
 
@@ -87,6 +88,8 @@ def main():
         return
     ap.add_argument("scenario")
     ap.add_argument("--data-root")
+    ap.add_argument("--synth", type=int, nargs=2, metavar=("TRAIN", "TEST"),
+                    help="write `pclsim data synth --train TRAIN --test TEST` into a temporary folder and use it")
     ap.add_argument("--weights", help="model.weights for this run (e.g. none: random weights, no checkpoint)")
     ap.add_argument("--memory-sizes", type=int, nargs="+")
     ap.add_argument("--strategies", nargs="+")
@@ -107,6 +110,13 @@ def main():
     from pclsim.study.maskless import apply_maskless_policy
     from pclsim.study.scenario import expand_runs, load_scenario
 
+    synth_dir = tempfile.TemporaryDirectory() if a.synth and not a.data_root else None
+    if synth_dir is not None:
+        import subprocess
+
+        a.data_root = str(Path(synth_dir.name) / "bmad")
+        subprocess.run([sys.executable, "-m", "pclsim.cli", "data", "synth", a.data_root, "--train", str(a.synth[0]),
+                        "--test", str(a.synth[1])], check=True, stdout=subprocess.DEVNULL)
     sc = load_scenario(a.scenario, data_root=a.data_root)
     if a.weights:
         sc["model"]["weights"] = a.weights
@@ -200,6 +210,24 @@ def main():
         print(f"{k:<18}{v:>10.1f}{line['peak_gb'].get(k, 0):>11.2f}", file=sys.stderr)
     for k, text in profiles.items():
         print(f"\n== {k}\n{text}", file=sys.stderr)
+    try:  # what `pclsim plan` predicts for the same scenario and data on this node (Ray's stages, not these)
+        import yaml
+
+        from pclsim.plan.command import plan_scenario
+        from pclsim.plan.render import plan_text
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "scenario.yaml"
+            raw = yaml.safe_load(Path(a.scenario).read_text())
+            raw.setdefault("model", {})["weights"] = sc["model"]["weights"]
+            raw["memory_sizes"] = sc["memory_sizes"]
+            raw["strategies"] = sc["strategies"]
+            path.write_text(yaml.safe_dump(raw, sort_keys=False))
+            print("\n" + plan_text(plan_scenario(path, data_root=a.data_root)), file=sys.stderr)
+    except Exception as e:  # the plan is a comparison, not the benchmark
+        print(f"\n(pclsim plan for this scenario: {type(e).__name__}: {e})", file=sys.stderr)
+    if synth_dir is not None:
+        synth_dir.cleanup()
 
 
 if __name__ == "__main__":

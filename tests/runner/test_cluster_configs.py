@@ -416,7 +416,7 @@ def test_gpu_check_runs_every_step_after_failures_and_timeouts(tmp_path):
     (tmp_path / "benchmarks").mkdir()
     shutil.copy(GPU_CHECK, tmp_path / "benchmarks" / "gpu_check.sh")
     for name, mode in [("bench_features.py", "fail_bundled"), ("bench_coreset.py", "ok"), ("bench_knn.py", "hang"),
-                       ("bench_paper_task.py", "ok")]:
+                       ("bench_paper_task.py", "ok"), ("bench_paper_stages.py", "ok")]:
         (tmp_path / "benchmarks" / name).write_text(STUB.format(mode=mode))
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, GPU_CHECK_SKIP_INSTALL="1",
@@ -432,6 +432,8 @@ def test_gpu_check_runs_every_step_after_failures_and_timeouts(tmp_path):
         ["bench_coreset.py", "--device", "cuda", "--n", "1570000", "--dim", "1536", "--k", "30000"],
         ["bench_knn.py", "--device", "cuda"],
         ["bench_paper_task.py", "--device", "cuda"],
+        ["bench_paper_stages.py", "scenarios/paper_table1.yaml", "--synth", "60", "40", "--weights", "none", "--device",
+         "cuda"],
     ]
     log = (out / "gpu_check.log").read_text()
     assert log == r.stdout
@@ -441,6 +443,7 @@ def test_gpu_check_runs_every_step_after_failures_and_timeouts(tmp_path):
     assert re.search(r"coreset\S*\s+ok", summary)
     assert re.search(r"knn\s+TIMEOUT", summary)
     assert re.search(r"paper_task\s+ok", summary)
+    assert re.search(r"paper_stages\s+ok", summary)
     assert "2 not ok" in summary
     assert "boom" in log  # stderr is logged too
 
@@ -476,7 +479,8 @@ def test_gpu_check_benchmark_options_exist():
     """Every option gpu_check.sh passes to a benchmark script is one that script's parser defines."""
     calls = re.findall(r'"\$PY" (benchmarks/\S+\.py)([^\n]*)', GPU_CHECK.read_text())
     assert {c[0] for c in calls} == {"benchmarks/bench_features.py", "benchmarks/bench_coreset.py",
-                                     "benchmarks/bench_knn.py", "benchmarks/bench_paper_task.py"}
+                                     "benchmarks/bench_knn.py", "benchmarks/bench_paper_task.py",
+                                     "benchmarks/bench_paper_stages.py"}
     for script, args in calls:
         defined = argparse_options(REPO / script)
         assert "--device" in defined
