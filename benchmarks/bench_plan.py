@@ -15,7 +15,7 @@ sampler reads the PSS of the sweep's whole process tree (Ray included) every 0.5
   --paper          only the paper-size prediction (`pclsim plan scenarios/paper_table1.yaml` with the calibration)
   --readme-from F  README's plan block: the check's table (if the file has one) and the paper-size prediction
 
-    python benchmarks/bench_plan.py --calibrate --sizes 4 8 12 --test 8 16 24
+    python benchmarks/bench_plan.py --calibrate --sizes 4 4 8 12 --test 8 8 16 24 --orders 1 12 1 1
     PCLSIM_BENCH_OUT=benchmarks/plan_result.jsonl python benchmarks/bench_plan.py --check --sizes 20 40 60 --test 40
     python benchmarks/bench_plan.py --readme-from benchmarks/plan_result.jsonl
 """
@@ -53,12 +53,15 @@ CHECK_SECONDS, CHECK_TOLERANCE = 10.0, 0.35
 from pclsim.plan.work import JOB_LINE, TRIAL_LINE  # noqa: E402  (after the checkout is on the path)
 
 
-def bench_scenario(n_train: int, n_test: int, data: Path, memory_sizes=None) -> dict:
+def bench_scenario(n_train: int, n_test: int, data: Path, memory_sizes=None, orders: int = 1) -> dict:
     """The paper's scenario at n_train + n_test images a task on the synthetic data, random weights, its memory
-    sizes capped at a task's training patches (n_train x 784)."""
+    sizes capped at a task's training patches (n_train x 784); orders > 1: a seeded sample of that many orders
+    instead of the paper's one (more runs share each trial's memo: its states and lookups vary apart)."""
     sc = yaml.safe_load(PAPER.read_text())
-    sc["name"] = f"plan_bench_{n_train}"
+    sc["name"] = f"plan_bench_{n_train}_{n_test}_{orders}"
     sc["dataset"].update(root=str(data), max_train=int(n_train), max_test=int(n_test))
+    if orders > 1:
+        sc["orders"] = {"sample": int(orders), "seed": 0}
     sc["model"]["weights"] = "none"
     patches = int(n_train) * 784
     sc["memory_sizes"] = sorted({min(int(m), patches) for m in (memory_sizes or sc["memory_sizes"])})
@@ -95,12 +98,13 @@ def _node(line: dict):
                 float("inf"))
 
 
-def run_sweep(n_train: int, n_test: int, a, data: Path, tmp: Path) -> dict:
+def run_sweep(n_train: int, n_test: int, orders: int, a, data: Path, tmp: Path) -> dict:
     """One measured sweep: stage seconds and peak PSS, each job's and trial's seconds, the counts and the node."""
     from pclsim.data import load_stream
     from pclsim.plan.command import this_node
 
-    raw = bench_scenario(n_train, n_test, data, a.memory_sizes)
+    raw = bench_scenario(n_train, n_test, data, a.memory_sizes, orders)
+    tag = raw["name"]
     path = tmp / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     sc = _resolved(raw)
@@ -108,9 +112,9 @@ def run_sweep(n_train: int, n_test: int, a, data: Path, tmp: Path) -> dict:
     tasks = {t.name: [len(t.train), len(t.train) - t.n_calibration - t.n_validation, len(t.test),
                       t.n_calibration + t.n_validation, bool(t.has_masks)] for t in stream}
     node = this_node(cache_dir=tmp)
-    env = dict(os.environ, PCLSIM_CACHE_DIR=str(tmp / f"cache{n_train}"), RAY_ADDRESS="", RAY_DEDUP_LOGS="0",
+    env = dict(os.environ, PCLSIM_CACHE_DIR=str(tmp / f"cache-{tag}"), RAY_ADDRESS="", RAY_DEDUP_LOGS="0",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "pclsim.cli", "sweep", str(path), "--out", str(tmp / f"out{n_train}"), "--quiet",
+    cmd = [sys.executable, "-m", "pclsim.cli", "sweep", str(path), "--out", str(tmp / f"out-{tag}"), "--quiet",
            "--debug", "--fresh"]
     load = round(os.getloadavg()[0], 2)
     rc, err, s, wall = measured_run(cmd, env, ROOT, MARKS)
@@ -128,14 +132,14 @@ def run_sweep(n_train: int, n_test: int, a, data: Path, tmp: Path) -> dict:
     # the memory Ray saw when the sweep started decides how many jobs ran at once: predict with that
     import json
 
-    ray_memory = json.loads((tmp / f"out{n_train}" / "run_info.json").read_text())["cluster_resources"].get("memory")
+    ray_memory = json.loads((tmp / f"out-{tag}" / "run_info.json").read_text())["cluster_resources"].get("memory")
     if ray_memory:
         from pclsim.plan.predict import RAY_MEMORY_SHARE
 
         node.memory = float(ray_memory) / RAY_MEMORY_SHARE
     jobs = {m.group(1): float(m.group(2)) for m in JOB_LINE.finditer(err)}
     jobs.update({m.group(1): round(float(m.group(2)) + float(m.group(3)), 2) for m in TRIAL_LINE.finditer(err)})
-    return {"train": n_train, "test": n_test, "scenario": raw, "tasks": tasks,
+    return {"train": n_train, "test": n_test, "orders": orders, "scenario": raw, "tasks": tasks,
             "node": {"cpus": node.cpus, "gpus": node.gpus, "memory": node.memory}, "load_before": load,
             "stage_s": stage_s, "stage_peak_bytes": peak, "job_s": jobs, "peak_pss_bytes": s.peak_pss,
             "wall_s": round(wall, 1)}
@@ -208,6 +212,7 @@ def fit(lines: list[dict], command: str):
             "memory_gb": round(first["node"]["memory"] / 1e9, 1), "cpu_model": _cpu_model()}
     measured = {"date": datetime.date.today().isoformat(), "command": command,
                 "sizes": [line["train"] for line in lines], "test": [line["test"] for line in lines],
+                "orders": [line.get("orders", 1) for line in lines],
                 "load_before": [line["load_before"] for line in lines], "fit": residuals}
     device = "gpu" if node["gpus"] else "cpu"
     return Calibration({device: time}, memory, node, measured)
@@ -309,10 +314,13 @@ def main():
     what.add_argument("--readme-from", metavar="JSONL")
     what.add_argument("--paper", action="store_true", help="only the paper-size prediction with the calibration")
     ap.add_argument("--sizes", type=int, nargs="+", default=None,
-                    help="train images a task (default: 4 8 12 to calibrate, 20 40 60 to check)")
+                    help="train images a task, a sweep each (default: 4 4 8 12 to calibrate, 20 40 60 to check)")
     ap.add_argument("--test", type=int, nargs="+", default=None,
-                    help="test images a task: one count for every size, or one per size (default: 8 16 24 to "
+                    help="test images a task: one count for every size, or one per size (default: 8 8 16 24 to "
                          "calibrate, 40 to check)")
+    ap.add_argument("--orders", type=int, nargs="+", default=None,
+                    help="orders a sweep runs (1: the paper's; N: a seeded sample of N): one count, or one per size "
+                         "(default: 1 12 1 1 to calibrate, 1 to check)")
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=None, help="default: the paper's 10000 30000")
     ap.add_argument("--calibration", default=None, help="the file --calibrate writes / --check reads "
                     "(default: pclsim/plan/calibration.json)")
@@ -336,13 +344,15 @@ def main():
         path = fit(lines, " ".join(sys.argv)).save(cal_path)
         print(f"wrote {path}", file=sys.stderr)
         return
-    if a.calibrate and not a.sizes:  # test counts that vary unlike the train counts tell the trial terms apart
-        a.sizes, a.test = [4, 8, 12], a.test or [8, 16, 24]
+    if a.calibrate and not a.sizes:  # test counts that vary unlike the train counts, and a sweep of many orders
+        a.sizes, a.test, a.orders = [4, 4, 8, 12], a.test or [8, 8, 16, 24], a.orders or [1, 12, 1, 1]
     a.sizes = a.sizes or [20, 40, 60]
-    a.test = a.test or [40]
-    if len(a.test) not in (1, len(a.sizes)):
-        raise SystemExit("error: --test: one count, or one per --sizes count")
-    pairs = list(zip(a.sizes, a.test * len(a.sizes) if len(a.test) == 1 else a.test))
+    a.test, a.orders = a.test or [40], a.orders or [1]
+    for flag, v in (("--test", a.test), ("--orders", a.orders)):
+        if len(v) not in (1, len(a.sizes)):
+            raise SystemExit(f"error: {flag}: one count, or one per --sizes count")
+    per = lambda v: v * len(a.sizes) if len(v) == 1 else v  # noqa: E731
+    pairs = list(zip(a.sizes, per(a.test), per(a.orders)))
     cal = None if a.calibrate else load_calibration(cal_path)
     lines = []
     with tempfile.TemporaryDirectory(prefix="pclsim-plan-") as d:
@@ -352,8 +362,8 @@ def main():
             subprocess.run([sys.executable, "-m", "pclsim.cli", "data", "synth", str(data), "--train",
                             str(max(a.sizes)), "--test", str(max(a.test))], check=True, cwd=ROOT,
                            stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        for n, m in pairs:
-            lines.append(run_sweep(n, m, a, data, tmp))
+        for n, m, o in pairs:
+            lines.append(run_sweep(n, m, o, a, data, tmp))
             emit("plan_sweep", lines[-1])
     if a.calibrate:
         path = fit(lines, " ".join(sys.argv)).save(cal_path)

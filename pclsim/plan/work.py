@@ -26,12 +26,15 @@ UNITS = {"extraction": "multiply-adds", "selections": "job seconds", "re-reducti
 # A job of a family takes sum(coefficient x count) seconds over these counts (coefficients fitted to the jobs'
 # measured times, benchmarks/bench_plan.py):
 #   greedy (selections, joint selections, re-reduction chains): the job; the greedy steps (points selected); the
-#          distance multiply-adds (points x steps x distance dimension); the projection's (points x D x d')
+#          distance multiply-adds of the plain form (points x steps x distance dimension), apart for selections over
+#          at most LAZY_MIN_POINTS points (the plain form on every device) and over more (on a CPU the lazy block
+#          form, which skips blocks that cannot hold the farthest point: its rate is the fitted average); the
+#          projection's multiply-adds
 #   table: the job; the distance multiply-adds (query patches x candidates x D); the list entries written (x K)
 #   trial: the trial; its states (metrics computed, each a routing and the image metrics); candidate-list lookups;
 #          the reweighting's neighbour-search multiply-adds (test images x bank x D of the bank a task's images are
 #          scored with); anomaly-map pixels
-FAMILIES = {"greedy": ("job", "steps", "distance_macs", "projection_macs"),
+FAMILIES = {"greedy": ("job", "steps", "distance_macs", "lazy_distance_macs", "projection_macs"),
             "table": ("job", "distance_macs", "lists"),
             "trial": ("trial", "states", "lookups", "reweight_macs", "pixels")}
 # what a sweep prints under --debug for each bank-stage job (pclsim.runner.actors) and each trial
@@ -185,28 +188,35 @@ def _projection(coreset: dict, n: int, dim: int) -> tuple[int, int]:
     return min(int(d), dim), int(d)
 
 
-def greedy_terms(n: int, k: int, coreset: dict, dim: int) -> tuple[float, float, float]:
-    """(steps, distance multiply-adds, projection multiply-adds) of greedy k-center selecting k of n points: one
-    distance pass over the n projected points a step (n x k x d, d the dimension distances are measured in) and
-    the projection of the points (n x D x d, where there is one)."""
+def greedy_terms(n: int, k: int, coreset: dict, dim: int) -> tuple[float, float, float, float]:
+    """(steps, distance multiply-adds over at most LAZY_MIN_POINTS points, over more, projection multiply-adds)
+    of greedy k-center selecting k of n points: one distance pass over the n projected points a step in the plain
+    form (n x k x d, d the dimension distances are measured in; `pclsim.core.coreset.greedy_coreset` runs
+    larger selections on a CPU in lazy blocks, which do a data-dependent share of it) and the projection of the
+    points (n x D x d, where there is one)."""
+    from ..core.coreset import LAZY_MIN_POINTS
+
     n, k = int(n), min(int(k), int(n))
     if n <= 0 or k <= 0:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
     d, proj = _projection(coreset, n, dim)
-    return float(k), float(n) * k * d, float(n) * dim * d if proj else 0.0
+    dist = float(n) * k * d
+    small = n <= LAZY_MIN_POINTS
+    return float(k), dist if small else 0.0, 0.0 if small else dist, float(n) * dim * d if proj else 0.0
 
 
 def greedy_macs(n: int, k: int, coreset: dict, dim: int) -> float:
-    """Multiply-adds of greedy k-center selecting k of n points (`greedy_terms`' distances and projection)."""
-    _, dist, proj = greedy_terms(n, k, coreset, dim)
-    return dist + proj
+    """Multiply-adds of greedy k-center selecting k of n points in the plain form (`greedy_terms`' distances and
+    projection)."""
+    _, small, large, proj = greedy_terms(n, k, coreset, dim)
+    return small + large + proj
 
 
 def _greedy_job(runs, memory: float, name: str, lane: str = "slot", request: float | None = None) -> Job:
     """A job of greedy k-center runs [(n, k, coreset, dim), ...] (a chain of re-reductions: several)."""
     t = [greedy_terms(*r) for r in runs]
-    steps, dist, proj = (sum(x[i] for x in t) for i in range(3))
-    return Job(dist + proj, memory, lane, (1.0, steps, dist, proj), name, "greedy", request)
+    terms = tuple(sum(x[i] for x in t) for i in range(4))
+    return Job(sum(terms[1:]), memory, lane, (1.0, *terms), name, "greedy", request)
 
 
 def _selection_memory(n: int, dim: int, coreset: dict) -> float:

@@ -172,7 +172,17 @@ def test_greedy_jobs_count_steps_and_a_chain_sums_its_links():
     assert first.family == "greedy" and first.terms[0] == 1 and first.terms[1] == 30 + 20
     assert chains["s0 banks task C"].terms[1] == 0  # arrived last: never re-reduced
     sel = work["selections"].jobs[0]
-    assert sel.terms == (1.0, 60.0, 320 * 60 * 8, 320 * 8 * 8)  # jl_dim(320) > D = 8
+    assert sel.terms == (1.0, 60.0, 320 * 60 * 8, 0.0, 320 * 8 * 8)  # jl_dim(320) > D = 8; 320 points: plain form
+
+
+def test_selections_over_many_points_count_apart_as_the_lazy_form():
+    from pclsim.core.coreset import LAZY_MIN_POINTS
+    from pclsim.plan.work import greedy_terms
+
+    n = LAZY_MIN_POINTS + 1
+    steps, small, large, proj = greedy_terms(n, 100, CORESET, 1536)
+    assert (steps, small) == (100, 0) and large == n * 100 * jl_dim(n) and proj == n * 1536 * jl_dim(n)
+    assert greedy_terms(LAZY_MIN_POINTS, 100, CORESET, 1536)[1] == LAZY_MIN_POINTS * 100 * jl_dim(LAZY_MIN_POINTS)
 
 
 def test_lanes_follow_the_ray_requests_and_trials_ask_for_a_cpu_only():
