@@ -4,7 +4,8 @@
 - `writing`: chunks, assembly (`finalise`) and `extract_task`;
 - `cache`: the cache folder (`PCLSIM_CACHE_DIR`), `load_or_extract`, `remove_stale_temporaries`;
 - `sharing`: one cache shared by several users and sweeps (modes per umask, the folder's group, owners
-  of temporary folders, stale ones removed).
+  of temporary folders, stale ones removed);
+- `tables`: candidate tables on disk beside the features (`TableRef`, `TableWriter`, `lookup_table`).
 
 Imports only `pclsim.core`, `pclsim.data` and the base modules (errors, atomic). `pclsim.store.X`
 names what `pclsim.store` named before 0.3 (the writing module's public names).
