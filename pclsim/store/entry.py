@@ -231,9 +231,17 @@ def lookup(root, key: str) -> FeatureRef | None:
     Raises PclsimError (pclsim.store.sharing), naming the entry, its owner and the fix, when the entry
     cannot be read for its permissions, or is damaged and belongs to another user: an entry of another
     user is never moved or deleted, and a permission error is never taken for damage."""
+    meta = checked_entry(entry_dir(root, key), _check, _Damaged)
+    return None if meta is None else _ref(root, key, meta)
+
+
+def checked_entry(p: Path, check, damaged=Exception) -> dict | None:
+    """check(p) of the store folder p (its meta.json, after checking its files), or None: missing, or damaged
+    (check raised `damaged`) and this user's, then discarded; the same for a folder replaced meanwhile is
+    checked again. Raises PclsimError naming p when it cannot be read for its permissions or is damaged and
+    another user's (pclsim.store.sharing): used by the features' entries and the candidate tables."""
     from .sharing import is_ours, not_ours, unreadable
 
-    p = entry_dir(root, key)
     try:
         before = os.stat(p)
     except FileNotFoundError:
@@ -241,21 +249,20 @@ def lookup(root, key: str) -> FeatureRef | None:
     except PermissionError as e:
         raise unreadable(p, e) from None
     try:
-        meta = _check(p)
+        return check(p)
     except PermissionError as e:
         raise unreadable(p, e) from None
-    except _Damaged as e:
+    except damaged as e:
         try:
             now = os.stat(p)
         except FileNotFoundError:
             return None  # another sweep of ours discarded it meanwhile
         if (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev):
-            return lookup(root, key)  # replaced meanwhile (discarded and published again): check the new one
+            return checked_entry(p, check, damaged)  # replaced meanwhile: check the new one
         if not is_ours(p):
             raise not_ours(p, str(e)) from None
         _discard(p, before)
         return None
-    return _ref(root, key, meta)
 
 
 def _discard(p: Path, st: os.stat_result) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .entry import _discard, _fsync_dir, _publish, npy_data_offset, npy_header
+from .entry import _fsync_dir, _publish, checked_entry, npy_data_offset, npy_header
 from .sharing import cannot_write, make_temp_dir
 
 __all__ = ["TABLE_FORMAT", "TableRef", "TableWriter", "table_key", "table_dir", "lookup_table", "open_table"]
@@ -96,7 +96,22 @@ def open_table(t):
     return t.open() if isinstance(t, TableRef) else t
 
 
+class _Damaged(Exception):
+    """A stored table's files do not match its meta.json."""
+
+
 def _check(p: Path) -> dict:
+    """meta.json of a complete stored table whose files have the shapes and sizes it announces; raises
+    _Damaged saying what is wrong, PermissionError when this user may not read a file."""
+    try:
+        return _check_files(p)
+    except PermissionError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _Damaged(f"{type(e).__name__}: {e}") from None
+
+
+def _check_files(p: Path) -> dict:
     meta = json.loads((p / "meta.json").read_text())
     if meta.get("format") != TABLE_FORMAT:
         raise ValueError(f"format {meta.get('format')!r}")
@@ -127,26 +142,9 @@ def lookup_table(root, key: str) -> TableRef | None:
     """The handle of a complete stored table, or None (missing; or damaged and this user's: then discarded).
 
     Raises PclsimError (pclsim.store.sharing) when a damaged entry belongs to another user, or an entry
-    cannot be read for its permissions."""
-    from .sharing import is_ours, not_ours, unreadable
-
-    p = table_dir(root, key)
-    try:
-        before = os.stat(p)
-    except FileNotFoundError:
-        return None
-    except PermissionError as e:
-        raise unreadable(p, e) from None
-    try:
-        meta = _check(p)
-    except PermissionError as e:
-        raise unreadable(p, e) from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        if not is_ours(p):
-            raise not_ours(p, f"{type(e).__name__}: {e}") from None
-        _discard(p, before)
-        return None
-    return _ref(root, key, meta)
+    cannot be read for its permissions (pclsim.store.entry.checked_entry, as for the features)."""
+    meta = checked_entry(table_dir(root, key), _check, _Damaged)
+    return None if meta is None else _ref(root, key, meta)
 
 
 class TableWriter:
