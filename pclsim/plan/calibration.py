@@ -130,8 +130,8 @@ def fit_line(x, y, prior_slope: float | None = None, min_spread: float = 0.05) -
     Where x varies too little to tell a slope from an intercept (max - min below min_spread x its mean
     magnitude) or the least-squares slope is negative (noise over a flat stretch), the slope is prior_slope
     and the intercept the mean remainder (a negative remainder: no intercept, the slope y / x on average);
-    without a prior, y's mean where x does not vary, else y proportional to x. A negative least-squares
-    intercept is held at 0 and the slope refitted. Raises ValueError without points."""
+    without a prior, y's mean (x does not explain y). A negative least-squares intercept is held at 0 and the
+    slope refitted. Raises ValueError without points."""
     import numpy as np
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -147,7 +147,7 @@ def fit_line(x, y, prior_slope: float | None = None, min_spread: float = 0.05) -
     if prior_slope is not None:
         icpt = float(np.mean(y - prior_slope * x))
         return (icpt, float(prior_slope)) if icpt >= 0 else (0.0, float(np.mean(y) / mean) if mean else 0.0)
-    return (max(0.0, float(np.mean(y))), 0.0) if flat else through_0
+    return max(0.0, float(np.mean(y))), 0.0
 
 
 def fit_terms(rows, y) -> list[float]:
