@@ -18,7 +18,6 @@ Made for two uses:
 
 Prints one JSON line (benchmark "paper_stages") with the stages' seconds and peak GB, a table, and what
 `pclsim plan` predicts for the same scenario and data on this node (its table, for the sweep's stages).
-`--readme-from BEFORE.jsonl AFTER.jsonl` writes README's paper-profile block from two saved runs.
 """
 
 from __future__ import annotations
@@ -59,33 +58,8 @@ class PeakRSS(threading.Thread):
             self.stop.wait(0.2)
 
 
-def readme_text(before: dict, after: dict) -> str:
-    """README's paper-profile block: seconds and peak GB per stage, an older version beside this one."""
-    rows = [f"| stage | {before.get('pclsim', 'before')}: time (s) | peak (GB) | {after.get('pclsim', 'after')}: "
-            "time (s) | peak (GB) | ratio |", "|---|---|---|---|---|---|"]
-    for st in after["seconds"]:
-        b, x = before["seconds"].get(st), after["seconds"][st]
-        ratio = f"{b / x:.1f} x" if b and x else "-"
-        rows.append(f"| {st} | {b if b is not None else '-'} | {before['peak_gb'].get(st, '-')} | {x} | "
-                    f"{after['peak_gb'].get(st, '-')} | {ratio} |")
-    rows.append(f"| total | {before['total_s']} | {before['max_rss_gb']} | {after['total_s']} | {after['max_rss_gb']} | "
-                f"{before['total_s'] / after['total_s']:.1f} x |")
-    fb = after.get("evaluator", {})
-    tail = (f"\n\nThe trials answered {fb['fallback_queries']:,} of {fb['nn_queries']:,} nearest-neighbour queries "
-            "by the exact fallback." if fb.get("nn_queries") else "")
-    return "\n".join(rows) + tail
-
-
 def main():
     ap = argparse.ArgumentParser()
-    if "--readme-from" in sys.argv:  # BEFORE.jsonl AFTER.jsonl: their last paper_stages lines
-        from _common import json_lines, replace_readme_block
-
-        i = sys.argv.index("--readme-from")
-        before, after = ([x for x in json_lines(f) if x.get("benchmark") == "paper_stages"][-1]
-                         for f in sys.argv[i + 1:i + 3])
-        replace_readme_block(ROOT / "README.md", "paper-profile", readme_text(before, after))
-        return
     ap.add_argument("scenario")
     ap.add_argument("--data-root")
     ap.add_argument("--synth", type=int, nargs=2, metavar=("TRAIN", "TEST"),

@@ -180,6 +180,21 @@ class _Damaged(Exception):
     """An entry's files do not match its meta.json (the message says how)."""
 
 
+def check_npy_files(p: Path, want: dict, error=ValueError) -> None:
+    """Raise `error` saying what is wrong unless every file p/name of want {name: (shape, dtype)} is a .npy of
+    exactly that shape and dtype and exactly the size they announce (a truncated copy is caught). Used by the
+    features' entries and the candidate tables (pclsim.store.tables)."""
+    for fn, (shape, dt) in want.items():
+        with open(p / fn, "rb") as f:
+            got_shape, got_dt = npy_data_offset(f)
+            off = f.tell()
+        if tuple(got_shape) != tuple(shape) or got_dt != np.dtype(dt):
+            raise error(f"{fn}: {tuple(got_shape)} {got_dt}, expected {tuple(shape)} {np.dtype(dt)}")
+        size, need = os.path.getsize(p / fn), off + int(np.prod(shape)) * np.dtype(dt).itemsize
+        if size != need:
+            raise error(f"{fn}: {size} bytes, expected {need}")
+
+
 def _check(p: Path) -> dict:
     """meta.json of a complete entry whose array files have exactly the sizes it announces.
 
@@ -194,15 +209,7 @@ def _check(p: Path) -> dict:
                 "labels.npy": ((meta["n_test"],), "int64")}
         if meta["has_masks"]:
             want["masks.npy"] = ((meta["n_test"], meta["image_size"], meta["image_size"]), "bool")
-        for fn, (shape, dt) in want.items():
-            with open(p / fn, "rb") as f:
-                got_shape, got_dt = npy_data_offset(f)
-                off = f.tell()
-            if tuple(got_shape) != tuple(shape) or got_dt != np.dtype(dt):
-                raise _Damaged(f"{fn}: {tuple(got_shape)} {got_dt}, expected {tuple(shape)} {dt}")
-            size, need = os.path.getsize(p / fn), off + int(np.prod(shape)) * np.dtype(dt).itemsize
-            if size != need:
-                raise _Damaged(f"{fn}: {size} bytes, expected {need}")
+        check_npy_files(p, want, _Damaged)
         return meta
     except PermissionError:
         raise

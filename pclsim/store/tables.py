@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .entry import _fsync_dir, _publish, checked_entry, npy_data_offset, npy_header
+from .entry import _fsync_dir, _publish, check_npy_files, checked_entry, npy_header
 from .sharing import cannot_write, make_temp_dir
 
 __all__ = ["TABLE_FORMAT", "TableRef", "TableWriter", "table_key", "table_dir", "lookup_table", "open_table"]
@@ -120,14 +120,7 @@ def _check_files(p: Path) -> dict:
     for i, (_, n) in enumerate(meta["sets"]):
         want[f"pos-{i}.npy"] = (shape(n), np.int32)
         want[f"dist-{i}.npy"] = (shape(n), np.float32)
-    for fn, (shp, dt) in want.items():
-        with open(p / fn, "rb") as f:
-            got, gdt = npy_data_offset(f)
-            off = f.tell()
-        if tuple(got) != tuple(shp) or gdt != np.dtype(dt):
-            raise ValueError(f"{fn}: {tuple(got)} {gdt}, expected {tuple(shp)} {np.dtype(dt)}")
-        if os.path.getsize(p / fn) != off + int(np.prod(shp)) * np.dtype(dt).itemsize:
-            raise ValueError(f"{fn}: truncated")
+    check_npy_files(p, want)
     return meta
 
 
