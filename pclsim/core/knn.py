@@ -11,9 +11,23 @@ import torch
 
 from .tensors import as_tensor
 
-__all__ = ["knn", "nn_distances", "faiss_available"]
+__all__ = ["knn", "nn_distances", "faiss_available", "query_chunk"]
 
-_CHUNK_ELEMS = 1 << 22  # distance-matrix elements per chunk (16 MB in float32: stays in cache-friendly sizes)
+_CHUNK_ELEMS = 1 << 24  # distance-matrix elements per chunk (64 MB in float32)
+_MIN_CHUNK = 256  # queries per GEMM at least: fewer re-read the whole bank for too little work
+_GATHER_ELEMS = 1 << 22  # k = 1: the chosen neighbours' vectors gathered per chunk (16 MB in float32)
+
+
+def query_chunk(n_bank: int, k: int, dim: int) -> int:
+    """Queries `knn` handles per GEMM against a bank of n_bank vectors of `dim`: a distance block of at most
+    2^24 elements, but never fewer than 256 queries (benchmarks/bench_knn.py --chunks: against a
+    30,000 x 1,536 bank, 42-query blocks reached 61 GFLOP/s a thread, 256 and more about 100); for k = 1 also
+    at most 2^22 / dim (the exact re-measure gathers one vector a query). Its memory is 2 x chunk x n_bank x 4
+    bytes (the block and its partial sort: pclsim.runner.memory.table_memory_bytes)."""
+    chunk = max(_MIN_CHUNK, _CHUNK_ELEMS // max(1, n_bank))
+    if k == 1:
+        chunk = min(chunk, max(1, _GATHER_ELEMS // max(1, dim)))
+    return chunk
 
 
 def faiss_available() -> bool:
@@ -52,7 +66,7 @@ def _knn_torch(queries, bank, k, device):
     b = b - mu
     b_sq = (b * b).sum(1)
     nq = q_all.shape[0]
-    chunk = max(1, min(_CHUNK_ELEMS // max(1, b.shape[0]), _CHUNK_ELEMS // max(1, k * b.shape[1])))
+    chunk = query_chunk(b.shape[0], k, b.shape[1])
     dists = torch.empty((nq, k), dtype=torch.float32)
     idxs = torch.empty((nq, k), dtype=torch.int64)
     for s in range(0, nq, chunk):

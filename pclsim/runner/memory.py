@@ -106,14 +106,18 @@ def table_memory_bytes(candidates: int, dim: int, test_patches: int, k: int, chu
                        stored: bool = True) -> int:
     """Host memory (bytes) of one candidate-table job: the worker (WORKER_BASE_BYTES), the source's
     candidate vectors (candidates x dim float32, and a float16 read of them), one query chunk
-    (chunk_patches x dim float32), its distance block to every candidate (chunk_patches x candidates float32,
-    twice: the distances and their partial sort) and its lists (chunk_patches x K x (int32 + float32));
+    (chunk_patches x dim float32), the distance block of one GEMM to every candidate (knn's
+    `query_chunk(candidates, K, dim)` queries, at most chunk_patches, x candidates float32, twice: the
+    distances and their partial sort) and the chunk's lists (chunk_patches x K x (int32 + float32));
     stored=False: the whole table in memory (test_patches x min(k, candidates) x 8 bytes), as for tasks not
     read from the feature store (the table then travels through Ray's object store)."""
+    from ..core.knn import query_chunk
+
     k = min(int(k), int(candidates))
     lists = (test_patches if not stored else chunk_patches) * k * 8
+    block = min(int(chunk_patches), query_chunk(int(candidates), k, int(dim)))
     return int(WORKER_BASE_BYTES + candidates * dim * 6 + lists + chunk_patches * dim * 4
-               + 2 * chunk_patches * candidates * 4)
+               + 2 * block * candidates * 4)
 
 
 def selection_memory_bytes(patches: int, dim: int, projection_dim: int) -> int:

@@ -163,6 +163,24 @@ def test_knn_agrees_with_brute_force(backend):
     np.testing.assert_allclose(d1, rd[:, 0], rtol=1e-4, atol=1e-4)
 
 
+def test_knn_blocks_of_queries_agree_with_brute_force():
+    """A bank large enough that knn splits the queries into several GEMM blocks of query_chunk (the last one
+    partial): every block's lists equal a float64 brute force."""
+    from pclsim.core.knn import query_chunk
+
+    rng = np.random.default_rng(3)
+    b = rng.normal(size=(70_000, 8)).astype(np.float32)
+    chunk = query_chunk(len(b), 5, 8)
+    assert chunk == 256  # the floor: 2^24 / 70,000 is smaller
+    q = rng.normal(size=(2 * chunk + 37, 8)).astype(np.float32)
+    d, i = knn(q, b, 5, backend="torch", device="cpu")
+    rd, ri = brute(q, b, 5)
+    np.testing.assert_allclose(d, rd, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.take_along_axis(
+        np.sqrt(((q[:, None, :].astype(np.float64) - b[i].astype(np.float64)) ** 2).sum(-1)), np.arange(5)[None].repeat(len(q), 0), 1), rd, rtol=1e-4, atol=1e-4)
+    assert query_chunk(1000, 1, 1536) == (1 << 22) // 1536  # k = 1: the gather of one vector a query bounds it
+
+
 def test_knn_input_checks():
     with pytest.raises(ValueError):
         knn(np.zeros((3, 4), np.float32), np.zeros((5, 3), np.float32))

@@ -16,7 +16,7 @@ import pytest
 
 from pclsim.errors import PclsimError
 from pclsim.runner.control import MemoryKilled, cause_message, memory_kill, unwrap
-from pclsim.runner.memory import (backbone_profile, extractor_memory_bytes, extractor_plan, extractor_pool_size,
+from pclsim.runner.memory import (WORKER_BASE_BYTES, backbone_profile, extractor_memory_bytes, extractor_plan, extractor_pool_size,
                                   table_memory_bytes)
 
 from pclsim_cli import cli
@@ -86,8 +86,16 @@ def test_extractor_plan_sizes_the_pool_by_memory_and_refuses_what_no_node_can_ho
 
 
 def test_table_job_request_grows_with_the_bank_and_with_the_test_set_only_in_memory():
+    from pclsim.core.knn import query_chunk
+
     small = table_memory_bytes(1000, 1536, 100_000, 64, 64 * 784)
-    assert table_memory_bytes(10_000, 1536, 100_000, 64, 64 * 784) - small == 9000 * (1536 * 6 + 2 * 64 * 784 * 4)
+    # the distance block is one GEMM's (knn's query_chunk queries), not the whole chunk of 64 images read
+    block = {c: query_chunk(c, 64, 1536) for c in (1000, 30_000)}
+    assert block[30_000] == 559 and block[1000] == 16_777 < 64 * 784
+    assert (table_memory_bytes(30_000, 1536, 100_000, 64, 64 * 784) - small
+            == 29_000 * 1536 * 6 + 2 * 4 * (block[30_000] * 30_000 - block[1000] * 1000))
+    # the paper's candidate sets: the job asks for its vectors and about 0.1 GiB of distances, not 12 GiB
+    assert table_memory_bytes(30_000, 1536, 100_000, 64, 64 * 784) - WORKER_BASE_BYTES < 30_000 * 1536 * 6 + 2**29
     assert (table_memory_bytes(1000, 1536, 200_000, 64, 64 * 784, stored=False)
             - table_memory_bytes(1000, 1536, 100_000, 64, 64 * 784, stored=False)) == 100_000 * 64 * 8
     # a stored table streams to disk: its volume is not in the job's memory
