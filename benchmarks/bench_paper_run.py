@@ -11,6 +11,7 @@ most 30 minutes and at most 6 GB above idle on the 2-core development machine.
     python benchmarks/bench_paper_run.py [--train 60 --test 40] [--data DIR]
     PCLSIM_BENCH_OUT=benchmarks/paper_run.jsonl python benchmarks/bench_paper_run.py
     python benchmarks/bench_paper_run.py --from-log sweep.log      # a sweep --debug log already run (times only)
+    python benchmarks/bench_paper_run.py --from-plan plan.jsonl    # the 60 + 40 sweep bench_plan.py --check measured
     python benchmarks/bench_paper_run.py --readme-from benchmarks/paper_run.jsonl
 """
 
@@ -105,6 +106,20 @@ def from_log(path: str, a) -> dict:
     return out
 
 
+def from_plan(path: str, a) -> dict:
+    """The sweep `benchmarks/bench_plan.py --check` measured at a.train + a.test images (its plan_sweep line: the
+    same scenario, from an empty feature cache, with the same process-tree sampler and stage marks)."""
+    lines = [x for x in json_lines(path) if x.get("benchmark") == "plan_sweep" and x["train"] == a.train
+             and x["test"] == a.test and x.get("orders", 1) == 1]
+    if not lines:
+        raise SystemExit(f"error: {path}: no plan_sweep line at {a.train} train + {a.test} test images")
+    x = lines[-1]
+    return {"train": a.train, "test": a.test, "wall_s": x["wall_s"], "stage_s": x["stage_s"],
+            "stage_peak_pss_gb": {k: round(v / 1e9, 2) for k, v in x["stage_peak_bytes"].items()},
+            "peak_pss_gb": round(x["peak_pss_bytes"] / 1e9, 2), "load_before": x["load_before"],
+            "cpus": x["node"]["cpus"], "memory_sampled": True, "from": path}
+
+
 def readme_text(x: dict) -> str:
     rows = ["| stage | time (s) | peak PSS of the process tree (GB) |", "|---|---|---|"]
     for st in SPANS:
@@ -117,8 +132,11 @@ def readme_text(x: dict) -> str:
             f"P = 784, M = 10,000 and 30,000, four strategies, authors' rebalance; {x['cpus']} cores, no GPU, "
             f"empty feature cache): **{total / 60:.1f} minutes** end to end (target 30).")
     if x.get("memory_sampled"):
-        head += (f" Peak PSS of the whole process tree {x['peak_pss_gb']:.2f} GB (target: 6 GB above idle; "
-                 f"{x['idle_used_gb']:.2f} GB were in use before; load {x['load_before']} when it started).")
+        idle = f"{x['idle_used_gb']:.2f} GB were in use before; " if "idle_used_gb" in x else ""
+        via = (f" Measured by `benchmarks/bench_plan.py --check` (its sweep at {x['train']} + {x['test']} images, "
+               "read with `--from-plan`)." if x.get("from") else "")
+        head += (f" Peak PSS of the whole process tree {x['peak_pss_gb']:.2f} GB (target: 6 GB above idle; the "
+                 f"tree holds nothing at idle; {idle}load {x['load_before']} when it started).{via}")
     else:
         head += (" Times from the sweep's --debug marks (`--from-log`); the process tree's memory was not sampled "
                  f"in that run (the driver's own peak: {x.get('driver_max_rss_gb', float('nan')):.2f} GB); the "
@@ -132,6 +150,8 @@ def main():
     ap.add_argument("--test", type=int, default=40)
     ap.add_argument("--data", help="a `pclsim data synth` folder (default: written into a temporary folder)")
     ap.add_argument("--from-log", metavar="LOG", help="read the stage times of a sweep --debug log instead")
+    ap.add_argument("--from-plan", metavar="JSONL", help="read the sweep bench_plan.py --check measured at these "
+                    "counts (its plan_sweep line) instead")
     ap.add_argument("--readme-from", metavar="JSONL", help="write README's paper-run block from a saved line")
     a = ap.parse_args()
     if a.readme_from:
@@ -140,7 +160,7 @@ def main():
             raise SystemExit(f"error: {a.readme_from}: no 'paper_run' line")
         replace_readme_block(ROOT / "README.md", "paper-run", readme_text(lines[-1]))
         return
-    line = from_log(a.from_log, a) if a.from_log else run(a)
+    line = from_log(a.from_log, a) if a.from_log else from_plan(a.from_plan, a) if a.from_plan else run(a)
     emit("paper_run", line)
     print(readme_text(line), file=sys.stderr)
 

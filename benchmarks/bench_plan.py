@@ -12,6 +12,8 @@ sampler reads the PSS of the sweep's whole process tree (Ray included) every 0.5
   --check          predict every stage with a calibration file and compare with the measured sweep: time and
                    peak memory within 35 % for every stage that takes more than 10 s
   --fit-from F     calibrate from the sweeps a saved run measured (its plan_sweep lines), without sweeping
+  --check-from F   check the sweeps a saved run measured against the calibration, without sweeping (sweeps measured
+                   one at a time, e.g. the largest first, checked together after the calibration)
   --paper          only the paper-size prediction (`pclsim plan scenarios/paper_table1.yaml` with the calibration)
   --readme-from F  README's plan block: the check's table (if the file has one) and the paper-size prediction
 
@@ -280,8 +282,9 @@ def readme_text(lines: list[dict]) -> str:
     else:
         rows = [x for x in lines if x["benchmark"] == "plan_check_row" and x["train"] in summary["sizes"]]
         rows = rows[-len(summary["sizes"]) * 6:]
-        out += [f"Measured by `benchmarks/bench_plan.py --check --sizes {' '.join(map(str, summary['sizes']))} --test "
-                f"{summary['test']}` on {summary['cpus']} cores (load {summary['load_before']} before) with the "
+        out += [f"Measured by `benchmarks/bench_plan.py --check` (train images a task {', '.join(map(str, summary['sizes']))}; "
+                f"test {summary['test']}) on {summary['cpus']} cores (load at most {summary['load_before']} as a sweep "
+                "started), checked with the "
                 f"calibration of {summary['calibration_date']} (train images {summary['calibration_sizes']}): the "
                 "reduced paper scenario (six synthetic BMAD-layout tasks, WRN50-2 random weights, 224 px, the four "
                 "strategies, M = 10,000 and 30,000 capped at a task's patches), each stage predicted by `pclsim plan` "
@@ -312,6 +315,8 @@ def main():
     what.add_argument("--check", action="store_true")
     what.add_argument("--fit-from", metavar="JSONL")
     what.add_argument("--readme-from", metavar="JSONL")
+    what.add_argument("--check-from", metavar="JSONL", help="check the sweeps a saved run measured (plan_sweep lines) "
+                      "against the calibration, without sweeping")
     what.add_argument("--paper", action="store_true", help="only the paper-size prediction with the calibration")
     ap.add_argument("--sizes", type=int, nargs="+", default=None,
                     help="train images a task, a sweep each (default: 4 4 8 12 to calibrate, 20 40 60 to check)")
@@ -336,6 +341,14 @@ def main():
     if a.paper:
         load_calibration(cal_path)  # a bad file: its error here, not pclsim plan's
         emit("plan_paper", paper_prediction(cal_path))
+        return
+    if a.check_from:  # sweeps measured before (their plan_sweep lines), against this calibration
+        lines = [x for x in json_lines(a.check_from) if x["benchmark"] == "plan_sweep"]
+        if a.sizes:
+            lines = [x for x in lines if x["train"] in a.sizes]
+        if not lines:
+            raise SystemExit(f"error: {a.check_from}: no plan_sweep line" + (f" at --sizes {a.sizes}" if a.sizes else ""))
+        report_check(lines, load_calibration(cal_path), cal_path, a)
         return
     if a.fit_from:
         lines = [x for x in json_lines(a.fit_from) if x["benchmark"] == "plan_sweep"]
@@ -369,12 +382,18 @@ def main():
         path = fit(lines, " ".join(sys.argv)).save(cal_path)
         print(f"wrote {path}", file=sys.stderr)
         return
+    report_check(lines, cal, cal_path, a)
+
+
+def report_check(lines: list[dict], cal, cal_path: str, a) -> None:
+    """Emit the check's rows, its summary and the paper-size prediction; print the table on stderr."""
     rows = check(lines, cal)
     for r in rows:
         emit("plan_check_row", r)
     checked = [r for r in rows if r["checked"]]
-    emit("plan_check", {"sizes": a.sizes, "test": a.test[0] if len(set(a.test)) == 1 else a.test, "cpus": lines[0]["node"]["cpus"],
-                        "load_before": lines[0]["load_before"], "calibration": cal_path,
+    sizes, test = [x["train"] for x in lines], [x["test"] for x in lines]
+    emit("plan_check", {"sizes": sizes, "test": test[0] if len(set(test)) == 1 else test, "cpus": lines[0]["node"]["cpus"],
+                        "load_before": max(x["load_before"] for x in lines), "calibration": cal_path,
                         "calibration_date": cal.measured.get("date"), "calibration_sizes": cal.measured.get("sizes"),
                         "checked": len(checked), "passed": sum(bool(r["ok"]) for r in checked),
                         "ok": all(r["ok"] for r in checked)})

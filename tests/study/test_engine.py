@@ -229,3 +229,29 @@ def test_projection_dim_auto_is_the_authors_jl_dimension():
     assert resolve_projection_dim("auto", 1_570_000) == (352, True)
     assert resolve_projection_dim("auto", 78_400)[0] == int(4 * math.log(78_400) / (0.9**2 / 2 - 0.9**3 / 3))
     assert resolve_projection_dim(64, 10) == (64, False) and resolve_projection_dim(None, 10) == (None, False)
+
+
+def test_bank_vector_cache_is_bounded_and_changes_no_value(monkeypatch):
+    """The Evaluator keeps only the recently used banks' vectors (BANK_VECTOR_CACHE_BYTES): with room for
+    one bank at a time every matrix equals the run with room for all, and no more than one bank stays."""
+    import pclsim.study.protocol as protocol
+
+    tasks = make_tasks(3, seed=5, n_test=12)
+    runs = [Run(s, 60, 0, tuple(tasks)) for s in ("patchcore_cl", "multi_model")]
+    full = simulate(runs, tasks, SC, device="cpu")
+    held = []
+    real = protocol.Evaluator.bank_vectors
+
+    def watched(self, ref):
+        out = real(self, ref)
+        held.append(sum(v.nbytes for v in self._vectors.values()))
+        return out
+
+    one_bank = 60 * next(iter(tasks.values())).dim * 4
+    monkeypatch.setattr(protocol, "BANK_VECTOR_CACHE_BYTES", one_bank)
+    monkeypatch.setattr(protocol.Evaluator, "bank_vectors", watched)
+    small = simulate(runs, tasks, SC, device="cpu")
+    assert held and max(held) <= one_bank  # the banks of a step and task that fit; multi_model: one bank
+    for (r, a), (_, b) in zip(full, small):
+        for m in a.matrices:
+            np.testing.assert_array_equal(a.matrices[m], b.matrices[m], err_msg=f"{r.strategy} {m}")
