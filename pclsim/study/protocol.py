@@ -36,7 +36,7 @@ ROUTED = ("correct", "wrong")
 # bank vectors an Evaluator keeps for the reweighting's neighbour searches (most recently used banks first): the
 # banks of one step and evaluated task, not every bank of the run (a patchcore_cl run at M = 30,000 and D = 1,536
 # reads 1.1 GB of banks over its six steps)
-BANK_VECTOR_CACHE_BYTES = 512 << 20
+BANK_VECTOR_CACHE_BYTES = 256 << 20
 
 
 # ---------------------------------------------------------------------------------------------
