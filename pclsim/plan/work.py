@@ -36,7 +36,7 @@ UNITS = {"extraction": "multiply-adds", "selections": "job seconds", "re-reducti
 #          scored with); anomaly-map pixels
 FAMILIES = {"greedy": ("job", "steps", "distance_macs", "lazy_distance_macs", "projection_macs"),
             "table": ("job", "distance_macs", "lists"),
-            "trial": ("trial", "states", "lookups", "reweight_macs", "pixels")}
+            "trial": ("trial", "states", "lookups", "reweight_macs", "pixels", "search_macs")}
 # what a sweep prints under --debug for each bank-stage job (pclsim.runner.actors) and each trial
 # (pclsim.runner.trials): the measured times the job coefficients are fitted to
 JOB_LINE = re.compile(r"job\[(.+?)\] ([\d.]+) s")
@@ -360,6 +360,7 @@ def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict) -> StageWork:
     from ..runner.memory import WORKER_BASE_BYTES
     from ..study.banks import bank_sources
     from ..study.engine import strategy_for
+    from ..study.protocol import BANK_VECTOR_CACHE_BYTES
 
     coreset, P, D, S = sc["coreset"], sz.patches, sz.dim, sz.image_size
     pixel = bool(sc["evaluation"].get("pixel_metrics", True))
@@ -385,11 +386,19 @@ def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict) -> StageWork:
                       for b, seed, t in pairs)
         rw = sum(min(sz.tasks[t].test, b.size) * float(b.size) * D for b, t in chosen) if reweight else 0.0
         pix = sum(sz.tasks[t].test * S * S for t, _, _ in states if pixel and sz.tasks[t].masks)
+        # what an exact search of every looked-up patch would cost (test patches x bank x D a pair): the fallback
+        # searches the share of them none of whose K candidates the bank holds (the fitted rate is that share's)
+        search = sum(float(sz.tasks[t].test) * P * b.size * D for b, _, t in pairs)
         memo = sum(sz.tasks[t].test * P * _NN_MEMO_BYTES for _, _, t in pairs)
-        vectors = sum(b.size * D * 4 for b in {b for b, _ in chosen}) if reweight else 0
+        # the bank vectors the reweighting reads, the recently used up to BANK_VECTOR_CACHE_BYTES, and the exact
+        # fallback's read of a bank part and its centred copy
+        largest = max((b.size * D * 4 for b, _ in chosen), default=0)
+        vectors = (min(sum(b.size * D * 4 for b in {b for b, _ in chosen}), BANK_VECTOR_CACHE_BYTES + largest)
+                   if reweight else 0) + 2 * largest
         maps = max((t.test * S * S * 4 * 3 for t in sz.tasks.values() if t.masks and pixel), default=0)
         stage.jobs.append(Job(float(lookups), WORKER_BASE_BYTES + memo + vectors + maps,
-                              terms=(1.0, float(len(states)), float(lookups), rw, float(pix)), name=name, family="trial"))
+                              terms=(1.0, float(len(states)), float(lookups), rw, float(pix), search), name=name,
+                              family="trial"))
         stage.disk += sum(_cells(sc, sz, r) for r in runs) * RESULT_BYTES_PER_CELL
     return stage
 

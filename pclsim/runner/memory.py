@@ -121,10 +121,13 @@ def table_memory_bytes(candidates: int, dim: int, test_patches: int, k: int, chu
 
 
 def selection_memory_bytes(patches: int, dim: int, projection_dim: int) -> int:
-    """Host memory (bytes) of one selection (greedy k-center) job: the worker, the source's patches read
-    as float32 (patches x dim), their projection (patches x projection_dim float32) and the distances to
-    the selected set (patches float32, twice)."""
-    return int(WORKER_BASE_BYTES + patches * (dim * 4 + projection_dim * 4 + 8))
+    """Host memory (bytes) of one selection (greedy k-center) job: the worker, one block of the source's
+    patches read as float32 (pclsim.core.coreset: 32 MiB, and its float16 read), their projection (patches x
+    projection_dim float32, twice while it is centred) and the squared norms and distances to the selected
+    set (patches float32, twice). The patches themselves are streamed, never held (a pooled or joint source
+    through a row view of the store): dim only bounds the block (a block holds at least 256 rows)."""
+    block = max(32 << 20, 256 * int(dim) * 4)
+    return int(WORKER_BASE_BYTES + block * 3 // 2 + patches * (2 * projection_dim * 4 + 8))
 
 
 def gib(nbytes: float) -> str:
