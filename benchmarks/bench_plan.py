@@ -17,7 +17,7 @@ sampler reads the PSS of the sweep's whole process tree (Ray included) every 0.5
   --paper          only the paper-size prediction (`pclsim plan scenarios/paper_table1.yaml` with the calibration)
   --readme-from F  README's plan block: the check's table (if the file has one) and the paper-size prediction
 
-    python benchmarks/bench_plan.py --calibrate --sizes 4 4 8 12 --test 8 8 16 24 --orders 1 12 1 1
+    python benchmarks/bench_plan.py --calibrate --sizes 4 4 8 12 30 --test 8 8 16 24 30 --orders 1 12 1 1 1
     PCLSIM_BENCH_OUT=benchmarks/plan_result.jsonl python benchmarks/bench_plan.py --check --sizes 20 40 60 --test 40
     python benchmarks/bench_plan.py --readme-from benchmarks/plan_result.jsonl
 """
@@ -319,13 +319,13 @@ def main():
                       "against the calibration, without sweeping")
     what.add_argument("--paper", action="store_true", help="only the paper-size prediction with the calibration")
     ap.add_argument("--sizes", type=int, nargs="+", default=None,
-                    help="train images a task, a sweep each (default: 4 4 8 12 to calibrate, 20 40 60 to check)")
+                    help="train images a task, a sweep each (default: 4 4 8 12 30 to calibrate, 20 40 60 to check)")
     ap.add_argument("--test", type=int, nargs="+", default=None,
-                    help="test images a task: one count for every size, or one per size (default: 8 8 16 24 to "
-                         "calibrate, 40 to check)")
+                    help="test images a task: one count for every size, or one per size (default: 8 8 16 24 30 "
+                         "to calibrate, 40 to check)")
     ap.add_argument("--orders", type=int, nargs="+", default=None,
                     help="orders a sweep runs (1: the paper's; N: a seeded sample of N): one count, or one per size "
-                         "(default: 1 12 1 1 to calibrate, 1 to check)")
+                         "(default: 1 12 1 1 1 to calibrate, 1 to check)")
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=None, help="default: the paper's 10000 30000")
     ap.add_argument("--calibration", default=None, help="the file --calibrate writes / --check reads "
                     "(default: pclsim/plan/calibration.json)")
@@ -358,7 +358,7 @@ def main():
         print(f"wrote {path}", file=sys.stderr)
         return
     if a.calibrate and not a.sizes:  # test counts that vary unlike the train counts, and a sweep of many orders
-        a.sizes, a.test, a.orders = [4, 4, 8, 12], a.test or [8, 8, 16, 24], a.orders or [1, 12, 1, 1]
+        a.sizes, a.test, a.orders = [4, 4, 8, 12, 30], a.test or [8, 8, 16, 24, 30], a.orders or [1, 12, 1, 1, 1]
     a.sizes = a.sizes or [20, 40, 60]
     a.test, a.orders = a.test or [40], a.orders or [1]
     for flag, v in (("--test", a.test), ("--orders", a.orders)):

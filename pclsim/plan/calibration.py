@@ -150,13 +150,17 @@ def fit_line(x, y, prior_slope: float | None = None, min_spread: float = 0.05) -
     return max(0.0, float(np.mean(y))), 0.0
 
 
-def fit_terms(rows, y) -> list[float]:
-    """Non-negative least squares: coefficients c >= 0 with rows @ c ~ y (rows: one list of counts per
-    observation). Each column is scaled to unit norm first, so counts of very different sizes weigh alike."""
+def fit_terms(rows, y, floor_s: float = 1.0) -> list[float]:
+    """Non-negative least squares on relative errors: coefficients c >= 0 with rows @ c ~ y (rows: one list of
+    counts per observation), each observation weighted by 1 / max(y, floor_s), so a job of 100 s weighs no more
+    than one of 1 s (the check compares ratios; jobs under floor_s weigh less, their times being mostly noise).
+    Each column is scaled to unit norm first, so counts of very different sizes weigh alike."""
     import numpy as np
     from scipy.optimize import nnls
 
     a, y = np.asarray(rows, dtype=float), np.asarray(y, dtype=float)
+    w = 1.0 / np.maximum(y, floor_s)
+    a, y = a * w[:, None], y * w
     norm = np.linalg.norm(a, axis=0)
     norm[norm == 0] = 1.0
     c, _ = nnls(a / norm, y)

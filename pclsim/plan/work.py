@@ -309,7 +309,7 @@ def study_work(sc: dict, sz: Sizes, runs=None, groups=None) -> dict:
                           StageWork("candidate tables", gpu=True))
     query = sum(t.query for t in sz.tasks.values()) * P
     test = sum(t.test for t in sz.tasks.values()) * P
-    k_of = {}
+    k_of, c_of = {}, {}
     for sp in plan.seeds.values():
         for key in sp.selections:
             n = sz.source_patches(selection_source(key))
@@ -326,13 +326,14 @@ def study_work(sc: dict, sz: Sizes, runs=None, groups=None) -> dict:
             c = _candidates(sp, sz, src)
             k = min(DEFAULT_K, c)
             k_of[(sp.seed, src)] = k
+            c_of[(sp.seed, src)] = c
             macs = float(query) * c * D
             tables.jobs.append(Job(macs, table_memory_bytes(c, D, test, DEFAULT_K, 64 * P, True),
                                    terms=(1.0, macs, float(query) * k), name=job_name(sp.seed, "table", src),
                                    family="table"))
             tables.disk += query * k * 8.0 + c * 8.0
     stages.update({"selections": sel, "re-reductions": banks, "candidate tables": tables})
-    stages["trials"] = _trials(sc, sz, groups, k_of)
+    stages["trials"] = _trials(sc, sz, groups, k_of, c_of)
     cells = sum(_cells(sc, sz, r) for r in runs)
     # the summary's peak is the sweep's processes after the trials (its tables are small): no bytes of its own
     stages["summary"] = StageWork("summary", [Job(float(cells), 0.0, lane="driver", name="summary")],
@@ -349,7 +350,21 @@ def _cells(sc: dict, sz: Sizes, run) -> int:
     return T * T * 3 + T * masked * pixel
 
 
-def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict) -> StageWork:
+def _search_macs(queries: int, bank, seed: int, dim: int, c_of: dict) -> float:
+    """The exact fallback's expected work for one (bank, task) pair, up to the fitted rate: an exact search of
+    every looked-up patch (queries x part x D a part of the bank, its parts an equal share of its size) times the
+    share of the part's candidate set the part lacks (1 - part / C). A bank holding its source's whole candidate
+    set never falls back (every listed candidate is its own); the smaller its share of the candidates, the more
+    of a patch's K nearest candidates it lacks."""
+    from ..study.banks import bank_sources
+
+    sources = bank_sources(bank)
+    part = bank.size / max(1, len(sources))
+    return sum(float(queries) * part * dim * max(0.0, 1.0 - part / max(1, c_of.get((seed, src), part)))
+               for src in sources)
+
+
+def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict, c_of: dict) -> StageWork:
     """One job per Tune trial; terms (FAMILIES["trial"]) count what its memoized evaluator computes: its distinct
     states (eval task, banks, routing), the (bank, task) pairs it looks up in the candidate tables (test patches x K a bank part; a task routed among
     several banks is looked up in each), the reweighting's neighbour search in the bank a task's images are
@@ -386,9 +401,7 @@ def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict) -> StageWork:
                       for b, seed, t in pairs)
         rw = sum(min(sz.tasks[t].test, b.size) * float(b.size) * D for b, t in chosen) if reweight else 0.0
         pix = sum(sz.tasks[t].test * S * S for t, _, _ in states if pixel and sz.tasks[t].masks)
-        # what an exact search of every looked-up patch would cost (test patches x bank x D a pair): the fallback
-        # searches the share of them none of whose K candidates the bank holds (the fitted rate is that share's)
-        search = sum(float(sz.tasks[t].test) * P * b.size * D for b, _, t in pairs)
+        search = sum(_search_macs(sz.tasks[t].test * P, b, seed, D, c_of) for b, seed, t in pairs)
         memo = sum(sz.tasks[t].test * P * _NN_MEMO_BYTES for _, _, t in pairs)
         # the bank vectors the reweighting reads, the recently used up to BANK_VECTOR_CACHE_BYTES, and the exact
         # fallback's read of a bank part and its centred copy
