@@ -23,7 +23,8 @@ def query_chunk(n_bank: int, k: int, dim: int) -> int:
     2^24 elements, but never fewer than 256 queries (benchmarks/bench_knn.py --chunks: against a
     30,000 x 1,536 bank, 42-query blocks reached 61 GFLOP/s a thread, 256 and more about 100); for k = 1 also
     at most 2^22 / dim (the exact re-measure gathers one vector a query). Its memory is 2 x chunk x n_bank x 4
-    bytes (the block and its partial sort: pclsim.runner.memory.table_memory_bytes)."""
+    bytes (the block and its partial sort) + chunk x dim x 4 (the centred queries) + chunk x k x 12 (the kept
+    distances and indices): pclsim.runner.memory.table_memory_bytes."""
     chunk = max(_MIN_CHUNK, _CHUNK_ELEMS // max(1, n_bank))
     if k == 1:
         chunk = min(chunk, max(1, _GATHER_ELEMS // max(1, dim)))

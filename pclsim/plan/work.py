@@ -369,8 +369,8 @@ def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict, c_of: dict) -> StageW
     states (eval task, banks, routing), the (bank, task) pairs it looks up in the candidate tables (test patches x K a bank part; a task routed among
     several banks is looked up in each), the reweighting's neighbour search in the bank a task's images are
     scored with (its own where it has one: images x bank x D), the pixels of each distinct state's anomaly maps
-    (tasks with masks). The exact searches of patches none of whose K candidates a bank holds depend on the
-    data; the fitted coefficients absorb their average."""
+    (tasks with masks), and the exact fallback's search (`_search_macs`: patches none of whose K candidates a
+    bank holds; how many depends on the data, its fitted rate is the calibration's average)."""
     from ..core.reweighting import get_reweighting
     from ..runner.memory import WORKER_BASE_BYTES
     from ..study.banks import bank_sources

@@ -108,7 +108,8 @@ def table_memory_bytes(candidates: int, dim: int, test_patches: int, k: int, chu
     candidate vectors (candidates x dim float32, and a float16 read of them), one query chunk
     (chunk_patches x dim float32), the distance block of one GEMM to every candidate (knn's
     `query_chunk(candidates, K, dim)` queries, at most chunk_patches, x candidates float32, twice: the
-    distances and their partial sort) and the chunk's lists (chunk_patches x K x (int32 + float32));
+    distances and their partial sort, and those queries centred, block x D x 4, and their top-K, block x K x 12)
+    and the chunk's lists (chunk_patches x K x (int32 + float32));
     stored=False: the whole table in memory (test_patches x min(k, candidates) x 8 bytes), as for tasks not
     read from the feature store (the table then travels through Ray's object store)."""
     from ..core.knn import query_chunk
@@ -117,7 +118,7 @@ def table_memory_bytes(candidates: int, dim: int, test_patches: int, k: int, chu
     lists = (test_patches if not stored else chunk_patches) * k * 8
     block = min(int(chunk_patches), query_chunk(int(candidates), k, int(dim)))
     return int(WORKER_BASE_BYTES + candidates * dim * 6 + lists + chunk_patches * dim * 4
-               + 2 * block * candidates * 4)
+               + 2 * block * candidates * 4 + block * (dim * 4 + k * 12))
 
 
 def selection_memory_bytes(patches: int, dim: int, projection_dim: int) -> int:

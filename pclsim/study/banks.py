@@ -201,7 +201,7 @@ class BankBuilder:
         if s == a:
             return self.order("select", task, 0)[: per_task_size(m, a + 1)]
         prev = self.resolve(BankRef("rereduced", (task,), per_task_size(m, s), arrival=a, step=s - 1, budget=m))[0][1]
-        stored = self.vectors(("task", task), prev)
+        stored = _Rows(self.base(("task", task)), prev)  # the bank's vectors, read block by block while projecting
         keep = greedy_coreset(stored, per_task_size(m, s + 1), projection_dim=self.projection_dim,
                               seed=derive_seed(self.seed, "rereduce", a, s), device=self.device, start=0)
         return prev[keep]

@@ -133,7 +133,8 @@ def test_table_job_request_grows_with_the_bank_and_with_the_test_set_only_in_mem
     block = {c: query_chunk(c, 64, 1536) for c in (1000, 30_000)}
     assert block[30_000] == 559 and block[1000] == 16_777 < 64 * 784
     assert (table_memory_bytes(30_000, 1536, 100_000, 64, 64 * 784) - small
-            == 29_000 * 1536 * 6 + 2 * 4 * (block[30_000] * 30_000 - block[1000] * 1000))
+            == 29_000 * 1536 * 6 + 2 * 4 * (block[30_000] * 30_000 - block[1000] * 1000)
+            + (block[30_000] - block[1000]) * (1536 * 4 + 64 * 12))
     # the paper's candidate sets: the job asks for its vectors and about 0.1 GiB of distances, not 12 GiB
     assert table_memory_bytes(30_000, 1536, 100_000, 64, 64 * 784) - WORKER_BASE_BYTES < 30_000 * 1536 * 6 + 2**29
     assert (table_memory_bytes(1000, 1536, 200_000, 64, 64 * 784, stored=False)
