@@ -11,9 +11,11 @@ A time is work x a coefficient measured on a node (pclsim.plan.calibration); not
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import PclsimError
+from .jobs import RESULT_BYTES_PER_CELL, Job, StageWork, matrix_cells
+from .trials import trial_stage
 
 __all__ = ["STAGES", "UNITS", "FAMILIES", "TaskSize", "Sizes", "Job", "StageWork", "sizes_from_stream",
            "sizes_from_caps", "study_runs", "study_work", "greedy_macs", "greedy_terms", "RESULT_BYTES_PER_CELL",
@@ -41,8 +43,6 @@ FAMILIES = {"greedy": ("job", "steps", "distance_macs", "lazy_distance_macs", "p
 # (pclsim.runner.trials): the measured times the job coefficients are fitted to
 JOB_LINE = re.compile(r"job\[(.+?)\] ([\d.]+) s")
 TRIAL_LINE = re.compile(r"trial (\S+): \d+ runs, compute ([\d.]+) s, write ([\d.]+) s")
-RESULT_BYTES_PER_CELL = 64  # Parquet bytes of one matrix cell (all tables of a results folder, compressed)
-_NN_MEMO_BYTES = 12  # a trial keeps, per (bank, task) it scored, each test patch's distance (f32) and position (i64)
 
 
 @dataclass(frozen=True)
@@ -131,38 +131,6 @@ def sizes_from_caps(sc: dict, profile: dict) -> Sizes:
     tasks = {t: TaskSize(t, n, n - held, m, held, t in MASKED_TASKS if ds["kind"] == "bmad" else True)
              for t in ds["tasks"]}
     return Sizes(tasks, profile, int(ds["image_size"]), fb, batch, False)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One job of a stage: work (multiply-adds, or the stage's unit), memory (bytes while it runs), lane ("slot":
-    one CPU or GPU share, "manager": the bank manager's one serial lane, "driver": the sweep's own process),
-    family and terms (its FAMILIES counts: its time is coefficients x terms), name (`engine.job_name`, a trial's
-    group), request (the Ray memory request that decides how many run at once, where it differs from memory)."""
-
-    work: float
-    memory: float
-    lane: str = "slot"
-    terms: tuple = ()
-    name: str = ""
-    family: str | None = None
-    request: float | None = None
-
-
-@dataclass
-class StageWork:
-    """A stage's jobs, the bytes it leaves on disk (disk), the extra bytes on disk while it runs (transient),
-    and whether its jobs run on GPUs where the node has them (gpu)."""
-
-    name: str
-    jobs: list = field(default_factory=list)
-    disk: float = 0.0
-    transient: float = 0.0
-    gpu: bool = False
-
-    @property
-    def work(self) -> float:
-        return float(sum(j.work for j in self.jobs))
 
 
 def study_runs(sc: dict):
@@ -333,85 +301,9 @@ def study_work(sc: dict, sz: Sizes, runs=None, groups=None) -> dict:
                                    family="table"))
             tables.disk += query * k * 8.0 + c * 8.0
     stages.update({"selections": sel, "re-reductions": banks, "candidate tables": tables})
-    stages["trials"] = _trials(sc, sz, groups, k_of, c_of)
-    cells = sum(_cells(sc, sz, r) for r in runs)
+    stages["trials"] = trial_stage(sc, sz, groups, k_of, c_of)
+    cells = sum(matrix_cells(sc, sz, r) for r in runs)
     # the summary's peak is the sweep's processes after the trials (its tables are small): no bytes of its own
     stages["summary"] = StageWork("summary", [Job(float(cells), 0.0, lane="driver", name="summary")],
                                   disk=cells * float(RESULT_BYTES_PER_CELL))
     return stages
-
-
-def _cells(sc: dict, sz: Sizes, run) -> int:
-    """Matrix cells a run writes: T x T per metric (image metrics, task_id_acc where the strategy routes, the pixel
-    metrics of tasks with masks)."""
-    T = len(run.order)
-    pixel = 5 if sc["evaluation"].get("pixel_metrics", True) else 0
-    masked = sum(1 for t in run.order if sz.tasks[t].masks)
-    return T * T * 3 + T * masked * pixel
-
-
-def _search_macs(queries: int, bank, seed: int, dim: int, c_of: dict) -> float:
-    """The exact fallback's expected work for one (bank, task) pair, up to the fitted rate: an exact search of
-    every looked-up patch (queries x part x D a part of the bank, its parts an equal share of its size) times the
-    share of the part's candidate set the part lacks (1 - part / C). A bank holding its source's whole candidate
-    set never falls back (every listed candidate is its own); the smaller its share of the candidates, the more
-    of a patch's K nearest candidates it lacks."""
-    from ..study.banks import bank_sources
-
-    sources = bank_sources(bank)
-    part = bank.size / max(1, len(sources))
-    return sum(float(queries) * part * dim * max(0.0, 1.0 - part / max(1, c_of.get((seed, src), part)))
-               for src in sources)
-
-
-def _trials(sc: dict, sz: Sizes, groups: dict, k_of: dict, c_of: dict) -> StageWork:
-    """One job per Tune trial; terms (FAMILIES["trial"]) count what its memoized evaluator computes: its distinct
-    states (eval task, banks, routing), the (bank, task) pairs it looks up in the candidate tables (test patches x K a bank part; a task routed among
-    several banks is looked up in each), the reweighting's neighbour search in the bank a task's images are
-    scored with (its own where it has one: images x bank x D), the pixels of each distinct state's anomaly maps
-    (tasks with masks), and the exact fallback's search (`_search_macs`: patches none of whose K candidates a
-    bank holds; how many depends on the data, its fitted rate is the calibration's average)."""
-    from ..core.reweighting import get_reweighting
-    from ..runner.memory import WORKER_BASE_BYTES
-    from ..study.banks import bank_sources
-    from ..study.engine import strategy_for
-    from ..study.protocol import BANK_VECTOR_CACHE_BYTES
-
-    coreset, P, D, S = sc["coreset"], sz.patches, sz.dim, sz.image_size
-    pixel = bool(sc["evaluation"].get("pixel_metrics", True))
-    reweight = get_reweighting(sc["model"]["reweighting"]).neighbours > 0
-    stage = StageWork("trials")
-    for name, runs in groups.items():
-        states, pairs, chosen = set(), set(), set()
-        for r in runs:
-            strat = strategy_for(r, coreset)
-            for s in range(len(r.order)):
-                banks = strat.banks(tuple(r.order[: s + 1]))
-                for task in r.order:
-                    sb, ident = strat.scoring(banks, task)
-                    ident = ident or strat.identifies_task
-                    if (task, sb, ident) in states:
-                        continue
-                    states.add((task, sb, ident))
-                    routed = ident and len(sb) > 1
-                    pairs.update((b, r.seed, task) for b in (sb if routed else sb[:1]))
-                    own = [b for b in sb if b.tasks == (task,)] if routed else []
-                    chosen.add(((own or sb)[0], task))
-        lookups = sum(sz.tasks[t].test * P * sum(k_of.get((seed, src), 1) for src in bank_sources(b))
-                      for b, seed, t in pairs)
-        rw = sum(min(sz.tasks[t].test, b.size) * float(b.size) * D for b, t in chosen) if reweight else 0.0
-        pix = sum(sz.tasks[t].test * S * S for t, _, _ in states if pixel and sz.tasks[t].masks)
-        search = sum(_search_macs(sz.tasks[t].test * P, b, seed, D, c_of) for b, seed, t in pairs)
-        memo = sum(sz.tasks[t].test * P * _NN_MEMO_BYTES for _, _, t in pairs)
-        # the bank vectors the reweighting reads, the recently used up to BANK_VECTOR_CACHE_BYTES, and the exact
-        # fallback's read of a bank part and its centred copy
-        largest = max((b.size * D * 4 for b, _ in chosen), default=0)
-        vectors = (min(sum(b.size * D * 4 for b in {b for b, _ in chosen}), BANK_VECTOR_CACHE_BYTES + largest)
-                   if reweight else 0) + 2 * largest
-        maps = max((t.test * S * S * 4 * 3 for t in sz.tasks.values() if t.masks and pixel), default=0)
-        stage.jobs.append(Job(float(lookups), WORKER_BASE_BYTES + memo + vectors + maps,
-                              terms=(1.0, float(len(states)), float(lookups), rw, float(pix), search), name=name,
-                              family="trial"))
-        stage.disk += sum(_cells(sc, sz, r) for r in runs) * RESULT_BYTES_PER_CELL
-    return stage
-

@@ -33,9 +33,8 @@ __all__ = ["TaskFeatures", "Evaluator", "run_order", "OrderResult", "IMAGE_METRI
 IMAGE_METRICS = ("image_auroc", "image_f1")
 PIXEL_METRICS = ("pixel_auroc", "pixel_f1", "pixel_pr", "pixel_ap", "pixel_aupro")
 ROUTED = ("correct", "wrong")
-# bank vectors an Evaluator keeps for the reweighting's neighbour searches (most recently used banks first): the
-# banks of one step and evaluated task, not every bank of the run (a patchcore_cl run at M = 30,000 and D = 1,536
-# reads 1.1 GB of banks over its six steps)
+# bank vectors an Evaluator keeps (the reweighting's neighbour searches), the recently used banks: not every bank
+# of the run (a patchcore_cl run at M = 30,000 and D = 1,536 reads 1.1 GB of banks over its six steps)
 BANK_VECTOR_CACHE_BYTES = 256 << 20
 
 
@@ -85,13 +84,11 @@ class Evaluator:
 
     # -- nearest neighbours in a bank ------------------------------------------------------------
     def bank_vectors(self, ref: BankRef) -> np.ndarray:
-        """(size, D) float32 vectors of bank `ref`; the recently used banks stay in memory up to
-        BANK_VECTOR_CACHE_BYTES (the one asked for always), the others are read again when asked for."""
+        """(size, D) float32 vectors of bank `ref`; the recently used banks stay up to BANK_VECTOR_CACHE_BYTES."""
         if ref in self._vectors:
             self._vectors.move_to_end(ref)
             return self._vectors[ref]
-        vecs = self.builder.bank_vectors(ref)
-        self._vectors[ref] = vecs
+        self._vectors[ref] = vecs = self.builder.bank_vectors(ref)
         while len(self._vectors) > 1 and sum(v.nbytes for v in self._vectors.values()) > BANK_VECTOR_CACHE_BYTES:
             self._vectors.popitem(last=False)
         return vecs
